@@ -1,0 +1,213 @@
+"""trainctl command line: validate | submit | status | logs | cancel | ls | resume | sync.
+
+Bad input prints what is wrong, where, what is valid and a HINT, and exits 2 with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from trainctl.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def _uri(args: argparse.Namespace) -> str:
+    from trainctl.tracking import default_tracking_uri
+
+    return args.tracking_uri or default_tracking_uri(args.workdir)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from trainctl.spec import load_spec
+
+    spec = load_spec(args.job, args.set)
+    print(f"{args.job}: valid ({spec.backend.kind.value} backend, "
+          f"{spec.resources.nodes}x{spec.resources.devices_per_node} ranks)")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from trainctl import control
+    from trainctl.spec import load_spec
+
+    spec = load_spec(args.job, args.set)
+    if args.backend:
+        from trainctl.spec import apply_override, parse_spec, read_yaml
+
+        raw = read_yaml(args.job)
+        for s in [*args.set, f"backend.kind={args.backend}"]:
+            apply_override(raw, s)
+        spec = parse_spec(raw, args.job)
+    ref, detail = control.submit(spec, dry_run=args.dry_run)
+    if ref is None:
+        print(detail)
+        return 0
+    print(f"run id:    {ref.run_id}\nrun dir:   {ref.run_dir}\nbackend:   {ref.backend} ({detail})\n"
+          f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri)}")
+    if args.detach or ref.backend != "local":
+        if not args.wait:
+            return 0
+    return _follow(ref)
+
+
+def _ui_hint(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return uri
+    return f"make mlflow (serves {uri} on http://127.0.0.1:5000)"
+
+
+def _follow(ref: Any) -> int:
+    from trainctl import control
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        final = control.watch(ref, lambda line: print(f"  | {line}", flush=True))
+    except KeyboardInterrupt:
+        print("\ninterrupted: cancelling the job", file=sys.stderr)
+        control.cancel(control.find_run(ref.run_id, ref.uri))
+        return 130
+    reason = final.tags.get("trainctl.reason", "")
+    print(f"run {final.run_id} ended {final.state.value}" + (f": {reason}" if reason else ""))
+    return 0 if final.state.value == "FINISHED" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from trainctl import control
+
+    ref = control.reconcile(control.find_run(args.run_id, _uri(args)))
+    out = {
+        "run_id": ref.run_id, "name": ref.name, "status": ref.state.value, "backend": ref.backend,
+        "scheduler_job_id": ref.scheduler_job_id, "attempt": int(ref.tags.get("trainctl.attempt", "0") or 0),
+        "run_dir": str(ref.run_dir), "reason": ref.tags.get("trainctl.reason", ""), "metrics": ref.metrics,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for key, value in out.items():
+            if key != "metrics":
+                print(f"{key:17} {value}")
+        for key, value in sorted(ref.metrics.items()):
+            print(f"  {key:15} {value:.6g}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from trainctl import control
+    from trainctl.launchers import registry
+
+    ref = control.find_run(args.run_id, _uri(args))
+    for label, text in registry.load(ref.backend).LAUNCHER.logs(ref.run_dir, ref.scheduler_job_id).items():
+        if args.rank is not None and f"rank {args.rank} " not in label:
+            continue
+        print(f"==> {label} <==\n{text}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from trainctl import control
+
+    ref = control.find_run(args.run_id, _uri(args))
+    control.cancel(ref)
+    print(f"run {ref.run_id}: cancelled (KILLED)")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from trainctl import control
+
+    runs = control.list_runs(_uri(args), args.limit)
+    print(f"{'RUN ID':34} {'NAME':20} {'STATE':9} {'BACKEND':8} ATTEMPT")
+    for r in runs:
+        t = r.data.tags
+        print(f"{r.info.run_id:34} {t.get('mlflow.runName', '')[:20]:20} {t.get('trainctl.state', '?'):9} "
+              f"{t.get('trainctl.backend', ''):8} {t.get('trainctl.attempt', '-')}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from trainctl import control
+    from trainctl.metrics import upload_spool
+
+    ref = control.find_run(args.run_id, _uri(args))
+    sent = upload_spool(ref.uri, ref.run_id, ref.run_dir / "spool")
+    print(f"run {ref.run_id}: uploaded {sent} spooled metric points")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from trainctl.resume import resume
+
+    ref, text = resume(args.run_id, _uri(args), args.from_, args.set, args.backend)
+    print(text)
+    if ref is not None and ref.backend == "local" and not args.detach:
+        return _follow(ref)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trainctl", description="Lightning DDP jobs on SLURM, Ray or this machine.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def job_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("job", metavar="JOB", help="job spec (YAML)")
+        c.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a field")
+        return c
+
+    def run_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("run_id", metavar="RUN_ID")
+        c.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else the embedded store")
+        c.add_argument("--workdir", default="runs", help="where the embedded store lives (default: runs)")
+        return c
+
+    job_cmd("validate", "check a job spec; report every problem").set_defaults(fn=cmd_validate)
+    s = job_cmd("submit", "validate and submit; local jobs are followed until they end")
+    s.add_argument("--dry-run", action="store_true", help="print the exact request; submit nothing")
+    s.add_argument("--detach", action="store_true", help="return at once")
+    s.add_argument("--wait", action="store_true", help="follow cluster jobs too")
+    s.add_argument("--backend", choices=["local", "slurm", "ray"], help="override backend.kind")
+    s.set_defaults(fn=cmd_submit)
+    st = run_cmd("status", "the run's state and latest metrics")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_status)
+    lg = run_cmd("logs", "each rank's output")
+    lg.add_argument("--rank", type=int)
+    lg.set_defaults(fn=cmd_logs)
+    run_cmd("cancel", "end the job; the run ends KILLED").set_defaults(fn=cmd_cancel)
+    run_cmd("sync", "upload metrics spooled while MLflow was unreachable").set_defaults(fn=cmd_sync)
+    r = run_cmd("resume", "resubmit a run from a checkpoint")
+    r.add_argument("--from", dest="from_", default="last", help="last | best | PATH (default: last)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    r.add_argument("--backend", choices=["local", "slurm", "ray"])
+    r.add_argument("--detach", action="store_true")
+    r.set_defaults(fn=cmd_resume)
+    ls = sub.add_parser("ls", help="list trainctl runs")
+    ls.add_argument("--tracking-uri")
+    ls.add_argument("--workdir", default="runs")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(fn=cmd_ls)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

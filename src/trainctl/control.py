@@ -1,0 +1,173 @@
+"""What the CLI does, as functions: submit, find a run, reconcile its state, cancel, watch.
+
+A run is addressed by its MLflow run id; its tags point to the run directory, backend and scheduler job id,
+so any machine that reaches the tracking store can act on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainctl import tracking
+from trainctl.errors import UserError
+from trainctl.launchers import registry
+from trainctl.rundir import Attempts, JobFile, atomic_write_text, run_dir_for
+from trainctl.spec import Spec
+from trainctl.tracking import State
+
+
+@dataclass
+class RunRef:
+    run_id: str
+    uri: str
+    run_dir: Path
+    backend: str
+    scheduler_job_id: str
+    state: State
+    name: str
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def resolve_uri(spec: Spec) -> str:
+    return spec.tracking.uri or tracking.default_tracking_uri(spec.workdir)
+
+
+def submit(spec: Spec, dry_run: bool = False) -> tuple[RunRef | None, str]:
+    """Validate-done spec → (run, text). A dry run writes nothing and returns the exact request."""
+    uri = resolve_uri(spec)
+    spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, uri=uri))
+    launcher = registry.load(spec.backend.kind.value).LAUNCHER
+    if dry_run:
+        return None, launcher.dry_run(spec, run_dir_for(spec.workdir, spec.name, "<run-id>"))
+    tracking.wait_for_server(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    run_id = tracking.create_run(spec, uri, launcher.kind)
+    run_dir = run_dir_for(spec.workdir, spec.name, run_id)
+    spec_dict = spec.to_dict()
+    job = JobFile(run_id=run_id, tracking_uri=uri, backend=launcher.kind, spec=spec_dict,
+                  master_port=_local_port(launcher.kind))
+    job.write(run_dir)
+    redacted = tracking.redact_spec(spec_dict, spec.tracking.redact)
+    atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(redacted, sort_keys=False))
+    cl = tracking.client(uri)
+    cl.log_artifact(run_id, str(run_dir / "spec.yaml"))
+    cl.set_tag(run_id, "trainctl.run_dir", str(run_dir))
+    try:
+        sub = launcher.submit(spec, run_dir, job)
+    except UserError as err:
+        tracking.set_state(uri, run_id, State.FAILED, reason=f"submit failed: {err}")
+        raise
+    except Exception as exc:
+        tracking.set_state(uri, run_id, State.FAILED, reason=f"submit failed: {type(exc).__name__}: {exc}")
+        raise UserError.single("backend", f"{launcher.kind} refused the job: {exc}",
+                               "check the backend's options and that its cluster is up") from None
+    cl.set_tag(run_id, "trainctl.scheduler_job_id", sub.scheduler_job_id)
+    return find_run(run_id, uri), sub.detail
+
+
+def _local_port(kind: str) -> int:
+    if kind != "local":
+        return 0
+    from trainctl.launchers.local import free_port
+
+    return free_port()
+
+
+def find_run(run_id: str, uri: str) -> RunRef:
+    try:
+        run = tracking.client(uri).get_run(_expand_prefix(run_id, uri))
+    except Exception as exc:
+        raise UserError.single("RUN_ID", f"no run {run_id!r} in {uri}: {type(exc).__name__}",
+                               "list runs with `trainctl ls`, or pass --tracking-uri / set MLFLOW_TRACKING_URI"
+                               ) from None
+    tags = run.data.tags
+    if "trainctl.backend" not in tags:
+        raise UserError.single("RUN_ID", f"run {run_id} was not created by trainctl", "list runs with `trainctl ls`")
+    return RunRef(run_id, uri, Path(tags.get("trainctl.run_dir", "")), tags["trainctl.backend"],
+                  tags.get("trainctl.scheduler_job_id", ""), tracking.current_state(uri, run_id),
+                  tags.get("mlflow.runName", ""), dict(run.data.metrics), dict(tags))
+
+
+def _expand_prefix(run_id: str, uri: str) -> str:
+    """Accept a unique prefix (≥ 6 characters) of a run id, as printed by `trainctl ls` or the run dir name."""
+    if len(run_id) >= 32 or len(run_id) < 6:
+        return run_id
+    matches = [r.info.run_id for r in list_runs(uri, 1000) if r.info.run_id.startswith(run_id)]
+    return matches[0] if len(matches) == 1 else run_id
+
+
+def reconcile(ref: RunRef) -> RunRef:
+    """A run the scheduler no longer runs cannot stay RUNNING: end it from its attempt log."""
+    if ref.state.terminal or not ref.scheduler_job_id:
+        return ref
+    launcher = registry.load(ref.backend).LAUNCHER
+    seen = launcher.status(ref.run_dir, ref.scheduler_job_id)
+    if seen is not None and not seen.terminal:
+        return ref
+    last = Attempts(ref.run_dir).all()[-1:] if ref.run_dir.is_dir() else []
+    if seen is State.KILLED:
+        state, reason = State.KILLED, "cancelled by the scheduler"
+    elif last and last[0].outcome == "finished":
+        state, reason = State.FINISHED, "finished"
+    elif last and last[0].outcome and last[0].outcome != "requeue":
+        state, reason = State(last[0].outcome.upper()), last[0].reason or ""
+    else:
+        why = last[0].reason if last and last[0].reason else "its processes died without a verdict"
+        state, reason = State.FAILED, f"job ended without finishing: {why}"
+    tracking.set_state(ref.uri, ref.run_id, state, reason=reason)
+    return find_run(ref.run_id, ref.uri)
+
+
+def cancel(ref: RunRef) -> None:
+    """Mark KILLED first (so no attempt requeues or overwrites it), then end the job."""
+    if ref.state.terminal:
+        raise UserError.single("RUN_ID", f"run {ref.run_id} already ended {ref.state.value}", "nothing to cancel")
+    tracking.set_state(ref.uri, ref.run_id, State.KILLED, reason="cancelled by the user")
+    registry.load(ref.backend).LAUNCHER.cancel(ref.run_dir, ref.scheduler_job_id)
+
+
+def watch(ref: RunRef, emit: Callable[[str], Any], poll_s: float = 0.5) -> RunRef:
+    """Stream rank 0's new log lines until the job ends; return the reconciled run."""
+    launcher = registry.load(ref.backend).LAUNCHER
+    offsets: dict[Path, int] = {}
+    while True:
+        _emit_new_lines(ref.run_dir / "logs", offsets, emit)
+        seen = launcher.status(ref.run_dir, ref.scheduler_job_id)
+        if seen is None or seen.terminal:
+            time.sleep(poll_s)
+            _emit_new_lines(ref.run_dir / "logs", offsets, emit)
+            return reconcile(find_run(ref.run_id, ref.uri))
+        time.sleep(poll_s)
+
+
+def _emit_new_lines(log_dir: Path, offsets: dict[Path, int], emit: Callable[[str], Any]) -> None:
+    for path in sorted(log_dir.glob("*_0_log.*")):
+        start = offsets.get(path, 0)
+        size = path.stat().st_size
+        if size <= start:
+            continue
+        with open(path, errors="replace") as fh:
+            fh.seek(start)
+            chunk = fh.read(size - start)
+        cut = chunk.rfind("\n") + 1
+        offsets[path] = start + cut
+        for line in chunk[:cut].splitlines():
+            emit(line)
+
+
+def list_runs(uri: str, limit: int = 50) -> list[Any]:
+    cl = tracking.client(uri)
+    exps = [e.experiment_id for e in cl.search_experiments()]
+    if not exps:
+        return []
+    return list(cl.search_runs(exps, filter_string="tags.`trainctl.backend` != ''", max_results=limit,
+                               order_by=["attributes.start_time DESC"]))

@@ -1,0 +1,1 @@
+"""Example modules for the jobs in jobs/ (they double as test workloads)."""

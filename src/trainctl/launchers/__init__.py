@@ -1,0 +1,1 @@
+"""Backends: one module each (local, slurm, ray), the same small interface (base.Launcher)."""

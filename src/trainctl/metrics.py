@@ -1,0 +1,129 @@
+"""Metrics that never block the training step and are never lost.
+
+`MetricsSink` takes points in O(1) on the training thread (a deque append) and a daemon thread delivers
+them in batches with MlflowClient.log_batch, retrying with backoff while the server is down or slow. At the
+end of an attempt the sink drains for a bounded time; what is still undelivered is spooled to
+`<run_dir>/spool/` as JSON lines, which `trainctl sync` uploads later.
+
+On a resumed attempt the sink drops points at or below the last step MLflow already holds for that key:
+the resumed run replays those steps exactly, so the history keeps every step once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("trainctl.metrics")
+
+BATCH = 1000  # MLflow's per-request metric limit
+
+
+class MetricsSink:
+    def __init__(self, uri: str, run_id: str, spool_dir: Path, flush_every_s: float = 0.5,
+                 high_water: dict[str, int] | None = None) -> None:
+        self.uri, self.run_id, self.spool_dir = uri, run_id, spool_dir
+        self.flush_every_s = flush_every_s
+        self.high_water = dict(high_water or {})
+        self.pending: deque[tuple[str, float, int, int]] = deque()
+        self.delivered = 0
+        self.failures = 0
+        self.wake = threading.Event()
+        self.closed = False
+        self.thread = threading.Thread(target=self._loop, name="trainctl-metrics", daemon=True)
+        self.thread.start()
+
+    # ---- training thread
+    def add(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if step <= self.high_water.get(key, -1):
+                continue
+            self.pending.append((key, float(value), int(step), now))
+
+    def nudge(self) -> None:
+        self.wake.set()
+
+    # ---- delivery thread
+    def _loop(self) -> None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri)
+        backoff = self.flush_every_s
+        while True:
+            self.wake.wait(timeout=backoff)
+            self.wake.clear()
+            if self._deliver(client):
+                backoff = self.flush_every_s
+            else:
+                backoff = min(backoff * 2, 10.0)
+            if self.closed and not self.pending:
+                return
+
+    def _deliver(self, client: Any) -> bool:
+        from mlflow.entities import Metric
+
+        while self.pending:
+            batch = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
+            try:
+                client.log_batch(self.run_id, metrics=[Metric(k, v, ts, s) for k, v, s, ts in batch],
+                                 synchronous=True)
+            except Exception as exc:  # server down or slow: keep the points, retry later
+                self.failures += 1
+                if self.failures in (1, 10) or self.failures % 100 == 0:
+                    log.warning("MLflow unreachable (%s); %d metric points buffered", type(exc).__name__,
+                                len(self.pending))
+                return False
+            for _ in batch:
+                self.pending.popleft()
+            self.delivered += len(batch)
+        return True
+
+    def close(self, timeout_s: float = 30.0) -> int:
+        """Drain for at most timeout_s; spool the rest. Returns how many points were spooled."""
+        self.closed = True
+        self.wake.set()
+        self.thread.join(timeout=timeout_s)
+        if not self.pending:
+            return 0
+        points = list(self.pending)
+        self.pending.clear()
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        path = self.spool_dir / f"metrics-{int(time.time() * 1000)}.jsonl"
+        with open(path, "w") as fh:
+            for k, v, s, ts in points:
+                fh.write(json.dumps({"key": k, "value": v, "step": s, "timestamp": ts}) + "\n")
+        log.warning("spooled %d undelivered metric points to %s (upload: trainctl sync %s)",
+                    len(points), path, self.run_id)
+        return len(points)
+
+
+def logged_high_water(uri: str, run_id: str) -> dict[str, int]:
+    """The highest step MLflow holds per metric key of the run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    keys = client.get_run(run_id).data.metrics.keys()
+    return {k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1) for k in keys}
+
+
+def upload_spool(uri: str, run_id: str, spool_dir: Path) -> int:
+    """Upload spooled metric files (oldest first) and delete each once delivered."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=uri)
+    sent = 0
+    for path in sorted(spool_dir.glob("metrics-*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for i in range(0, len(rows), BATCH):
+            chunk = rows[i : i + BATCH]
+            client.log_batch(run_id, metrics=[Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in chunk])
+        sent += len(rows)
+        path.unlink()
+    return sent

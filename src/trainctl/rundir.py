@@ -1,0 +1,91 @@
+"""A run directory: everything one job keeps on (shared) disk, and the handoff from submit to the worker.
+
+    <workdir>/<name>-<run_id[:8]>/
+        job.json        the handoff: run id, tracking URI, backend, resolved spec (written once at submit)
+        spec.yaml       the resolved spec, for people
+        attempts/       one JSON per attempt: start, end, outcome, cause (written by global rank 0)
+        checkpoints/    resume checkpoints (+ manifests) and best/ top-k
+        logs/           scheduler/submitit output, one file per rank and attempt
+        spool/          metrics that could not be delivered to MLflow (`trainctl sync` uploads them)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class JobFile:
+    run_id: str
+    tracking_uri: str
+    backend: str
+    spec: dict[str, Any]
+    master_port: int = 0
+    created: float = field(default_factory=time.time)
+
+    @staticmethod
+    def path(run_dir: Path) -> Path:
+        return run_dir / "job.json"
+
+    def write(self, run_dir: Path) -> None:
+        atomic_write_text(self.path(run_dir), json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def read(cls, run_dir: Path) -> JobFile:
+        return cls(**json.loads(cls.path(run_dir).read_text()))
+
+
+def run_dir_for(workdir: str, name: str, run_id: str) -> Path:
+    return Path(workdir).absolute() / f"{name}-{run_id[:8]}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write aside, fsync, rename: readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Attempt:
+    number: int
+    started: float
+    host: str
+    scheduler_job_id: str
+    cause: str  # why this attempt exists: first, timeout, preempted, crash, requeue, node-failure, resume
+    ended: float | None = None
+    outcome: str | None = None  # finished, requeue, failed, killed
+    reason: str | None = None
+    step: int | None = None
+
+
+class Attempts:
+    """The attempt log, written by global rank 0 only."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir / "attempts"
+
+    def all(self) -> list[Attempt]:
+        if not self.dir.is_dir():
+            return []
+        items = [Attempt(**json.loads(p.read_text())) for p in sorted(self.dir.glob("*.json"))]
+        return sorted(items, key=lambda a: a.number)
+
+    def save(self, attempt: Attempt) -> None:
+        atomic_write_text(self.dir / f"{attempt.number:04d}.json", json.dumps(asdict(attempt), indent=2))
+
+    def restarts_used(self) -> int:
+        """Attempts after the first that the job's own faults caused (a manual resume starts a new count)."""
+        used = 0
+        for a in self.all():
+            used = 0 if a.cause in ("first", "resume") else used + 1
+        return used

@@ -1,0 +1,195 @@
+"""MLflow: one run per job, created at submit; every rank and attempt attaches to it; only trainctl ends it.
+
+The job's state lives in the tag `trainctl.state` (PENDING, RUNNING, REQUEUED, FINISHED, FAILED, KILLED);
+MLflow's own status follows it (RUNNING until a terminal state). Secrets never reach MLflow: values read
+from the environment (${env:NAME}) stay as references, and spec paths listed in tracking.redact are masked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainctl import __version__
+from trainctl.errors import UserError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from trainctl.spec import Spec
+
+REDACTED = "***"
+SECRET_NAME = re.compile(r"(?i)(secret|token|password|passwd|api[_-]?key|credential|private[_-]?key)")
+
+
+class State(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    REQUEUED = "REQUEUED"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (State.FINISHED, State.FAILED, State.KILLED)
+
+
+def default_tracking_uri(workdir: str) -> str:
+    """MLFLOW_TRACKING_URI if set, else the embedded sqlite store in the workdir."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
+
+
+def client(uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(cl: MlflowClient, name: str, uri: str) -> str:
+    exp = cl.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):  # embedded store: artifacts beside the database
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+    try:
+        return cl.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another submit
+        exp = cl.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(data, list) and data and any(isinstance(v, (dict, list)) for v in data):
+        for i, v in enumerate(data):
+            out.update(flatten(v, f"{prefix}.{i}"))
+    else:
+        out[prefix] = data
+    return out
+
+
+def redact_spec(spec_dict: dict[str, Any], redact_paths: list[str]) -> dict[str, Any]:
+    """Mask spec paths marked secret and keys whose names look secret; ${env:…} references stay as written."""
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            return {k: (REDACTED if _is_secret(f"{path}.{k}".lstrip("."), k, redact_paths) else walk(v, f"{path}.{k}"))
+                    for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(node)]
+        return node
+
+    return walk(spec_dict, "")
+
+
+def _is_secret(path: str, key: str, redact_paths: list[str]) -> bool:
+    return path in redact_paths or bool(SECRET_NAME.search(str(key)))
+
+
+def redact_text(text: str) -> str:
+    """Remove the values of secret-looking environment variables from free text (logs, errors)."""
+    for name, value in os.environ.items():
+        if value and len(value) >= 4 and SECRET_NAME.search(name):
+            text = text.replace(value, REDACTED)
+    return text
+
+
+def git_commit(path: str | Path = ".") -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def create_run(spec: Spec, uri: str, backend: str) -> str:
+    """Create the job's run at submit time and log the params (the flattened, redacted resolved spec)."""
+    from mlflow.entities import Param
+
+    cl = client(uri)
+    try:
+        exp_id = _experiment_id(cl, spec.experiment, uri)
+        tags = {
+            "mlflow.runName": spec.name,
+            "trainctl.backend": backend,
+            "trainctl.state": State.PENDING.value,
+            "trainctl.version": __version__,
+            "trainctl.world_size": str(spec.resources.nodes * spec.resources.devices_per_node),
+            "trainctl.submit_host": socket.gethostname(),
+        }
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        run = cl.create_run(exp_id, run_name=spec.name, tags=tags)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError.single("tracking.uri", f"cannot reach MLflow at {uri}: {type(exc).__name__}: {exc}",
+                               "start it with `make mlflow`, or unset MLFLOW_TRACKING_URI for the embedded store"
+                               ) from None
+    params = flatten(redact_spec(spec.to_dict(), spec.tracking.redact))
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per request
+        cl.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id
+
+
+def set_state(uri: str, run_id: str, state: State, reason: str | None = None, **tags: str) -> None:
+    """Record the job's state; a terminal state also ends the MLflow run."""
+    from mlflow.entities import RunTag
+
+    cl = client(uri)
+    all_tags = {"trainctl.state": state.value, **tags}
+    if reason is not None:
+        all_tags["trainctl.reason"] = redact_text(reason)[:4000]
+    cl.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+    if state.terminal:
+        cl.set_terminated(run_id, status=state.value)
+    elif cl.get_run(run_id).info.status != "RUNNING":
+        cl.update_run(run_id, status="RUNNING")
+
+
+def current_state(uri: str, run_id: str) -> State:
+    run = client(uri).get_run(run_id)
+    tag = run.data.tags.get("trainctl.state")
+    if tag in State.__members__:
+        return State(tag)
+    return {"FINISHED": State.FINISHED, "FAILED": State.FAILED, "KILLED": State.KILLED}.get(
+        run.info.status, State.RUNNING)
+
+
+def wait_for_server(uri: str, timeout_s: float = 30.0) -> None:
+    """Block until an http(s) tracking server answers /health (no-op for file/sqlite stores)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise UserError.single("tracking.uri", f"no MLflow server answers at {uri}",
+                                   "start one with `make mlflow` or fix MLFLOW_TRACKING_URI")
+        time.sleep(0.2)

@@ -1,0 +1,57 @@
+"""Build the Trainer for one rank from the spec: DDP, the callbacks, the logger and the checkpoint IO."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from trainctl.callbacks import Built, build_callbacks
+from trainctl.callbacks.binding import make
+from trainctl.callbacks.tracking_logger import TrackingLoggerImpl
+from trainctl.components import LightningNamespace, instantiate
+from trainctl.metrics import MetricsSink
+from trainctl.spec import Accelerator, Spec, resolve_env
+
+
+def accelerator(spec: Spec) -> str:
+    if spec.resources.accelerator is Accelerator.auto:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return spec.resources.accelerator.value
+
+
+def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str, sink: MetricsSink | None,
+                  strategy: Any = None, extra_plugins: tuple[Any, ...] = ()) -> tuple[Any, Built]:
+    """A Trainer whose strategy, devices, logger, callbacks and checkpoint IO trainctl owns."""
+    user_callbacks = [instantiate(resolve_env(c), ns.pl.Callback) for c in spec.callbacks]  # type: ignore[arg-type]
+    built = build_callbacks(ns, spec, run_dir, user_callbacks)
+    acc = accelerator(spec)
+    if strategy is None:
+        strategy = ns.pl.strategies.DDPStrategy(
+            process_group_backend="nccl" if acc == "gpu" else "gloo",
+            timeout=timedelta(seconds=spec.fault_tolerance.collective_timeout_s),
+            cluster_environment=ns.fabric.plugins.environments.LightningEnvironment(),
+            checkpoint_io=built.checkpoint_io,
+            gradient_as_bucket_view=True,
+        )
+    else:
+        strategy.checkpoint_io = built.checkpoint_io
+    trainer_args: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": False}
+    trainer_args.update(spec.trainer)
+    trainer = ns.pl.Trainer(
+        **trainer_args,
+        accelerator=acc,
+        devices=spec.resources.devices_per_node,
+        num_nodes=spec.resources.nodes,
+        strategy=strategy,
+        plugins=list(extra_plugins) or None,
+        logger=make(TrackingLoggerImpl, ns.pl.loggers.Logger, run_id=run_id, save_dir=str(run_dir), sink=sink),
+        callbacks=built.callbacks,
+        enable_checkpointing=True,
+        default_root_dir=str(run_dir),
+        log_every_n_steps=spec.tracking.log_every_n_steps,
+        use_distributed_sampler=True,
+    )
+    return trainer, built

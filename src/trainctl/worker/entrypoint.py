@@ -1,0 +1,163 @@
+"""The worker: what every rank runs, on every backend.
+
+run_rank (submitit: local and SLURM) and run_in_ray (Ray Train) differ only in how the process group's
+environment arrives; both call `train`, which reads in one screen: build the user's objects, attach to the
+job's MLflow run, resume from the newest good checkpoint, fit, test, and reach a verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from trainctl import tracking
+from trainctl.callbacks.preemption import RequeueRequested
+from trainctl.callbacks.resume_checkpoint import latest_good
+from trainctl.components import import_class, instantiate, namespace_of
+from trainctl.metrics import MetricsSink, logged_high_water
+from trainctl.rundir import JobFile
+from trainctl.spec import Spec, resolve_env, spec_from_dict
+from trainctl.tracking import State
+from trainctl.worker import attempt as attempts
+from trainctl.worker.build import build_trainer
+from trainctl.worker.env import RankInfo, export_from_submitit
+from trainctl.worker.signals import STOP
+
+log = logging.getLogger("trainctl.worker")
+
+
+def run_rank(run_dir: str) -> str:
+    """submitit's callable on every rank (local executor or SLURM)."""
+    STOP.install()  # replaces submitit's USR2/TERM handlers: trainctl alone owns preemption
+    job = JobFile.read(Path(run_dir))
+    rank = export_from_submitit(job.master_port)
+    verdict = train(Path(run_dir), job, rank)
+    return act_on(verdict, job, rank)
+
+
+def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> attempts.Verdict:
+    logging.basicConfig(level=logging.INFO, format=f"[rank {rank.global_rank}] %(levelname)s %(name)s: %(message)s")
+    spec: Spec = spec_from_dict(job.spec)
+    zero = rank.global_rank == 0
+    attempt = attempts.begin(run_dir, rank)
+    ckpt_path, skipped = latest_good(run_dir)
+    sink = None
+    if zero:
+        _attach(job, rank, attempt, skipped)
+        sink = MetricsSink(job.tracking_uri, job.run_id, run_dir / "spool",
+                           high_water=logged_high_water(job.tracking_uri, job.run_id) if ckpt_path else None)
+    kind, detail, step = "crash", "", None
+    trainer = built = None
+    try:
+        ns = namespace_of(import_class(spec.model.class_path))
+        if spec.seed_everything is not None:
+            ns.pl.seed_everything(spec.seed_everything, workers=True, verbose=False)
+        model = instantiate(resolve_env(spec.model), ns.pl.LightningModule)
+        data = instantiate(resolve_env(spec.data), ns.pl.LightningDataModule) if spec.data else None
+        trainer, built = build_trainer(ns, spec, run_dir, job.run_id, sink, strategy=strategy)
+        trainer.fit(model, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        if _has_test(ns, model, data):
+            best = built.top_k.best_model_path if built.top_k else ""
+            trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False)
+        kind, step = "finished", trainer.global_step
+    except RequeueRequested as stop:
+        kind, detail, step = f"stop:{stop.cause}", f"stopped at step {stop.step}", stop.step
+    except KeyboardInterrupt:
+        kind, detail = "killed", "interrupted (SIGINT)"
+    except Exception as exc:  # the user's code failed: the run records it, the policy decides
+        kind, detail = "crash", f"{type(exc).__name__}: {exc}"
+        log.error("training failed on rank %d:\n%s", rank.global_rank, traceback.format_exc())
+        if STOP.requested:  # a preempted rank whose peer died: still a preemption
+            kind = f"stop:{STOP.cause}"
+    finally:
+        if built is not None:
+            built.checkpoint_io.teardown()  # every pending checkpoint is on disk before we go
+    step = step if step is not None else (trainer.global_step if trainer is not None else None)
+    verdict = attempts.decide(run_dir, attempt, spec.fault_tolerance, kind, detail)
+    if zero:
+        attempts.end(run_dir, attempt, verdict, step)
+        _close_run(job, run_dir, verdict, sink, trainer, built)
+    return verdict
+
+
+def _attach(job: JobFile, rank: RankInfo, attempt: Any, skipped: list[tuple[Path, str]]) -> None:
+    tags = {
+        "trainctl.attempt": str(attempt.number),
+        f"trainctl.attempt.{attempt.number}.cause": attempt.cause,
+        f"trainctl.attempt.{attempt.number}.scheduler_job_id": attempt.scheduler_job_id,
+        "trainctl.hosts": os.environ.get("SLURM_JOB_NODELIST", rank.host),
+        "trainctl.world_size": str(rank.world_size),
+        "trainctl.scheduler_job_id": rank.scheduler_job_id,
+    }
+    if skipped:
+        tags["trainctl.skipped_checkpoints"] = "; ".join(f"{p.name}: {why}" for p, why in skipped)[:4000]
+        for p, why in skipped:
+            log.warning("skipping checkpoint %s: %s", p, why)
+    current = tracking.current_state(job.tracking_uri, job.run_id)
+    if current is not State.KILLED:
+        tracking.set_state(job.tracking_uri, job.run_id, State.RUNNING, **tags)
+
+
+def _close_run(job: JobFile, run_dir: Path, verdict: attempts.Verdict, sink: MetricsSink | None,
+               trainer: Any, built: Any) -> None:
+    if sink is not None:
+        sink.close(timeout_s=30.0)
+    uri, run_id = job.tracking_uri, job.run_id
+    try:
+        if built is not None and _spec_flag(job, "log_checkpoints"):
+            _mirror_checkpoints(uri, run_id, run_dir, built)
+        for log_file in sorted((run_dir / "logs").glob("*_log.*")):
+            tracking.client(uri).log_artifact(run_id, str(log_file), artifact_path="logs")
+        current = tracking.current_state(uri, run_id)
+        if current is State.KILLED:
+            return  # a user's cancel wins over whatever this attempt concluded
+        state = {
+            attempts.Outcome.finished: State.FINISHED, attempts.Outcome.requeue: State.REQUEUED,
+            attempts.Outcome.failed: State.FAILED, attempts.Outcome.killed: State.KILLED,
+        }[verdict.outcome]
+        tracking.set_state(uri, run_id, state, reason=verdict.reason)
+    except Exception:  # tracking down at the very end: the verdict is in attempts/, `trainctl status` reconciles
+        log.exception("could not record the verdict in MLflow")
+
+
+def _spec_flag(job: JobFile, name: str) -> bool:
+    return bool(job.spec.get("tracking", {}).get(name, True))
+
+
+def _mirror_checkpoints(uri: str, run_id: str, run_dir: Path, built: Any) -> None:
+    """Best and last checkpoints (with manifests) to the run's artifacts under checkpoints/."""
+    cl = tracking.client(uri)
+    ckpt, _ = latest_good(run_dir)
+    if ckpt is not None:
+        for p in (ckpt, Path(f"{ckpt}.manifest.json")):
+            cl.log_artifact(run_id, str(p), artifact_path="checkpoints/last")
+    best = getattr(built.top_k, "best_model_path", "") if built.top_k else ""
+    if best and Path(best).is_file():
+        for p in (Path(best), Path(f"{best}.manifest.json")):
+            if p.is_file():
+                cl.log_artifact(run_id, str(p), artifact_path="checkpoints/best")
+
+
+def _has_test(ns: Any, model: Any, data: Any) -> bool:
+    from lightning_utilities.core.overrides import is_overridden
+
+    has_loader = (data is not None and is_overridden("test_dataloader", data, ns.pl.LightningDataModule)) or \
+        is_overridden("test_dataloader", model, ns.pl.LightningModule)
+    return has_loader and is_overridden("test_step", model, ns.pl.LightningModule)
+
+
+def act_on(verdict: attempts.Verdict, job: JobFile, rank: RankInfo) -> str:
+    """Turn the verdict into the process's end: a backend requeue, a failure, or a normal return."""
+    if verdict.outcome is attempts.Outcome.requeue:
+        from trainctl.launchers import registry
+
+        registry.load(job.backend).requeue_self(rank)  # does not return
+    if verdict.outcome in (attempts.Outcome.failed, attempts.Outcome.killed):
+        sys.stderr.write(f"trainctl: attempt ended {verdict.outcome.value}: {verdict.reason}\n")
+        sys.stderr.flush()
+        os._exit(1)  # no result file: the launcher reads the verdict from the run, not a pickle
+    return verdict.reason
