@@ -2,7 +2,7 @@
 
 One concept per module: checkpoint_io (atomic, verified, async files), resume_checkpoint (the points a
 requeue continues from), preemption (agreed stop), grad_norm (the seed design's gradient norm),
-tracking_logger (MLflow without blocking). Top-k and early stopping are Lightning's own, whose decisions
+tracking_logger (MLflow without blocking), rng_state (every rank's RNG in each checkpoint). Top-k and early stopping are Lightning's own, whose decisions
 are already reduced across ranks.
 """
 
@@ -17,6 +17,7 @@ from trainctl.callbacks.checkpoint_io import AtomicCheckpointIOImpl
 from trainctl.callbacks.grad_norm import GradNormLogger
 from trainctl.callbacks.preemption import AgreedStopImpl
 from trainctl.callbacks.resume_checkpoint import ResumeCheckpointImpl
+from trainctl.callbacks.rng_state import RngStateImpl
 from trainctl.components import LightningNamespace
 from trainctl.spec import Spec
 
@@ -33,7 +34,7 @@ def build_callbacks(ns: LightningNamespace, spec: Spec, run_dir: Path, user_call
     pl = ns.pl
     ck = spec.checkpoint
     io = make(AtomicCheckpointIOImpl, ns.fabric.plugins.CheckpointIO, async_save=ck.async_save)
-    callbacks: list[Any] = list(user_callbacks)
+    callbacks: list[Any] = [*user_callbacks, make(RngStateImpl, pl.Callback)]
     if spec.early_stopping is not None:
         es = spec.early_stopping
         callbacks.append(pl.callbacks.EarlyStopping(monitor=es.monitor, mode=es.mode.value, patience=es.patience,

@@ -103,6 +103,16 @@ class ResumeCheckpointImpl:
         if trainer.global_step != self.last_saved_step:
             self.save(trainer)
 
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        checkpoint["trainctl_should_stop"] = bool(trainer.should_stop)  # a pending early stop survives
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        self.pending_stop = bool(checkpoint.get("trainctl_should_stop", False))
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if getattr(self, "pending_stop", False):
+            trainer.should_stop = True
+
     def state_dict(self) -> dict[str, Any]:
         return {"last_saved_step": self.last_saved_step}
 

@@ -24,6 +24,7 @@ from trainctl.spec import Spec, resolve_env, spec_from_dict
 from trainctl.tracking import State
 from trainctl.worker import attempt as attempts
 from trainctl.worker.build import build_trainer
+from trainctl.worker.data import ResumableData
 from trainctl.worker.env import RankInfo, export_from_submitit
 from trainctl.worker.signals import STOP
 
@@ -59,6 +60,8 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
         model = instantiate(resolve_env(spec.model), ns.pl.LightningModule)
         data = instantiate(resolve_env(spec.data), ns.pl.LightningDataModule) if spec.data else None
         trainer, built = build_trainer(ns, spec, run_dir, job.run_id, sink, strategy=strategy)
+        data_path = ResumableData(ns, trainer, spec.seed_everything or 0, rank.global_rank, rank.world_size)
+        data_path.install(data if data is not None else model)
         trainer.fit(model, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
         if _has_test(ns, model, data):
             best = built.top_k.best_model_path if built.top_k else ""

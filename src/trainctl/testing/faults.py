@@ -1,0 +1,74 @@
+"""Callbacks that inject real faults at a chosen step, once per run (a marker file in the run dir)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+
+class _Once:
+    def __init__(self, step: int, rank: int, name: str) -> None:
+        self.step, self.rank, self.name = step, rank, name
+
+    def due(self, trainer: Any) -> bool:
+        if trainer.global_step != self.step or trainer.global_rank != self.rank:
+            return False
+        marker = Path(trainer.default_root_dir) / "faults" / f"{self.name}-{self.step}-{self.rank}"
+        if marker.exists():
+            return False
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        return True
+
+
+class SignalAtStep(pl.Callback):
+    """Send `signal` (USR2 = time limit warning, TERM = preemption, KILL = crash) to this rank at `step`."""
+
+    def __init__(self, step: int, rank: int = 0, signal_name: str = "SIGUSR2") -> None:
+        self.once = _Once(step, rank, f"signal-{signal_name}")
+        self.signum = signal.Signals[signal_name]
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.once.due(trainer):
+            os.kill(os.getpid(), self.signum)
+
+
+class RaiseAtStep(pl.Callback):
+    """Raise RuntimeError on `rank` at `step` (once per run, or every attempt with `always`)."""
+
+    def __init__(self, step: int, rank: int = 0, always: bool = False) -> None:
+        self.once = _Once(step, rank, "raise")
+        self.always = always
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        hit = (trainer.global_step == self.once.step and trainer.global_rank == self.once.rank) if self.always \
+            else self.once.due(trainer)
+        if hit:
+            raise RuntimeError(f"injected failure at step {trainer.global_step} on rank {trainer.global_rank}")
+
+
+class HangAtStep(pl.Callback):
+    """Stop making progress on `rank` at `step` (a stuck rank), once per run."""
+
+    def __init__(self, step: int, rank: int = 1, seconds: float = 3600.0) -> None:
+        self.once = _Once(step, rank, "hang")
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.once.due(trainer):
+            time.sleep(self.seconds)
+
+
+class SlowSteps(pl.Callback):
+    """Sleep `seconds` after every step: stretches a short job so that a time limit or a signal lands mid-run."""
+
+    def __init__(self, seconds: float = 0.1) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        time.sleep(self.seconds)

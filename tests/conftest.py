@@ -1,0 +1,109 @@
+"""Session services for the tests: a real MLflow server, SLURM cluster and Ray cluster.
+
+Each fixture reuses a running instance and stops only what it started. A test that needs a service that is
+missing skips on a developer machine, but fails when CI=true: skips are not passes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TRAINCTL = [sys.executable, "-m", "trainctl.cli"]
+
+
+def require(ok: bool, what: str, hint: str) -> None:
+    """Skip (developer machine) or fail (CI) when a real service is missing."""
+    if ok:
+        return
+    message = f"{what} is not available: {hint}"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """http://127.0.0.1:<port> of a real, lean MLflow server (reused if TRAINCTL_TEST_MLFLOW_URI answers)."""
+    existing = os.environ.get("TRAINCTL_TEST_MLFLOW_URI")
+    if existing and _healthy(existing):
+        yield existing
+        return
+    from trainctl.mlflow_server import start
+
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("mlflow-server")
+    proc = start(port, workdir, workdir / "server.log")
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not _healthy(uri) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.25)
+    ok = _healthy(uri)
+    if not ok:
+        proc.kill()
+    log = (workdir / "server.log").read_text()[-2000:] if (workdir / "server.log").exists() else ""
+    require(ok, "an MLflow server", f"it did not start: {log}")
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _cluster(kind: str, count_env: str, count: str) -> Iterator[None]:
+    scripts = ROOT / "cluster" / kind
+    up = subprocess.run(["bash", str(scripts / "status.sh")], capture_output=True, text=True)
+    started = False
+    if up.returncode != 0 and not IN_CI and os.geteuid() == 0 and shutil.which("apt-get"):
+        res = subprocess.run(["bash", str(scripts / "up.sh"), count], capture_output=True, text=True, timeout=900)
+        started = res.returncode == 0
+        up = subprocess.run(["bash", str(scripts / "status.sh")], capture_output=True, text=True)
+    require(up.returncode == 0, f"the local {kind} cluster", f"run `make {'cluster-up' if kind == 'slurm' else 'ray-up'}`"
+            f" ({up.stdout.strip()} {up.stderr.strip()[-500:]})")
+    yield
+    if started:
+        subprocess.run(["bash", str(scripts / "down.sh")], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[None]:
+    yield from _cluster("slurm", "NODES", os.environ.get("TRAINCTL_TEST_SLURM_NODES", "3"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    yield from _cluster("ray", "WORKERS", "1")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([*TRAINCTL, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=cwd or ROOT)
