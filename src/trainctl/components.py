@@ -10,6 +10,8 @@ import importlib
 import inspect
 import io
 import re
+import types
+import typing
 from contextlib import redirect_stderr
 from dataclasses import dataclass
 from types import ModuleType
@@ -69,7 +71,7 @@ def namespace_of(cls: type) -> LightningNamespace | None:
 
 def import_class(path: str) -> type:
     """Import `a.b.C`; raise ImportError/AttributeError with the underlying cause."""
-    if not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$", path):
+    if not isinstance(path, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$", path):
         raise ValueError(f"{path!r} is not a dotted path like package.module.Class")
     module_name, _, attr = path.rpartition(".")
     module = importlib.import_module(module_name)
@@ -80,18 +82,26 @@ def import_class(path: str) -> type:
 
 
 def _import_problem(where: str, path: str) -> tuple[type | None, Problem | None]:
+    at = f"{where}.class_path"
     try:
         return import_class(path), None
+    except ValueError as exc:
+        return None, Problem(at, str(exc), "write an importable dotted path like package.module.ClassName")
+    except TypeError as exc:
+        return None, Problem(at, str(exc), "give the class itself, e.g. package.module.ClassName")
     except ModuleNotFoundError as exc:
         hint = "install the package, or run from the directory that holds your module (it must be importable)"
-        return None, Problem(f"{where}.class_path", f"cannot import {path!r}: {exc}", hint)
+        return None, Problem(at, f"cannot import {path!r}: {exc}", hint)
     except AttributeError:
         module_name, _, attr = path.rpartition(".")
-        names = dir(importlib.import_module(module_name))
+        try:
+            names = [n for n in dir(importlib.import_module(module_name)) if not n.startswith("_")]
+        except Exception:
+            names = []
         hint = did_you_mean(attr, names) or f"check the class name in {module_name}"
-        return None, Problem(f"{where}.class_path", f"{module_name} has no class {attr!r}", hint)
+        return None, Problem(at, f"{module_name} has no class {attr!r}", hint)
     except Exception as exc:  # a user module that fails to import is still the user's input
-        return None, Problem(f"{where}.class_path", f"cannot import {path!r}: {type(exc).__name__}: {exc}",
+        return None, Problem(at, f"cannot import {path!r}: {type(exc).__name__}: {exc}",
                              "fix the error in that module or the dotted path")
 
 
@@ -101,39 +111,130 @@ def _parser() -> Any:
     return ArgumentParser(exit_on_error=False)
 
 
+def _type_text(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        literals = [v for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+        rest = [_type_text(a) for a in args if typing.get_origin(a) is not typing.Literal]
+        if literals:
+            rest.insert(0, "one of " + ", ".join(repr(v) for v in dict.fromkeys(literals)))
+        return " or ".join(dict.fromkeys(rest))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _value_problem(path: str, tp: Any, value: Any, owner: str) -> Problem | None:
+    """Check one value against one annotation exactly as jsonargparse (and so instantiate) will."""
+    if tp is inspect.Parameter.empty or tp is Any or isinstance(tp, str):
+        return None
+    parser = _parser()
+    try:
+        parser.add_argument("--v", type=tp)
+    except Exception:  # a type jsonargparse cannot handle is left to the full check
+        return None
+    try:
+        with redirect_stderr(io.StringIO()):
+            parser.parse_object({"v": value})
+    except Exception as exc:
+        detail = _expected(str(exc))
+        return Problem(path, f"expected {_type_text(tp)}, got {_shown(value)}"
+                       + (f" ({detail})" if detail and not detail.startswith("expected") else ""),
+                       f"write {_type_text(tp)}; see {owner}")
+    return None
+
+
+def _signature(cls: type) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """(named parameters, resolved annotations, takes **kwargs) of cls.__init__."""
+    try:
+        sig = inspect.signature(cls.__init__)
+    except (TypeError, ValueError):
+        return {}, {}, True
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:
+        hints = {}
+    params = {n: p for n, p in sig.parameters.items()
+              if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    annotations = {n: hints.get(n, p.annotation) for n, p in params.items()}
+    return params, annotations, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _bases(tp: Any) -> list[type]:
+    """The classes a class_path value for this annotation must subclass (none: anything goes)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [b for a in typing.get_args(tp) for b in _bases(a)]
+    return [tp] if inspect.isclass(tp) and tp is not type(None) else []
+
+
+def _check_signature(where: str, cls: type, init_args: Any, depth: int = 0) -> list[Problem]:
+    """Every init_arg of cls at `where.init_args.<name>`: unknown, wrong type, missing; nested class_paths too."""
+    owner = f"the signature of {cls.__module__}.{cls.__qualname__}"
+    if not isinstance(init_args, dict):
+        return [Problem(f"{where}.init_args", f"expected a mapping, got {_shown(init_args)}",
+                        "write `init_args:` as `name: value` lines")]
+    params, annotations, var_kw = _signature(cls)
+    problems: list[Problem] = []
+    for key, value in init_args.items():
+        path = f"{where}.init_args.{key}"
+        if key not in params:
+            if not var_kw:
+                hint = did_you_mean(str(key), params) or (
+                    f"valid arguments of {cls.__name__}: {', '.join(params) or '(none)'}")
+                problems.append(Problem(path, f"{cls.__name__} has no argument {key!r}", hint))
+            continue
+        tp = annotations[key]
+        if isinstance(value, dict) and "class_path" in value and depth < 8:
+            problems += _check_nested(path, tp, value, depth + 1)
+        else:
+            prob = _value_problem(path, tp, value, owner)
+            problems += [prob] if prob else []
+    for name, p in params.items():
+        if p.default is p.empty and name not in init_args and p.kind is not p.POSITIONAL_ONLY:
+            problems.append(Problem(f"{where}.init_args.{name}", f"is required by {cls.__name__}",
+                                    f"add `{name}:` ({_type_text(annotations[name])}) under {where}.init_args"))
+    return problems
+
+
+def _check_nested(where: str, tp: Any, value: dict[str, Any], depth: int) -> list[Problem]:
+    """A nested `{class_path, init_args}` object given for an argument annotated `tp`."""
+    problems = [Problem(f"{where}.{k}", "unknown key in a nested class object", "use class_path and init_args")
+                for k in value if k not in ("class_path", "init_args", "dict_kwargs")]
+    nested_cls, prob = _import_problem(where, value["class_path"])
+    if prob or nested_cls is None:
+        return [*problems, prob] if prob else problems
+    bases = _bases(tp)
+    if bases and not any(issubclass(nested_cls, b) for b in bases):
+        names = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
+        return [*problems, Problem(f"{where}.class_path", f"{value['class_path']} is not a {names}",
+                                   f"give a subclass of {names}, which this argument expects")]
+    return problems + _check_signature(where, nested_cls, value.get("init_args") or {}, depth)
+
+
 def _check_init_args(where: str, cls: type, base: type, comp: Component) -> list[Problem]:
-    """Type-check init_args against the signature, nested class_path objects included."""
+    """Type-check init_args against the signature, nested class_path objects included; then the full parse."""
+    problems = _check_signature(where, cls, comp.init_args)
+    if problems:
+        return problems
     parser = _parser()
     parser.add_subclass_arguments(base, "obj", required=True)
-    buf = io.StringIO()
     try:
-        with redirect_stderr(buf):
+        with redirect_stderr(io.StringIO()):
             parser.parse_object({"obj": {"class_path": comp.class_path, "init_args": comp.init_args}})
     except Exception as exc:  # jsonargparse reports every kind of mismatch as an exception
-        return [_jsonargparse_problem(where, cls, str(exc), comp.init_args)]
+        return [Problem(f"{where}.init_args", f"does not fit {cls.__name__}'s signature: {_expected(str(exc))}",
+                        f"see the signature of {cls.__module__}.{cls.__qualname__}")]
     return []
-
-
-def _jsonargparse_problem(where: str, cls: type, text: str, init_args: dict[str, Any]) -> Problem:
-    params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-    unknown = [k for k in init_args if k not in params]
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()):
-        key = unknown[0]
-        hint = did_you_mean(key, params) or f"valid arguments of {cls.__name__}: {', '.join(params)}"
-        return Problem(f"{where}.init_args.{key}", f"{cls.__name__} has no argument {key!r}", hint)
-    keys = re.findall(r'Parser key "([^"]+)"', text)[1:]
-    if keys:
-        return Problem(f"{where}.init_args.{'.'.join(keys)}", f"does not fit {cls.__name__}'s signature: "
-                       f"{_expected(text)}", f"see the signature of {cls.__module__}.{cls.__name__}")
-    missing = [
-        p.name for p in inspect.signature(cls.__init__).parameters.values()
-        if p.default is p.empty and p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        and p.name not in init_args
-    ]
-    if missing:
-        return Problem(f"{where}.init_args.{missing[0]}", "is required by the class", f"add init_args.{missing[0]}")
-    return Problem(f"{where}.init_args", f"does not fit {cls.__name__}'s signature: {text.strip()}",
-                   f"see the signature of {cls.__module__}.{cls.__name__}")
 
 
 def _expected(text: str) -> str:
@@ -144,65 +245,77 @@ def _expected(text: str) -> str:
         got = re.findall(r"Got value: (.*)", text) or re.findall(r"Given value: (.*)", text)
         value = got[0] if got else ""
         return f"expected {' or '.join(dict.fromkeys(types_))}" + (f", got {value}" if value else "")
-    return found[0][0] if found else text.strip().splitlines()[-1]
+    if found:
+        return found[0][0]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and "Parser key" not in ln]
+    return lines[0] if lines else text.strip()
+
+
+def _same_namespace(where: str, cls: type, ns: LightningNamespace, kind: str, path: str) -> Problem | None:
+    """None when cls subclasses ns.pl.<kind>; else why not (wrong Lightning package, or not one at all)."""
+    if issubclass(cls, getattr(ns.pl, kind)):
+        return None
+    other = namespace_of(cls)
+    if other is not None and other.name != ns.name and issubclass(cls, getattr(other.pl, kind)):
+        return Problem(f"{where}.class_path", f"{path} subclasses {other.name}.{kind}, but the model is a "
+                       f"{ns.name}.LightningModule; one Trainer cannot mix the two Lightning packages",
+                       f"import {kind} from {ns.name} in that module (as the model does), or switch the model "
+                       f"to {other.name}")
+    return Problem(f"{where}.class_path", f"{path} is not a {ns.name}.{kind}",
+                   f"give a subclass of {ns.name}.{kind} (the same Lightning package as the model)")
 
 
 def check_components(spec: Spec) -> list[Problem]:
-    """Import every class path and type-check its init_args; check trainer arguments."""
+    """Import every class path and type-check its init_args; check trainer arguments.
+
+    Fields that failed their type check are None and skipped (they are already reported).
+    """
     problems: list[Problem] = []
+    if spec.model is None or not isinstance(spec.model.class_path, str):
+        return problems
     model_cls, prob = _import_problem("model", spec.model.class_path)
-    if prob:
-        return [prob]
+    if prob or model_cls is None:
+        return [prob] if prob else []
     ns = namespace_of(model_cls)
-    if ns is None:
+    if ns is None or not issubclass(model_cls, ns.pl.LightningModule):
         return [Problem("model.class_path", f"{spec.model.class_path} is not a LightningModule",
                         "subclass pytorch_lightning.LightningModule or lightning.pytorch.LightningModule")]
-    problems += _check_init_args("model", model_cls, ns.pl.LightningModule, spec.model)
-    if spec.data is not None:
-        data_cls, prob = _import_problem("data", spec.data.class_path)
+    if spec.model.init_args is not None:
+        problems += _check_init_args("model", model_cls, ns.pl.LightningModule, spec.model)
+    others = [("data", spec.data, "LightningDataModule")]
+    others += [(f"callbacks[{i}]", cb, "Callback") for i, cb in enumerate(spec.callbacks or [])]
+    for where, comp, kind in others:
+        if comp is None or not isinstance(comp.class_path, str):
+            continue
+        cls, prob = _import_problem(where, comp.class_path)
+        if prob or cls is None:
+            problems += [prob] if prob else []
+            continue
+        prob = _same_namespace(where, cls, ns, kind, comp.class_path)
         if prob:
             problems.append(prob)
-        elif not issubclass(data_cls, ns.pl.LightningDataModule):
-            problems.append(Problem("data.class_path", f"{spec.data.class_path} is not a {ns.name}.LightningDataModule",
-                                    "the data module must subclass the same Lightning package as the model"))
-        else:
-            problems += _check_init_args("data", data_cls, ns.pl.LightningDataModule, spec.data)
-    for i, cb in enumerate(spec.callbacks):
-        where = f"callbacks[{i}]"
-        cb_cls, prob = _import_problem(where, cb.class_path)
-        if prob:
-            problems.append(prob)
-        elif not issubclass(cb_cls, ns.pl.Callback):
-            problems.append(Problem(f"{where}.class_path", f"{cb.class_path} is not a {ns.name}.Callback",
-                                    "callbacks must subclass the same Lightning package as the model"))
-        else:
-            problems += _check_init_args(where, cb_cls, ns.pl.Callback, cb)
-    problems += check_trainer_args(ns, spec.trainer)
+        elif comp.init_args is not None:
+            problems += _check_init_args(where, cls, getattr(ns.pl, kind), comp)
+    if spec.trainer is not None:
+        problems += check_trainer_args(ns, spec.trainer)
     return problems
 
 
 def check_trainer_args(ns: LightningNamespace, args: dict[str, Any]) -> list[Problem]:
-    params = inspect.signature(ns.pl.Trainer.__init__).parameters
-    allowed = [p for p in params if p != "self" and p not in OWNED_TRAINER_ARGS]
+    params, annotations, _ = _signature(ns.pl.Trainer)
+    allowed = [p for p in params if p not in OWNED_TRAINER_ARGS]
+    owner = f"the arguments of {ns.name}.Trainer"
     problems: list[Problem] = []
-    for key in args:
-        if key in OWNED_TRAINER_ARGS:
-            problems.append(Problem(f"trainer.{key}", "is set by trainctl", f"set it in {OWNED_TRAINER_ARGS[key]}"))
-        elif key not in params:
-            hint = did_you_mean(key, allowed) or "see the Lightning Trainer's arguments"
-            problems.append(Problem(f"trainer.{key}", "is not a Trainer argument", hint))
-    if problems:
-        return problems
-    parser = _parser()
-    parser.add_class_arguments(ns.pl.Trainer, "trainer", skip=set(OWNED_TRAINER_ARGS), sub_configs=True)
-    buf = io.StringIO()
     for key, value in args.items():
-        try:
-            with redirect_stderr(buf):
-                parser.parse_object({"trainer": {key: value}}, defaults=False)
-        except Exception as exc:
-            problems.append(Problem(f"trainer.{key}", f"{value!r} does not fit: {_expected(str(exc))}",
-                                    f"see the type of Trainer({key}=…)"))
+        path = f"trainer.{key}"
+        if key in OWNED_TRAINER_ARGS:
+            problems.append(Problem(path, "is set by trainctl", f"set it in {OWNED_TRAINER_ARGS[key]}"))
+        elif key not in params:
+            hint = did_you_mean(str(key), allowed) or f"see {owner}"
+            problems.append(Problem(path, "is not a Trainer argument", hint))
+        else:
+            prob = _value_problem(path, annotations[key], value, owner)
+            problems += [prob] if prob else []
     return problems
 
 

@@ -5,9 +5,11 @@ overrides, checks every field and reports all problems at once, each naming its 
 and a HINT. Class paths are imported and their init_args type-checked by `trainctl.components`.
 """
 
+# ruff: noqa: RUF009  (`_f` only wraps dataclasses.field with range metadata; it is not a mutable default)
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -20,8 +22,10 @@ from typing import Any, Union
 import yaml
 
 from trainctl.errors import Problem, UserError, did_you_mean
+from trainctl.spec_checks import CONTROL, SAFE_NAME, apply_override, check_tree, semantic_checks, shown
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+__all__ = ["SAFE_NAME", "Spec", "apply_override", "load_spec", "parse_spec", "resolve_env", "spec_from_dict"]
+
 ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -179,40 +183,46 @@ def _type_name(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        return "a list"
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
     if origin is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
 
 
 def _convert(tp: Any, value: Any, path: str, meta: dict[str, Any], problems: list[Problem]) -> Any:
+    doc = f" ({meta['doc']})" if meta.get("doc") else ""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, path, meta, problems)
+        if dataclasses.is_dataclass(inner[0]) or not isinstance(inner[0], type):
+            return _convert(inner[0], value, path, meta, problems)
+        before = len(problems)
+        out = _convert(inner[0], value, path, meta, problems)
+        if len(problems) > before and problems[-1].message.startswith("expected "):
+            problems[-1] = Problem(path, f"expected {_type_name(tp)}, got {shown(value)}",
+                                   f"write {_type_name(tp)}{doc}")
+        return out
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, problems)
     if isinstance(tp, type) and issubclass(tp, Enum):
         choices = [m.value for m in tp]
-        if value in choices:
+        if isinstance(value, str) and value in choices:
             return tp(value)
         hint = did_you_mean(str(value), choices) or f"use one of: {', '.join(choices)}"
-        problems.append(Problem(path, f"{value!r} is not valid; valid: {', '.join(choices)}", hint))
+        problems.append(Problem(path, f"{shown(value)} is not valid; valid: {', '.join(choices)}", hint))
         return None
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            problems.append(Problem(path, f"expected a list, got {type(value).__name__}", "write a YAML list"))
+            problems.append(Problem(path, f"expected {_type_name(tp)}, got {shown(value)}",
+                                    f"write a YAML list (`[]` for none){doc}"))
             return None
         return [_convert(item_tp, v, f"{path}[{i}]", {}, problems) for i, v in enumerate(value)]
     if origin is dict:
-        if not isinstance(value, dict):
-            problems.append(Problem(path, f"expected a mapping, got {type(value).__name__}", "key: value"))
-            return None
-        return value
+        return _convert_dict(tp, value, path, doc, problems)
     ok = (
         (tp is bool and isinstance(value, bool))
         or (tp is int and isinstance(value, int) and not isinstance(value, bool))
@@ -220,25 +230,49 @@ def _convert(tp: Any, value: Any, path: str, meta: dict[str, Any], problems: lis
         or (tp is str and isinstance(value, str))
     )
     if not ok:
-        problems.append(Problem(path, f"expected {_type_name(tp)}, got {value!r}", f"write {_type_name(tp)}"))
+        problems.append(Problem(path, f"expected {_type_name(tp)}, got {shown(value)}",
+                                f"write {_type_name(tp)}{doc}"))
+        return None
+    if tp is str and CONTROL.search(value):
+        problems.append(Problem(path, f"{shown(value)} contains a control character (NUL, newline, …)",
+                                "write it on one line, without control characters"))
+        return None
+    if tp is float and not math.isfinite(value):
+        problems.append(Problem(path, f"{value!r} is not a finite number", f"write a finite number{doc}"))
         return None
     lo, hi = meta.get("lo"), meta.get("hi")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        problems.append(Problem(path, f"{value!r} is out of range [{lo}, {hi}]", "pick a value in the range"))
+        problems.append(Problem(path, f"{shown(value)} is out of range; valid: {lo} to {hi}",
+                                f"pick a value from {lo} to {hi}{doc}"))
         return None
     return float(value) if tp is float else value
 
 
+def _convert_dict(tp: Any, value: Any, path: str, doc: str, problems: list[Problem]) -> Any:
+    if not isinstance(value, dict):
+        problems.append(Problem(path, f"expected a mapping, got {shown(value)}",
+                                f"write `key: value` lines (`{{}}` for none){doc}"))
+        return None
+    _, value_tp = typing.get_args(tp)
+    for key, item in value.items():
+        if not isinstance(key, str):
+            problems.append(Problem(_join(path, str(key)), f"key {key!r} is not a string", "quote the key"))
+        elif value_tp is str and not isinstance(item, str):
+            problems.append(Problem(_join(path, key), f"expected a string, got {shown(item)}",
+                                    f"quote the value, e.g. {key}: \"{item}\""))
+    return value
+
+
 def _build(cls: Any, raw: Any, path: str, problems: list[Problem]) -> Any:
     if not isinstance(raw, dict):
-        problems.append(Problem(path or "<spec>", f"expected a mapping, got {type(raw).__name__}",
+        problems.append(Problem(path or "<spec>", f"expected a mapping, got {shown(raw)}",
                                 "write `key: value` lines"))
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            hint = did_you_mean(str(key), fields) or f"valid keys: {', '.join(fields)}"
+            hint = did_you_mean(str(key), fields) or f"valid keys here: {', '.join(fields)}"
             problems.append(Problem(_join(path, str(key)), "unknown key", hint))
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
@@ -258,133 +292,58 @@ def _join(path: str, key: str) -> str:
 # ---------------------------------------------------------------- overrides and loading
 
 
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `--set a.b.c=value` (value parsed as YAML) to the raw spec dict."""
-    key, sep, text = assignment.partition("=")
-    if not sep or not key.strip():
-        raise UserError.single("--set", f"{assignment!r} is not key.path=value", "e.g. --set trainer.max_epochs=3")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as exc:
-        raise UserError.single(f"--set {key}", f"value is not valid YAML: {exc}", "quote strings") from None
-    parts = key.strip().split(".")
-    node: Any = raw
-    for i, part in enumerate(parts[:-1]):
-        nxt = parts[i + 1]
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise UserError.single(f"--set {key}", f"'{'.'.join(parts[: i + 1])}' is not a mapping",
-                                   "override a leaf inside a mapping")
-        if node.get(part) is None:
-            node[part] = [] if nxt.isdigit() else {}
-        node = node[part]
-    last = parts[-1]
-    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        node[int(last)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise UserError.single(f"--set {key}", "the parent is not a mapping", "override a leaf inside a mapping")
-
-
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError.single(str(p), "no such file", "give the path to a job spec, e.g. jobs/digits.yaml")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise UserError.single(str(p), f"not valid YAML: {exc}", "check indentation and quoting") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError.single(str(p), f"cannot read it: {exc}", "give a readable UTF-8 text file") from None
     if not isinstance(raw, dict):
-        raise UserError.single(str(p), "a job spec must be a YAML mapping", "start with `name: my-job`")
+        raise UserError.single(str(p), f"a job spec must be a YAML mapping, not {type(raw).__name__}",
+                               "start with `name: my-job`")
     return raw
 
 
 def parse_spec(raw: dict[str, Any], source: str = "", check_classes: bool = True) -> Spec:
-    """Check a raw dict fully; raise UserError with every problem, else return the Spec."""
+    """Check a raw dict fully; raise UserError with every problem (each path once), else return the Spec."""
+    tree_problems, fatal = check_tree(raw)
+    if fatal:
+        raise UserError(tree_problems, source)
     problems: list[Problem] = []
     spec = _build(Spec, raw, "", problems)
-    if not problems:
-        problems += _semantic_checks(spec)
-    if not problems and check_classes:
-        from trainctl.components import check_components
+    if spec is not None:
+        problems += semantic_checks(spec)
+        if check_classes:
+            from trainctl.components import check_components
 
-        problems += check_components(spec)
+            named = {p.path for p in problems}
+            problems += [p for p in check_components(spec) if p.path not in named]
+    problems += tree_problems
     if problems:
-        raise UserError(problems, source)
+        unique = {p.path: p for p in reversed(problems)}  # first problem per path wins, order kept
+        raise UserError([p for p in problems if unique[p.path] is p], source)
     return spec
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_classes: bool = True) -> Spec:
     raw = read_yaml(path)
+    problems: list[Problem] = []
     for assignment in overrides:
-        apply_override(raw, assignment)
-    return parse_spec(raw, str(path), check_classes)
-
-
-def _semantic_checks(spec: Spec) -> list[Problem]:
-    out: list[Problem] = []
-    if not SAFE_NAME.match(spec.name):
-        out.append(Problem("name", f"{spec.name!r} is not a safe name",
-                           "use letters, digits, '.', '_' or '-' (≤ 64 characters, no spaces or slashes)"))
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,127}$", spec.experiment) or ".." in spec.experiment:
-        out.append(Problem("experiment", f"{spec.experiment!r} is not a valid experiment name",
-                           "use letters, digits, spaces, '.', '_', '-', '/' (≤ 128)"))
-    out += _check_path("workdir", spec.workdir)
-    kind = spec.backend.kind
-    if spec.resources.nodes > 1 and kind is BackendKind.local:
-        out.append(Problem("resources.nodes", f"{spec.resources.nodes} nodes need a cluster backend",
-                           "set backend.kind: slurm or ray, or resources.nodes: 1"))
-    uri = spec.tracking.uri
-    if uri is not None and not re.match(r"^(https?|sqlite|file|databricks)(:|$)|^/", uri):
-        out.append(Problem("tracking.uri", f"{uri!r} is not an MLflow tracking URI",
-                           "use http://host:5000, sqlite:///path/mlflow.db or file:///path"))
-    if kind is not BackendKind.local and uri is not None and not uri.startswith(("http://", "https://")):
-        out.append(Problem("tracking.uri", f"backend {kind.value} needs a tracking server reachable from the nodes",
-                           "run `make mlflow` on the login node and set tracking.uri: http://<host>:5000"))
-    if spec.early_stopping is not None and not spec.early_stopping.monitor:
-        out.append(Problem("early_stopping.monitor", "must name a metric", "e.g. val/loss"))
-    out += _check_sbatch(spec.backend.slurm)
-    for i, line in enumerate(spec.backend.slurm.setup):
-        if "\n" in line or "\0" in line:
-            out.append(Problem(f"backend.slurm.setup[{i}]", "must be one line", "use one list item per line"))
-    return out
-
-
-def _check_path(where: str, value: str) -> list[Problem]:
-    if not value or "\0" in value or "\n" in value or ".." in Path(value).parts:
-        return [Problem(where, f"{value!r} is not an acceptable path",
-                        "use a plain absolute or relative directory without '..'")]
-    return []
-
-
-# sbatch options trainctl renders itself: the spec owns them through `resources` and `fault_tolerance`.
-OWNED_SBATCH = {
-    "nodes": "resources.nodes", "ntasks-per-node": "resources.devices_per_node", "ntasks": "resources",
-    "time": "resources.time_min", "cpus-per-task": "resources.cpus_per_task", "mem": "resources.mem_gb",
-    "gpus-per-node": "backend.slurm.gpus_per_node", "signal": "fault_tolerance.signal_lead_s",
-    "requeue": "fault_tolerance.max_restarts", "output": "(managed)", "error": "(managed)",
-    "job-name": "name", "open-mode": "(managed)", "partition": "backend.slurm.partition",
-    "account": "backend.slurm.account", "qos": "backend.slurm.qos", "constraint": "backend.slurm.constraint",
-    "wckey": "(managed)", "array": "(not supported)", "wrap": "(not supported)",
-}
-SBATCH_KEY = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
-
-
-def _check_sbatch(opts: SlurmOptions) -> list[Problem]:
-    out: list[Problem] = []
-    for key, value in opts.sbatch.items():
-        path = f"backend.slurm.sbatch.{key}"
-        if not isinstance(key, str) or not SBATCH_KEY.match(key):
-            out.append(Problem(path, "not an sbatch long option name", "e.g. exclusive, reservation, mail-type"))
-        elif key in OWNED_SBATCH:
-            out.append(Problem(path, "is set by trainctl", f"set it through {OWNED_SBATCH[key]}"))
-        elif not isinstance(value, (str, int, bool)) or (isinstance(value, str) and re.search(r"[\n\r\0]", value)):
-            out.append(Problem(path, f"{value!r} is not a single-line string, number or true",
-                               "sbatch options take one value"))
-    return out
+        try:
+            apply_override(raw, assignment)
+        except UserError as err:
+            problems += err.problems
+    try:
+        spec = parse_spec(raw, str(path), check_classes)
+    except UserError as err:
+        problems += err.problems
+    if problems:
+        raise UserError(problems, str(path))
+    return spec
 
 
 # ---------------------------------------------------------------- env references and secrets
@@ -402,13 +361,21 @@ def env_refs(value: Any) -> list[str]:
 
 
 def resolve_env(value: Any) -> Any:
-    """Replace ${env:NAME} with the environment's value: done on the worker, never in what is logged."""
+    """Replace ${env:NAME} with the environment's value: done on the worker, never in what is logged.
+
+    Takes plain values or spec dataclasses (a Component, the whole Spec); enums are left as they are.
+    """
+    if isinstance(value, Enum):
+        return value
     if isinstance(value, str):
         return ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), value)
     if isinstance(value, dict):
         return {k: resolve_env(v) for k, v in value.items()}
     if isinstance(value, list):
         return [resolve_env(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: resolve_env(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
     return value
 
 

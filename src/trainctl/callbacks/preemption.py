@@ -1,7 +1,9 @@
-"""Agreed stop: a signal on any rank becomes a checkpoint of the same step on every rank, then a requeue.
+"""Agreed stop: a signal on any rank becomes a checkpoint of the same step on every rank, then a requeue;
+an early stop wanted by any rank becomes every rank's stop.
 
-The flag is reduced across ranks once per step (MAX), replacing Lightning's own per-step SIGTERM broadcast,
-so trainctl adds no collective. On agreement every rank saves the step it just finished and raises
+The flags are reduced across ranks once per step (MAX) on a CPU group of their own, asynchronously: the
+result of step k is read at step k+1, so no step waits for it. This replaces Lightning's own blocking
+per-step SIGTERM broadcast. On agreement every rank saves the step it just finished and raises
 RequeueRequested; the worker turns that into the backend's requeue. A stop agreed on an epoch's last batch
 waits for that epoch's end (validation and epoch-end hooks first), where the resume checkpoint is taken.
 """
@@ -17,7 +19,7 @@ from trainctl.callbacks.resume_checkpoint import is_last_batch
 from trainctl.worker.signals import STOP, StopRequest
 
 
-class RequeueRequested(BaseException):  # noqa: N818 - an outcome, not an error
+class RequeueRequested(BaseException):
     """Raised on every rank after the agreed checkpoint is saved; never caught by user code's `except Exception`."""
 
     def __init__(self, cause: str, step: int, checkpoint: str) -> None:
@@ -31,20 +33,46 @@ class AgreedStopImpl:
         self.resume_checkpoint = resume_checkpoint
         self.request = request
         self.deferred = False
+        self.group: Any = None
+        self.pending: tuple[Any, torch.Tensor] | None = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Lightning registered its SIGTERM notifier (which runs a collective inside the handler): take it back.
         self.request.install()
         epoch_loop = trainer.fit_loop.epoch_loop
         if hasattr(epoch_loop, "_broadcast_sigterm_tensor"):
-            epoch_loop._broadcast_sigterm_tensor = lambda: None  # our per-step reduce replaces it
+            epoch_loop._broadcast_sigterm_tensor = lambda: None  # our reduce replaces its per-step broadcast
+        if trainer.world_size > 1:
+            # A CPU (gloo) group of its own: the flags never touch the GPU stream, never wait on a step, and
+            # never interleave with the training collectives.
+            self.group = torch.distributed.new_group(backend="gloo")
 
-    def _agreed(self, trainer: Any) -> bool:
-        if trainer.world_size == 1:
-            return self.request.requested
-        flag = torch.tensor([1.0 if self.request.requested else 0.0], device=trainer.strategy.root_device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+    def _launch(self, trainer: Any) -> None:
+        """Start the reduce of this step's flags; its result is read one step later, so nothing waits."""
+        local_stop = bool(trainer.should_stop)
+        trainer.should_stop = False  # held back until every rank has heard of it (see _collect)
+        flags = torch.tensor([float(self.request.signum or 0), float(local_stop)])  # MAX keeps a signal number
+        work = torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self.group,
+                                            async_op=True)
+        self.pending = (work, flags)
+
+    def _collect(self, trainer: Any) -> tuple[bool, bool]:
+        """Finish the reduce launched last step; apply an agreed should_stop. Returns (signalled, stop)."""
+        if self.pending is None:
+            return False, False
+        work, flags = self.pending
+        self.pending = None
+        work.wait()
+        signum, stop = flags.tolist()
+        if stop:
+            trainer.should_stop = True
+        if signum and not self.request.requested:
+            self.request.heard_from_peer(int(signum))
+        return bool(signum), bool(stop)
+
+    def _agreed_now(self, trainer: Any) -> bool:
+        self._launch(trainer)
+        return self._collect(trainer)[0]
 
     def _stop(self, trainer: Any) -> None:
         rc = self.resume_checkpoint
@@ -52,11 +80,16 @@ class AgreedStopImpl:
             path = rc.dir / f"step-{trainer.global_step:09d}.ckpt"
         else:
             path = rc.save(trainer)
-        cause = self.request.cause if self.request.requested else "peer-signalled"
-        raise RequeueRequested(cause, trainer.global_step, str(path))
+        raise RequeueRequested(self.request.cause, trainer.global_step, str(path))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.deferred or not self._agreed(trainer):
+        if trainer.world_size == 1:
+            signalled = self.request.requested
+        else:
+            signalled, stop = self._collect(trainer)
+            if not signalled and not stop and not self.deferred:
+                self._launch(trainer)
+        if not signalled or self.deferred:
             return
         if is_last_batch(trainer, batch_idx):
             self.deferred = True  # finish this epoch's validation and epoch-end hooks first
@@ -64,8 +97,18 @@ class AgreedStopImpl:
         self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.deferred or self._agreed(trainer):
+        if trainer.world_size == 1:
+            signalled = self.request.requested
+        else:
+            signalled = self._collect(trainer)[0]
+            signalled = self._agreed_now(trainer) or signalled
+        if self.deferred or signalled:
             self._stop(trainer)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.pending is not None:
+            self.pending[0].wait()
+            self.pending = None
 
 
 def restore_default_handlers() -> None:

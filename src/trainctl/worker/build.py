@@ -23,10 +23,10 @@ def accelerator(spec: Spec) -> str:
 
 
 def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str, sink: MetricsSink | None,
-                  strategy: Any = None, extra_plugins: tuple[Any, ...] = ()) -> tuple[Any, Built]:
+                  strategy: Any = None, extra_callbacks: tuple[Any, ...] = ()) -> tuple[Any, Built]:
     """A Trainer whose strategy, devices, logger, callbacks and checkpoint IO trainctl owns."""
     user_callbacks = [instantiate(resolve_env(c), ns.pl.Callback) for c in spec.callbacks]  # type: ignore[arg-type]
-    built = build_callbacks(ns, spec, run_dir, user_callbacks)
+    built = build_callbacks(ns, spec, run_dir, [*user_callbacks, *extra_callbacks])
     acc = accelerator(spec)
     if strategy is None:
         strategy = ns.pl.strategies.DDPStrategy(
@@ -46,7 +46,6 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
         devices=spec.resources.devices_per_node,
         num_nodes=spec.resources.nodes,
         strategy=strategy,
-        plugins=list(extra_plugins) or None,
         logger=make(TrackingLoggerImpl, ns.pl.loggers.Logger, run_id=run_id, save_dir=str(run_dir), sink=sink),
         callbacks=built.callbacks,
         enable_checkpointing=True,

@@ -39,7 +39,7 @@ class ResumableDistributedSampler(DistributedSampler):
         epoch, done_batches = self.progress()
         self.epoch = epoch
         indices = list(super().__iter__())
-        skip = done_batches * self.batch_size
+        skip = done_batches * self.batch_size  # a finished epoch (skip >= len) starts the next one whole
         return iter(indices[skip:] if 0 < skip < len(indices) else indices)
 
 
@@ -67,11 +67,9 @@ def train_progress(trainer: Any) -> Callable[[], tuple[int, int]]:
     def read() -> tuple[int, int]:
         fit_loop = trainer.fit_loop
         epoch = fit_loop.epoch_progress.current.processed
-        done = fit_loop.epoch_loop.batch_progress.current.processed
-        total = trainer.num_training_batches
-        if not isinstance(total, int) or done >= total:
-            done = 0
-        return epoch, done
+        # Read when the iterator is created, which (with loader workers) precedes Lightning's own loop reset
+        # and its count of the epoch's batches: `processed` is the restored position at both moments.
+        return epoch, fit_loop.epoch_loop.batch_progress.current.processed
 
     return read
 

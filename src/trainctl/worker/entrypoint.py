@@ -7,6 +7,7 @@ job's MLflow run, resume from the newest good checkpoint, fit, test, and reach a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainctl import tracking
+from trainctl.callbacks.binding import make
 from trainctl.callbacks.preemption import RequeueRequested
 from trainctl.callbacks.resume_checkpoint import latest_good
 from trainctl.components import import_class, instantiate, namespace_of
@@ -27,6 +29,7 @@ from trainctl.worker.build import build_trainer
 from trainctl.worker.data import ResumableData
 from trainctl.worker.env import RankInfo, export_from_submitit
 from trainctl.worker.signals import STOP
+from trainctl.worker.watchdog import HeartbeatImpl, Watchdog
 
 log = logging.getLogger("trainctl.worker")
 
@@ -53,13 +56,16 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
                            high_water=logged_high_water(job.tracking_uri, job.run_id) if ckpt_path else None)
     kind, detail, step = "crash", "", None
     trainer = built = None
+    watchdog = Watchdog(spec.fault_tolerance.collective_timeout_s, run_dir / "failures", rank.global_rank,
+                        attempt.number, on_stall=lambda why: _stalled(run_dir, job, rank, attempt, spec, why)).start()
     try:
         ns = namespace_of(import_class(spec.model.class_path))
         if spec.seed_everything is not None:
             ns.pl.seed_everything(spec.seed_everything, workers=True, verbose=False)
         model = instantiate(resolve_env(spec.model), ns.pl.LightningModule)
         data = instantiate(resolve_env(spec.data), ns.pl.LightningDataModule) if spec.data else None
-        trainer, built = build_trainer(ns, spec, run_dir, job.run_id, sink, strategy=strategy)
+        trainer, built = build_trainer(ns, spec, run_dir, job.run_id, sink, strategy=strategy,
+                                       extra_callbacks=(make(HeartbeatImpl, ns.pl.Callback, watchdog),))
         data_path = ResumableData(ns, trainer, spec.seed_everything or 0, rank.global_rank, rank.world_size)
         data_path.install(data if data is not None else model)
         trainer.fit(model, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -77,6 +83,7 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
         if STOP.requested:  # a preempted rank whose peer died: still a preemption
             kind = f"stop:{STOP.cause}"
     finally:
+        watchdog.stop()
         if built is not None:
             built.checkpoint_io.teardown()  # every pending checkpoint is on disk before we go
     step = step if step is not None else (trainer.global_step if trainer is not None else None)
@@ -85,6 +92,20 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
         attempts.end(run_dir, attempt, verdict, step)
         _close_run(job, run_dir, verdict, sink, trainer, built)
     return verdict
+
+
+def _stalled(run_dir: Path, job: JobFile, rank: RankInfo, attempt: Any, spec: Spec, why: str) -> None:
+    """Watchdog thread: this rank is stuck. Its stacks are saved; leave so that the peers fail fast."""
+    log.error("%s; stacks saved under %s", why, run_dir / "failures")
+    verdict = attempts.decide(run_dir, attempt, spec.fault_tolerance, "crash", why)
+    if rank.global_rank == 0:
+        attempts.end(run_dir, attempt, verdict, None)
+        with contextlib.suppress(Exception):
+            tracking.set_state(job.tracking_uri, job.run_id, State.REQUEUED if verdict.outcome.value == "requeue"
+                               else State.FAILED, reason=verdict.reason, **{"trainctl.failed_rank": str(rank.global_rank),
+                                                                            "trainctl.failed_host": rank.host})
+    act_on(verdict, job, rank)
+    os._exit(1)
 
 
 def _attach(job: JobFile, rank: RankInfo, attempt: Any, skipped: list[tuple[Path, str]]) -> None:

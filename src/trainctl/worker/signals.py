@@ -42,6 +42,12 @@ class StopRequest:
             self.received_at = time.time()
         self.events.append(signal.Signals(signum).name)
 
+    def heard_from_peer(self, signum: int) -> None:
+        """Another rank received the signal: this rank stops for the same cause."""
+        self.signum = signum
+        self.received_at = time.time()
+        self.events.append(f"peer:{signal.Signals(signum).name}")
+
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # Ray runs the train function in a thread; its setup hook installs in the main thread

@@ -1,0 +1,80 @@
+"""No hangs: a rank that makes no progress for `collective_timeout_s` dumps every thread's stack to the run
+and leaves, so its peers' collectives fail fast and the job is requeued or fails by its policy.
+
+Gloo and NCCL time out a collective that waits on a dead peer; a rank stuck outside a collective (a deadlock in
+user code, a hung data-loader worker) is caught here. Heartbeats are a float assignment per batch.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class Watchdog:
+    def __init__(self, timeout_s: float, report_dir: Path, rank: int, attempt: int,
+                 on_stall: Callable[[str], None]) -> None:
+        self.timeout_s, self.report_dir, self.rank, self.attempt = timeout_s, report_dir, rank, attempt
+        self.on_stall = on_stall
+        self.last_beat = time.monotonic()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="trainctl-watchdog", daemon=True)
+
+    def start(self) -> Watchdog:
+        self.thread.start()
+        return self
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _watch(self) -> None:
+        while not self.stopped.wait(min(5.0, self.timeout_s / 4)):
+            idle = time.monotonic() - self.last_beat
+            if idle > self.timeout_s:
+                reason = f"rank {self.rank} on {socket.gethostname()} made no progress for {idle:.0f} s"
+                self.report(reason)
+                self.on_stall(reason)
+                return
+
+    def report(self, reason: str) -> Path:
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        stem = self.report_dir / f"attempt-{self.attempt:04d}-rank-{self.rank:04d}"
+        with open(f"{stem}.stacks.txt", "w") as fh:
+            fh.write(f"{reason}\n\n")
+            fh.flush()
+            faulthandler.dump_traceback(file=fh, all_threads=True)
+        Path(f"{stem}.json").write_text(json.dumps({
+            "rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "reason": reason,
+            "time": time.time(),
+        }))
+        return Path(f"{stem}.stacks.txt")
+
+
+class HeartbeatImpl:
+    """Callback: one heartbeat per train/validation/test batch."""
+
+    def __init__(self, watchdog: Watchdog) -> None:
+        super().__init__()
+        self.watchdog = watchdog
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.watchdog.last_beat = time.monotonic()
+
+    def on_validation_batch_end(self, *args: Any) -> None:
+        self.watchdog.last_beat = time.monotonic()
+
+    def on_test_batch_end(self, *args: Any) -> None:
+        self.watchdog.last_beat = time.monotonic()
+
+    def on_train_epoch_end(self, *args: Any) -> None:
+        self.watchdog.last_beat = time.monotonic()
