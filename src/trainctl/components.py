@@ -134,8 +134,19 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _value_problem(path: str, tp: Any, value: Any, owner: str) -> Problem | None:
-    """Check one value against one annotation exactly as jsonargparse (and so instantiate) will."""
+def _allows_none(tp: Any, default: Any) -> bool:
+    if default is None or tp in (inspect.Parameter.empty, Any, object, type(None)) or isinstance(tp, str):
+        return True
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and any(_allows_none(a, 0)
+                                                                           for a in typing.get_args(tp))
+
+
+def _value_problem(path: str, tp: Any, value: Any, owner: str, default: Any = inspect.Parameter.empty
+                   ) -> Problem | None:
+    """Check one value against one annotation as jsonargparse (and so instantiate) will; null only if allowed."""
+    if value is None and not _allows_none(tp, default):
+        return Problem(path, f"must not be null: expected {_type_text(tp)}",
+                       f"write {_type_text(tp)}, or remove the key to use the default; see {owner}")
     if tp is inspect.Parameter.empty or tp is Any or isinstance(tp, str):
         return None
     parser = _parser()
@@ -174,7 +185,7 @@ def _bases(tp: Any) -> list[type]:
     """The classes a class_path value for this annotation must subclass (none: anything goes)."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return [b for a in typing.get_args(tp) for b in _bases(a)]
-    return [tp] if inspect.isclass(tp) and tp is not type(None) else []
+    return [tp] if inspect.isclass(tp) and tp.__module__ != "builtins" else []
 
 
 def _check_signature(where: str, cls: type, init_args: Any, depth: int = 0) -> list[Problem]:
@@ -194,10 +205,11 @@ def _check_signature(where: str, cls: type, init_args: Any, depth: int = 0) -> l
                 problems.append(Problem(path, f"{cls.__name__} has no argument {key!r}", hint))
             continue
         tp = annotations[key]
-        if isinstance(value, dict) and "class_path" in value and depth < 8:
+        nested = tp in (inspect.Parameter.empty, Any) or bool(_bases(tp))
+        if nested and isinstance(value, dict) and "class_path" in value and depth < 8:
             problems += _check_nested(path, tp, value, depth + 1)
         else:
-            prob = _value_problem(path, tp, value, owner)
+            prob = _value_problem(path, tp, value, owner, params[key].default)
             problems += [prob] if prob else []
     for name, p in params.items():
         if p.default is p.empty and name not in init_args and p.kind is not p.POSITIONAL_ONLY:
@@ -314,7 +326,7 @@ def check_trainer_args(ns: LightningNamespace, args: dict[str, Any]) -> list[Pro
             hint = did_you_mean(str(key), allowed) or f"see {owner}"
             problems.append(Problem(path, "is not a Trainer argument", hint))
         else:
-            prob = _value_problem(path, annotations[key], value, owner)
+            prob = _value_problem(path, annotations[key], value, owner, params[key].default)
             problems += [prob] if prob else []
     return problems
 
@@ -324,4 +336,5 @@ def instantiate(comp: Component, base: type) -> Any:
     parser = _parser()
     parser.add_subclass_arguments(base, "obj", required=True)
     cfg = parser.parse_object({"obj": {"class_path": comp.class_path, "init_args": comp.init_args}})
-    return parser.instantiate_classes(cfg).obj
+    build = getattr(parser, "instantiate", None) or parser.instantiate_classes  # the new name since 4.49
+    return build(cfg).obj

@@ -89,7 +89,7 @@ def find_run(run_id: str, uri: str) -> RunRef:
         raise UserError.single("RUN_ID", f"no run {run_id!r} in {uri}: {type(exc).__name__}",
                                "list runs with `trainctl ls`, or pass --tracking-uri / set MLFLOW_TRACKING_URI"
                                ) from None
-    tags = run.data.tags
+    tags, run_id = run.data.tags, run.info.run_id
     if "trainctl.backend" not in tags:
         raise UserError.single("RUN_ID", f"run {run_id} was not created by trainctl", "list runs with `trainctl ls`")
     return RunRef(run_id, uri, Path(tags.get("trainctl.run_dir", "")), tags["trainctl.backend"],

@@ -303,8 +303,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError.single(str(p), f"cannot read it: {exc}", "give a readable UTF-8 text file") from None
     if not isinstance(raw, dict):
-        raise UserError.single(str(p), f"a job spec must be a YAML mapping, not {type(raw).__name__}",
-                               "start with `name: my-job`")
+        got = "an empty file" if raw is None else f"a YAML {type(raw).__name__}"
+        raise UserError.single(str(p), f"a job spec must be a YAML mapping, got {got}",
+                               "start with `name: my-job`, then `model:` (see jobs/digits.yaml)")
     return raw
 
 

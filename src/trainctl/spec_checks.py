@@ -30,6 +30,7 @@ SBATCH_KEY = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
 SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.,+=@:/%\[\]-]{1,256}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 URI_CHARS = re.compile(r"^[A-Za-z0-9._~:/?#@!*+,=%\[\]-]{1,2048}$")
+SHELL_CHARS = re.compile(r"[\x00-\x1f\x7f`$;|&<>'\"\\]")
 CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every control character but tab
 MAX_DEPTH = 32
 INT64 = 2**63 - 1
@@ -107,7 +108,6 @@ def semantic_checks(spec: Spec) -> list[Problem]:
         out += _match("checkpoint.monitor", ck.monitor, METRIC, "metric name", _METRIC_HINT, no_dotdot=True)
     if es is not None:
         out += _match("early_stopping.monitor", es.monitor, METRIC, "metric name", _METRIC_HINT, no_dotdot=True)
-    out += _cross_field(spec)
     tr = spec.tracking
     if tr is not None:
         if tr.uri is not None:
@@ -118,7 +118,7 @@ def semantic_checks(spec: Spec) -> list[Problem]:
     if spec.backend is not None:
         out += _check_slurm(spec.backend.slurm)
         out += _check_ray(spec.backend.ray)
-    return out
+    return out + _cross_field(spec)
 
 
 _METRIC_HINT = "write a logged metric name, e.g. val/loss (letters, digits, _ . / : @ - and spaces; no '..')"
@@ -147,26 +147,28 @@ def check_path(where: str, value: str) -> list[Problem]:
 
 
 def check_uri(where: str, uri: str) -> list[Problem]:
+    """An MLflow URI: http(s) and databricks strictly; store paths (sqlite, file) may hold what a path may."""
     hint = "use http://host:5000, https://host, sqlite:///abs/path/mlflow.db or file:///abs/path"
-    if not URI_CHARS.match(uri):
-        return [Problem(where, f"{uri!r} contains characters a tracking URI cannot have (spaces, quotes, "
-                        "$ ; | & < > ( ) or backticks)", hint)]
-    if uri.startswith("/"):
+    bad = f"{uri!r} contains characters a tracking URI cannot have"
+    if SHELL_CHARS.search(uri):  # quotes, $ ; | & < > backslash, backticks, control characters
+        return [Problem(where, f"{bad} (quotes, $ ; | & < > \\ or backticks)", hint)]
+    if uri == "databricks":  # the default Databricks workspace
+        return []
+    scheme = "" if uri.startswith("/") else urlsplit(uri).scheme
+    if scheme in ("http", "https", "databricks"):
+        if not URI_CHARS.match(uri):
+            return [Problem(where, f"{bad} (spaces, parentheses, …)", hint)]
+        if scheme != "databricks" and not _url_ok(uri, ("http", "https")):
+            return [Problem(where, f"{uri!r} needs a host and a valid port (1-65535)", hint)]
+        return []
+    if scheme == "" and uri.startswith("/"):
         path = uri
+    elif scheme == "sqlite" and uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+    elif scheme == "file" and urlsplit(uri).path:
+        path = urlsplit(uri).path
     else:
-        parts = urlsplit(uri)
-        if parts.scheme in ("http", "https"):
-            if not _url_ok(uri, ("http", "https")):
-                return [Problem(where, f"{uri!r} needs a host and a valid port (1-65535)", hint)]
-            return []
-        if parts.scheme == "databricks":
-            return []
-        if parts.scheme == "sqlite" and uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
-            path = uri.removeprefix("sqlite:///")
-        elif parts.scheme == "file" and parts.path:
-            path = parts.path
-        else:
-            return [Problem(where, f"{uri!r} is not an MLflow tracking URI", hint)]
+        return [Problem(where, f"{uri!r} is not an MLflow tracking URI", hint)]
     if ".." in PurePosixPath(path).parts:
         return [Problem(where, f"{uri!r} has '..' in its path", "write the store's path without '..'")]
     return []
@@ -289,7 +291,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
                 node[part] = value
             else:
                 if node.get(part) is None:
-                    node[part] = {}
+                    node[part] = [] if parts[i + 1].isdigit() else {}
                 node = node[part]
         else:
             parent = ".".join(parts[:i]) or "the spec"

@@ -9,11 +9,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
-class DigitsClassifier(pl.LightningModule):
-    """An MLP with dropout; validation accuracy is a torchmetrics metric synced over every rank."""
+class ClassifierCode:
+    """An MLP with dropout; validation accuracy is a torchmetrics metric synced over every rank.
 
-    def __init__(self, hidden: int = 128, dropout: float = 0.2, lr: float = 3e-3, step_lr_gamma: float = 0.9,
-                 fail_at_step: int | None = None) -> None:
+    Written once and mixed into a LightningModule of either Lightning package (see digits_lightning.py).
+    """
+
+    def __init__(self, hidden: int = 128, dropout: float = 0.2, lr: float = 3e-3, step_lr_gamma: float = 0.9) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(
@@ -28,8 +30,6 @@ class DigitsClassifier(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self.hparams.fail_at_step is not None and self.global_step == self.hparams.fail_at_step:
-            raise RuntimeError(f"injected failure at step {self.global_step}")
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
         self.log("train/loss", loss)
@@ -53,7 +53,7 @@ class DigitsClassifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DataCode:
     """1797 digits split 70/15/15 with a fixed seed; `repeat` enlarges the training set for longer runs."""
 
     def __init__(self, batch_size: int = 32, num_workers: int = 0, repeat: int = 1, seed: int = 0) -> None:
@@ -86,3 +86,11 @@ class DigitsDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+
+
+class DigitsClassifier(ClassifierCode, pl.LightningModule):
+    pass
+
+
+class DigitsDataModule(DataCode, pl.LightningDataModule):
+    pass

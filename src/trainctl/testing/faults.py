@@ -72,3 +72,14 @@ class SlowSteps(pl.Callback):
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         time.sleep(self.seconds)
+
+
+class StopOnRank(pl.Callback):
+    """Set trainer.should_stop on one rank only at `step` (a user callback deciding alone)."""
+
+    def __init__(self, step: int, rank: int = 1) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step >= self.step and trainer.global_rank == self.rank:
+            trainer.should_stop = True

@@ -1,0 +1,185 @@
+"""The digits job through the real CLI, the local launcher (submitit), 2 gloo ranks and a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TRAINCTL, run_cli
+from helpers import SHORT, callbacks, final_checkpoint, run_dir, run_info, steps, submit, wait_state
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.mlflow
+
+
+@pytest.fixture(scope="module")
+def digits_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, float]:
+    """The full example job, once: the acceptance run of the walking skeleton."""
+    workdir = tmp_path_factory.mktemp("digits")
+    t0 = time.monotonic()
+    res, run_id = submit(workdir, mlflow_server, [])
+    wall = time.monotonic() - t0
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert run_id
+    return run_id, workdir, wall
+
+
+def test_digits_job_lands_in_mlflow(mlflow_server: str, digits_run: tuple[str, Path, float]) -> None:
+    run_id, _, _ = digits_run
+    run = run_info(mlflow_server, run_id)
+    assert run.info.status == "FINISHED"
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    assert tags["trainctl.state"] == "FINISHED"
+    assert tags["trainctl.backend"] == "local"
+    assert tags["trainctl.world_size"] == "2"
+    assert tags["trainctl.attempt"] == "1" and tags["trainctl.attempt.1.cause"] == "first"
+    assert tags["trainctl.scheduler_job_id"] and tags["trainctl.hosts"] and tags["trainctl.version"]
+    assert params["model.class_path"] == "trainctl.examples.digits.DigitsClassifier"
+    assert params["resources.devices_per_node"] == "2"
+    assert metrics["val/acc"] >= 0.95, metrics
+    assert metrics["test/acc"] >= 0.9, metrics
+    assert "grad/norm" in metrics
+    history = steps(mlflow_server, run_id)
+    assert history == list(range(history[0], history[-1] + 1)), "train/loss: every step exactly once"
+    client = MlflowClient(tracking_uri=mlflow_server)
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"spec.yaml", "checkpoints", "logs"} <= top
+    last = [a.path for a in client.list_artifacts(run_id, "checkpoints/last")]
+    best = [a.path for a in client.list_artifacts(run_id, "checkpoints/best")]
+    assert any(p.endswith(".ckpt") for p in last) and any(p.endswith(".ckpt") for p in best)
+    logs = [a.path for a in client.list_artifacts(run_id, "logs")]
+    assert any("_0_log" in p for p in logs) and any("_1_log" in p for p in logs)
+
+
+def test_status_json_and_ls(mlflow_server: str, digits_run: tuple[str, Path, float]) -> None:
+    run_id, _, _ = digits_run
+    res = run_cli("status", run_id, "--tracking-uri", mlflow_server, "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["run_id"] == run_id and out["status"] == "FINISHED" and out["backend"] == "local"
+    assert out["metrics"]["val/acc"] >= 0.95
+    assert run_id in run_cli("ls", "--tracking-uri", mlflow_server).stdout
+    logs = run_cli("logs", run_id[:10], "--tracking-uri", mlflow_server)
+    assert logs.returncode == 0 and "rank 1" in logs.stdout
+
+
+def test_best_checkpoint_loads_and_resume_forks(mlflow_server: str, digits_run: tuple[str, Path, float]) -> None:
+    from trainctl.examples.digits import DigitsClassifier
+
+    run_id, _, _ = digits_run
+    best = sorted((run_dir(mlflow_server, run_id) / "checkpoints" / "best").glob("*.ckpt"))
+    assert best
+    model = DigitsClassifier.load_from_checkpoint(best[-1], map_location="cpu", weights_only=False)
+    assert model.hparams.hidden == 128
+    res = run_cli("resume", run_id, "--from", "best", "--set", "trainer.max_epochs=20", "--tracking-uri",
+                  mlflow_server, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    new_id = [w for w in res.stdout.split() if len(w) == 32 and w != run_id][0]
+    child = run_info(mlflow_server, new_id)
+    assert child.data.tags["mlflow.parentRunId"] == run_id
+    assert child.data.tags["trainctl.state"] == "FINISHED"
+    assert "trainer.max_epochs=20" in child.data.tags["trainctl.resume_overrides"]
+
+
+def test_resume_last_continues_the_same_run(mlflow_server: str, tmp_path: Path) -> None:
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=2"])
+    assert res.returncode == 0 and run_id, res.stderr[-2000:]
+    before = steps(mlflow_server, run_id)
+    res = run_cli("resume", run_id, "--set", "trainer.max_epochs=3", "--tracking-uri", mlflow_server, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    after = steps(mlflow_server, run_id)
+    assert after == list(range(after[0], after[-1] + 1)) and len(after) > len(before)
+    tags = run_info(mlflow_server, run_id).data.tags
+    assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt.2.cause"] == "resume"
+    assert run_cli("resume", run_id, "--from", "/nonexistent.ckpt", "--tracking-uri", mlflow_server).returncode == 2
+
+
+def test_early_stopping_stops_every_rank(mlflow_server: str, tmp_path: Path) -> None:
+    res, run_id = submit(tmp_path, mlflow_server, ["trainer.max_epochs=30", "early_stopping.patience=0",
+                                                   "early_stopping.min_delta=10.0"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    ckpt = final_checkpoint(run_dir(mlflow_server, run_id))
+    assert ckpt["epoch"] < 5, "stopped early"
+    assert run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "FINISHED"
+
+
+def test_stop_wanted_by_one_rank_stops_all(mlflow_server: str, tmp_path: Path) -> None:
+    """A user callback that sets should_stop on rank 1 only: plain Lightning hangs; trainctl stops both ranks."""
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, callbacks(("StopOnRank", {"step": 25, "rank": 1}))],
+                         timeout=240)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert final_checkpoint(run_dir(mlflow_server, run_id))["global_step"] < 60
+
+
+def test_crash_ends_failed_without_hanging(mlflow_server: str, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "fault_tolerance.on_failure=fail",
+                                                   callbacks(("RaiseAtStep", {"step": 15, "rank": 1}))], timeout=240)
+    assert res.returncode == 1, res.stdout[-2000:]
+    assert time.monotonic() - t0 < 200
+    run = run_info(mlflow_server, run_id)
+    assert run.info.status == "FAILED" and run.data.tags["trainctl.state"] == "FAILED"
+    assert "injected failure" in run.data.tags["trainctl.reason"] or "crash" in run.data.tags["trainctl.reason"]
+
+
+def test_crash_requeues_and_finishes_in_the_same_run(mlflow_server: str, tmp_path: Path) -> None:
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "checkpoint.every_n_train_steps=10",
+                                                   callbacks(("RaiseAtStep", {"step": 25, "rank": 0}))], timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:]
+    tags = run_info(mlflow_server, run_id).data.tags
+    assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt"] == "2"
+    assert tags["trainctl.attempt.2.cause"] == "crash"
+    history = steps(mlflow_server, run_id)
+    assert history == list(range(history[0], 60)), "no duplicate and no gap across the requeue"
+
+
+def test_two_jobs_at_once_and_cancel(mlflow_server: str, tmp_path: Path) -> None:
+    slow = callbacks(("SlowSteps", {"seconds": 0.3}))
+    (res_a, a), (res_b, b) = (submit(tmp_path / n, mlflow_server, [*SHORT, slow], "--detach") for n in "ab")
+    assert res_a.returncode == 0 and res_b.returncode == 0 and a and b
+    assert wait_state(mlflow_server, a, {"RUNNING"}, 120) == "RUNNING"
+    cancel = run_cli("cancel", a, "--tracking-uri", mlflow_server)
+    assert cancel.returncode == 0, cancel.stderr
+    assert wait_state(mlflow_server, b, {"FINISHED", "FAILED"}, 300) == "FINISHED"
+    time.sleep(3)
+    assert run_info(mlflow_server, a).data.tags["trainctl.state"] == "KILLED"
+    assert run_info(mlflow_server, a).data.tags.get("trainctl.attempt", "1") == "1", "a cancel never requeues"
+
+
+def test_ctrl_c_cancels_and_marks_killed(mlflow_server: str, tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    args = [*TRAINCTL, "submit", "jobs/digits.yaml", "--set", f"workdir={tmp_path}", "--set",
+            f"tracking.uri={mlflow_server}", "--set", "trainer.max_epochs=50",
+            "--set", callbacks(("SlowSteps", {"seconds": 0.05}))]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_id = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("run id:"):
+            run_id = line.split()[-1]
+        if "Starting with 2 processes" in line or "train" in line.lower() and run_id:
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130
+    assert run_id and run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "KILLED"
+
+
+def test_lightning_namespace_module(mlflow_server: str, tmp_path: Path) -> None:
+    """A module written against `lightning.pytorch` (not `pytorch_lightning`) gets a Trainer of its namespace."""
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=1",
+                                                   "model.class_path=trainctl.examples.digits_lightning.DigitsClassifier",
+                                                   "data.class_path=trainctl.examples.digits_lightning.DigitsDataModule"])
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "FINISHED"
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    res = run_cli("submit", "jobs/digits.yaml", "--dry-run", "--set", f"workdir={tmp_path}/w")
+    assert res.returncode == 0 and "LocalExecutor" in res.stdout
+    assert not (tmp_path / "w").exists()

@@ -1,0 +1,84 @@
+"""Bad input through the real CLI: exit 2, every problem listed with a HINT, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def trainctl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "trainctl.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_clean_usage_error(res: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert "\nerror: " in f"\n{res.stderr}", res.stderr  # MLflow may log INFO lines before it
+    assert "HINT:" in res.stderr, res.stderr
+    for word in words:
+        assert word in res.stderr, res.stderr
+
+
+def test_validate_a_missing_file(tmp_path: Path) -> None:
+    res = trainctl("validate", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert_clean_usage_error(res, "nope.yaml", "no such file")
+
+
+def test_validate_a_directory(tmp_path: Path) -> None:
+    assert_clean_usage_error(trainctl("validate", str(tmp_path), cwd=tmp_path), "no such file")
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("name: [unclosed\nmodel: {", "not valid YAML"),
+    ("name: a\n\tmodel: x\n", "not valid YAML"),
+    ("name: !!python/object/apply:os.system [id]\n", "not valid YAML"),
+    ("- name: a\n- name: b\n", "must be a YAML mapping"),
+    ("just a string\n", "must be a YAML mapping"),
+    ("", "must be a YAML mapping"),
+    ("42\n", "must be a YAML mapping"),
+], ids=["unclosed", "tab", "python-tag", "list", "string", "empty", "number"])
+def test_validate_bad_yaml(tmp_path: Path, text: str, words: str) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(text)
+    assert_clean_usage_error(trainctl("validate", str(job), cwd=tmp_path), str(job), words)
+
+
+def test_validate_a_binary_file(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_bytes(b"name: \xff\xfe\x00\x01")
+    assert_clean_usage_error(trainctl("validate", str(job), cwd=tmp_path), "cannot read it")
+
+
+def test_validate_lists_every_problem(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "jobs" / "digits.yaml").read_text())
+    raw["name"] = "my job; rm -rf /"
+    raw["resources"]["nodez"] = 2
+    raw["resources"]["mem_gb"] = -1
+    raw["checkpoint"]["mode"] = "maximum"
+    raw["model"]["init_args"]["hidden"] = "wide"
+    raw["trainer"]["devices"] = 4
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw))
+    res = trainctl("validate", str(job), "--set", "tracking.uri=ftp://x", cwd=tmp_path)
+    paths = ["name:", "resources.nodez:", "resources.mem_gb:", "checkpoint.mode:", "model.init_args.hidden:",
+             "trainer.devices:", "tracking.uri:"]
+    assert_clean_usage_error(res, "7 problems found", *paths, "did you mean 'nodes'?")
+    assert res.stderr.count("HINT:") == 7
+    assert list(tmp_path.iterdir()) == [job]
+
+
+def test_status_of_an_unknown_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/x.db"
+    res = trainctl("status", "0123456789abcdef0123456789abcdef", "--tracking-uri", uri, cwd=tmp_path)
+    assert_clean_usage_error(res, "RUN_ID", "no run")
+    assert res.stdout == ""

@@ -1,0 +1,80 @@
+"""The metrics sink against real sockets: a server that stalls every request, one that is down, one that works."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from trainctl.metrics import MetricsSink, upload_spool
+
+
+@pytest.fixture()
+def stalling_server():
+    """Accepts connections and never answers (a hung tracking server)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    t.join()
+    for c in conns:
+        c.close()
+    srv.close()
+
+
+def test_adding_points_never_waits_for_a_stalled_server(stalling_server: str, tmp_path: Path) -> None:
+    sink = MetricsSink(stalling_server, "0" * 32, tmp_path / "spool", flush_every_s=0.05)
+    times = []
+    for step in range(2000):
+        t0 = time.perf_counter()
+        sink.add({"train/loss": 1.0 / (step + 1), "grad/norm": 2.0}, step)
+        times.append(time.perf_counter() - t0)
+    assert sorted(times)[len(times) // 2] < 1e-3
+    assert max(times) < 0.05
+    spooled = sink.close(timeout_s=0.5)
+    assert spooled == 4000, "undelivered points are spooled, none dropped"
+    assert len((tmp_path / "spool").glob("*.jsonl").__next__().read_text().splitlines()) == 4000
+
+
+def test_points_at_or_below_the_high_water_mark_are_dropped(tmp_path: Path) -> None:
+    sink = MetricsSink("http://127.0.0.1:9", "0" * 32, tmp_path / "s", high_water={"loss": 9})
+    sink.add({"loss": 1.0, "acc": 0.5}, 9)
+    sink.add({"loss": 1.0}, 10)
+    assert [(k, s) for k, _, s, _ in sink.pending] == [("acc", 9), ("loss", 10)]
+    sink.close(timeout_s=0.1)
+
+
+@pytest.mark.mlflow
+def test_spool_uploads_later(mlflow_server: str, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.create_experiment(f"spool-{time.time()}")
+    run_id = client.create_run(exp).info.run_id
+    sink = MetricsSink("http://127.0.0.1:9", run_id, tmp_path / "spool", flush_every_s=0.05)
+    for step in range(50):
+        sink.add({"loss": float(step)}, step)
+    assert sink.close(timeout_s=0.3) == 50
+    assert upload_spool(mlflow_server, run_id, tmp_path / "spool") == 50
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(50))
+    assert not list((tmp_path / "spool").glob("*.jsonl"))
+    live = MetricsSink(mlflow_server, run_id, tmp_path / "spool2", flush_every_s=0.05)
+    live.add({"acc": 0.5}, 1)
+    assert live.close(timeout_s=10) == 0
+    assert client.get_run(run_id).data.metrics["acc"] == 0.5
