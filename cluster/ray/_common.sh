@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034
 # Shared settings for up.sh / down.sh / status.sh. Sourced, not executed.
 #
 # Every knob is an environment variable (defaults fit a 2-core, 24 GiB box):
@@ -13,6 +13,12 @@
 #   TRAINCTL_RAY_NODE_MEMORY         logical `memory` resource per node, bytes   (6 GiB)
 #   TRAINCTL_RAY_OBJECT_STORE_MEMORY object store (/dev/shm) per node, bytes     (1 GiB)
 #   TRAINCTL_RAY_TIMEOUT             seconds to wait for nodes + Jobs API        (120)
+#   TRAINCTL_RAY_AUTH                disabled | token                            (disabled)
+#       Ray 2.60 token auth. Set explicitly either way: with RAY_AUTH_MODE unset, `ray start` turns
+#       token auth ON whenever ~/.ray/auth_token exists (a plain `ray.init()` that starts a local
+#       cluster creates that file), and clients that connect by explicit address then fail with
+#       "InvalidAuthToken". token: a fresh token in <run dir>/auth_token; clients need
+#       RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=<run dir>/auth_token (both in <run dir>/env).
 
 TRAINCTL_RAY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TRAINCTL_REPO_ROOT="$(cd "$TRAINCTL_RAY_DIR/../.." && pwd)"
@@ -32,6 +38,7 @@ READY_TIMEOUT="${TRAINCTL_RAY_TIMEOUT:-120}"
 GCS_ADDRESS="127.0.0.1:${GCS_PORT}"
 DASH_URL="http://127.0.0.1:${DASH_PORT}"
 STATE_FILE="$RUN_DIR/cluster.env"
+TOKEN_FILE="$RUN_DIR/auth_token"
 LOCK_FILE="$RUN_DIR/.lock"
 
 # Ray refuses nothing here, but its AF_UNIX sockets live at
@@ -64,9 +71,24 @@ resolve_ray() {
       die "no ray CLI: neither $TRAINCTL_REPO_ROOT/.venv/bin/ray nor \`ray\` on PATH (need ray[default,train]==2.60.0)" \
         "make venv   (installs .[ray], i.e. ray[default,train]==2.60.0, into .venv)"
   fi
-  RAY="$cand"
-  RAY_BIN_DIR="$(cd "$(dirname "$RAY")" && pwd)"
+  RAY_BIN_DIR="$(cd "$(dirname "$cand")" && pwd)"
+  RAY="$RAY_BIN_DIR/$(basename "$cand")" # absolute: ray start runs from the run dir
   if [[ -x "$RAY_BIN_DIR/python" ]]; then PY="$RAY_BIN_DIR/python"; else PY="$(command -v python3)"; fi
+}
+
+# state_get KEY: a value recorded by up.sh in cluster.env ("" when absent)
+state_get() {
+  if [[ -f "$STATE_FILE" ]]; then sed -n "s/^$1=//p" "$STATE_FILE" | tail -n1; fi
+}
+
+# auth_env MODE: export Ray's auth settings for this process and everything it starts.
+auth_env() {
+  unset RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH
+  case "$1" in
+    disabled) export RAY_AUTH_MODE=disabled ;;
+    token) export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN_FILE" ;;
+    *) die "TRAINCTL_RAY_AUTH must be 'disabled' or 'token', got '$1'" ;;
+  esac
 }
 
 # probe <args...>: stdlib-only checks (see _probe.py); needs PY.
@@ -110,13 +132,16 @@ our_pids() {
     ancestors="$ancestors $p"
     p="$(ps -o ppid= -p "$p" 2>/dev/null | tr -d ' ')"
   done
-  # Values go in through the environment and the patterns are split ("/ra" "y/"), so that this
-  # awk's own command line never matches itself.
-  OP_SIDS="$sids" OP_RUNDIR="$RUN_DIR/" OP_PORT=":$port" OP_ANC="$ancestors" OP_OWN_SID="$(ps -o sid= -p $$ | tr -d ' ')" \
-    ps -eo pid=,ppid=,sid=,stat=,args= | awk '
+  # Values go in through the environment and the patterns are escaped or split, so that this awk's
+  # own command line never matches itself. Ray daemons: gcs_server, raylet, and python files under
+  # ray/{dashboard,_private,autoscaler}/ (note that this repo's cluster/ray/ must not match).
+  ps -eo pid=,ppid=,sid=,stat=,args= |
+    OP_SIDS="$sids" OP_RUNDIR="$RUN_DIR/" OP_PORT=":$port" OP_ANC="$ancestors" \
+      OP_OWN_SID="$(ps -o sid= -p $$ | tr -d ' ')" awk '
     BEGIN {
       sids = ENVIRON["OP_SIDS"]; rundir = ENVIRON["OP_RUNDIR"]; port = ENVIRON["OP_PORT"]
-      anc = ENVIRON["OP_ANC"]; own_sid = ENVIRON["OP_OWN_SID"]; rp = "/ra" "y/"
+      anc = ENVIRON["OP_ANC"]; own_sid = ENVIRON["OP_OWN_SID"]
+      daemon = "\\/ray\\/core\\/src\\/ray\\/(gcs\\/gcs_server|raylet\\/raylet)|\\/ray\\/(dashboard|_private|autoscaler)\\/[a-z_\\/]+\\.py"
       n = split(sids, s, " "); for (i = 1; i <= n; i++) if (s[i] != own_sid) cand_sid[s[i]] = 1
       n = split(anc, a, " "); for (i = 1; i <= n; i++) skip[a[i]] = 1
     }
@@ -125,10 +150,10 @@ our_pids() {
       args = $0; sub(/^ *[0-9]+ +[0-9]+ +[0-9]+ +[^ ]+ +/, "", args)
       if (stat ~ /^Z/) next
       alive[pid] = 1; ppid[pid] = $2; sid[pid] = $3
-      rayish = index(args, rp) || args ~ /^(ra[y]::|ra[y]-dashboard-)/
+      rayish = args ~ daemon || args ~ /^(ra[y]::|ra[y]-dashboard-)/
       # a recorded session id only counts while a Ray process still lives in it (pid reuse)
       if (($3 in cand_sid) && rayish) ok_sid[$3] = 1
-      if (index(args, rundir) && index(args, rp)) root[pid] = 1
+      if (rundir != "/" && index(args, rundir) && args ~ daemon) root[pid] = 1
       else if (port != ":" && index(args, "ray.util.client." "server") && index(args, port " ")) root[pid] = 1
     }
     END {

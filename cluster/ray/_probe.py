@@ -1,14 +1,15 @@
 """Tiny, stdlib-only probes used by up.sh / status.sh (no `import ray`: ~30 ms instead of ~1.5 s).
 
-    python3 _probe.py port HOST PORT          exit 0 if a TCP connect to HOST:PORT succeeds
-    python3 _probe.py jobs DASHBOARD_URL      exit 0 if the Jobs API (GET /api/version, /api/jobs/) answers
-    python3 _probe.py nodes DASHBOARD_URL     print "<alive> <name>,<name>,..." from the state API
-                                              (GET /api/v0/nodes); exit 1 if it does not answer
+python3 _probe.py port HOST PORT          exit 0 if a TCP connect to HOST:PORT succeeds
+python3 _probe.py jobs DASHBOARD_URL      exit 0 if the Jobs API (GET /api/version, /api/jobs/) answers
+python3 _probe.py nodes DASHBOARD_URL     print "<alive> <name>,<name>,..." from the state API
+                                          (GET /api/v0/nodes); exit 1 if it does not answer
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import urllib.request
@@ -16,8 +17,23 @@ import urllib.request
 TIMEOUT_S = 3.0
 
 
+def _token() -> str | None:
+    """Ray 2.60 token auth (RAY_AUTH_MODE=token): the token goes in an Authorization header."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    with open(path) as f:
+        return f.read().strip()
+
+
 def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:  # noqa: S310 (local URL)
+    req = urllib.request.Request(url)
+    token = _token()
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
         if resp.status != 200:
             raise OSError(f"HTTP {resp.status}")
         return resp.read()

@@ -8,7 +8,10 @@
    placement_strategy="SPREAD") whose workers report their node id/name; checks the two workers ran on
    two distinct nodes, both from inside the workers and from the state API (ray.util.state.list_actors).
    Measures the time from fit() to the first line of the train function (worker group start).
-Exit 1 if a check fails. Needs RAY_ADDRESS / RAY_API_SERVER_ADDRESS or the defaults below.
+Exit 1 if a check fails. Needs RAY_ADDRESS / RAY_API_SERVER_ADDRESS or the defaults below (and
+RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH for a token-auth cluster: `source /tmp/trainctl-ray/env`).
+The workers write their results to a temp dir on their own host: all nodes must share a filesystem
+there (true for the local cluster and a one-host test SLURM; not for a real multi-host cluster).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -136,6 +140,7 @@ def check_train() -> dict:
         {(a.class_name, nodes.get(a.node_id)) for a in actors if "Train" in a.class_name or "Worker" in a.class_name}
     )
     ray.shutdown()
+    shutil.rmtree(out, ignore_errors=True)
     for r in ranks:
         print(
             f"rank {r['rank']}: node {r['node_id'][:12]} ({r['node_name']}), state API says "

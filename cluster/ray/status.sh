@@ -22,6 +22,8 @@ if [[ -z "$expected" && -f "$STATE_FILE" ]]; then expected="$(sed -n 's/^NODES=/
 PY="$(command -v python3)"
 [[ -x "$TRAINCTL_REPO_ROOT/.venv/bin/python" ]] && PY="$TRAINCTL_REPO_ROOT/.venv/bin/python"
 
+if [[ "$(state_get AUTH)" == token ]]; then auth_env token; fi
+
 if ! probe port 127.0.0.1 "$GCS_PORT"; then
   echo "ray: down (nothing on $GCS_ADDRESS)" >&2
   echo 0

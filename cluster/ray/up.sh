@@ -23,7 +23,6 @@ case "${1:-}" in -h | --help) usage; exit 0 ;; esac
 
 WORKERS="${1:-1}"
 [[ "$WORKERS" =~ ^[0-9]+$ ]] || die "WORKERS must be a non-negative integer, got '$WORKERS'" "cluster/ray/up.sh 1"
-EXPECTED=$((1 + WORKERS))
 T0="$(now)"
 
 resolve_ray
@@ -37,9 +36,14 @@ export RAY_USAGE_STATS_ENABLED=0
 export PATH="$RAY_BIN_DIR:$PATH"
 # A client address in the caller's environment must not leak into the daemons.
 unset RAY_ADDRESS RAY_API_SERVER_ADDRESS
+# Scratch files of the daemons, workers and job entrypoints (the dashboard's multiprocessing leaves a
+# /tmp/pymp-* dir behind on every SIGKILL) go under the run dir, which down.sh removes.
+export TMPDIR="$RUN_DIR/tmp"
 
 take_lock
-mkdir -p "$RUN_DIR/logs"
+mkdir -p "$RUN_DIR/logs" "$TMPDIR"
+AUTH="${TRAINCTL_RAY_AUTH:-disabled}"
+[[ "$AUTH" == disabled || "$AUTH" == token ]] || die "TRAINCTL_RAY_AUTH must be 'disabled' or 'token', got '$AUTH'"
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -51,14 +55,20 @@ GCS_PORT=$GCS_PORT
 DASHBOARD_PORT=$DASH_PORT
 CLIENT_PORT=$CLIENT_PORT
 RAY=$RAY
+AUTH=$AUTH
 STARTED_AT=$(date -Is)
 EOF
   mv "$STATE_FILE.tmp" "$STATE_FILE"
-  cat >"$RUN_DIR/env" <<EOF
-# source me: clients of the local trainctl Ray cluster
-export RAY_ADDRESS=$GCS_ADDRESS
-export RAY_API_SERVER_ADDRESS=$DASH_URL
-EOF
+  {
+    echo "# source me: clients of the local trainctl Ray cluster"
+    echo "export RAY_ADDRESS=$GCS_ADDRESS"
+    echo "export RAY_API_SERVER_ADDRESS=$DASH_URL"
+    if [[ "$AUTH" == token ]]; then
+      echo "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$TOKEN_FILE"
+    else
+      echo "export RAY_AUTH_MODE=disabled"
+    fi
+  } >"$RUN_DIR/env"
 }
 
 raylet_pid() {  # raylet_pid NODE_NAME
@@ -97,25 +107,32 @@ start_node() {  # start_node NAME INDEX
   fi
 }
 
-wait_ready() {  # wait_ready EXPECTED_NODES -> sets ALIVE, NAMES
-  local deadline=$(($(date +%s) + READY_TIMEOUT)) line
+running_nodes() {  # names of this run dir's nodes whose raylet process is alive
+  ps -eo args= | awk -v d="$RUN_DIR/" '$1 ~ /\/raylet$/ && (i = index($0, d)) {
+    rest = substr($0, i + length(d)); sub(/\/.*/, "", rest); print rest }' | sort -u
+}
+
+wait_ready() {  # wait_ready NAME... : Jobs API answers and every NAME is an ALIVE node -> ALIVE, NAMES
+  local deadline=$(($(date +%s) + READY_TIMEOUT)) line n ok
   ALIVE=0 NAMES=""
   while :; do
     if probe jobs "$DASH_URL" && line="$(probe nodes "$DASH_URL")"; then
       read -r ALIVE NAMES <<<"$line"
-      ((ALIVE >= $1)) && return 0
+      ok=1
+      for n in "$@"; do [[ ",$NAMES," == *",$n,"* ]] || ok=0; done
+      ((ok)) && return 0
     fi
     (($(date +%s) < deadline)) || break
     sleep 0.5
   done
-  die "after ${READY_TIMEOUT}s: $ALIVE/$1 nodes alive (${NAMES:-none}), Jobs API $(probe jobs "$DASH_URL" && echo up || echo down) at $DASH_URL" \
+  die "after ${READY_TIMEOUT}s: alive nodes: ${NAMES:-none}; wanted: $*; Jobs API $(probe jobs "$DASH_URL" && echo up || echo down) at $DASH_URL" \
     "logs: $RUN_DIR/logs/*.start.log and $RUN_DIR/<node>/session_latest/logs/ (raylet.out, dashboard.log); then cluster/ray/down.sh"
 }
 
 report() {  # report VERB
   log "$1: $ALIVE nodes alive ($NAMES) in $(elapsed "$T0")s"
-  log "GCS $GCS_ADDRESS  dashboard + Jobs API $DASH_URL  logs $RUN_DIR"
-  log "clients: source $RUN_DIR/env   # RAY_ADDRESS=$GCS_ADDRESS RAY_API_SERVER_ADDRESS=$DASH_URL"
+  log "GCS $GCS_ADDRESS  dashboard + Jobs API $DASH_URL  auth $AUTH  logs $RUN_DIR"
+  log "clients: source $RUN_DIR/env   # RAY_ADDRESS=$GCS_ADDRESS RAY_API_SERVER_ADDRESS=$DASH_URL RAY_AUTH_MODE=$AUTH"
 }
 
 start_workers() {  # start_workers NAME... (in parallel: each `ray start` is mostly waiting)
@@ -131,29 +148,41 @@ start_workers() {  # start_workers NAME... (in parallel: each `ray start` is mos
 
 # --- already up? ---------------------------------------------------------------------------------
 
+mapfile -t WANT < <(node_names "$WORKERS")
 if probe port 127.0.0.1 "$GCS_PORT"; then
   [[ -f "$STATE_FILE" ]] ||
     die "port $GCS_PORT is in use, but $RUN_DIR holds no cluster started by up.sh" \
       "another Ray or service owns it (\`$RAY status --address $GCS_ADDRESS\`): stop it, or pick other ports and run dir via TRAINCTL_RAY_PORT, TRAINCTL_RAY_DASHBOARD_PORT, TRAINCTL_RAY_CLIENT_PORT, TRAINCTL_RAY_RUN_DIR"
-  wait_ready 1
-  if ((ALIVE == EXPECTED)); then
-    report "already up"
+  running_auth="$(state_get AUTH)"
+  running_auth="${running_auth:-disabled}"
+  [[ "$running_auth" == "$AUTH" || -z "${TRAINCTL_RAY_AUTH:-}" ]] ||
+    log "WARNING: the running cluster uses TRAINCTL_RAY_AUTH=$running_auth (asked: $AUTH); down.sh first to change it"
+  AUTH="$running_auth"
+  auth_env "$AUTH"
+  mapfile -t RUNNING < <(running_nodes)
+  if [[ " ${RUNNING[*]} " != *" head "* ]]; then
+    log "GCS port $GCS_PORT answers but the head raylet of $RUN_DIR is gone: restarting the cluster"
+    stop_cluster 0
+  else
+    extra=()
+    for name in "${RUNNING[@]}"; do [[ " ${WANT[*]} " == *" $name "* ]] || extra+=("$name"); done
+    ((${#extra[@]} == 0)) ||
+      die "Ray is already up with nodes ${RUNNING[*]}; asked for ${WANT[*]} (WORKERS=$WORKERS)" \
+        "make ray-down (cluster/ray/down.sh) first, then make ray-up WORKERS=$WORKERS"
+    missing=()
+    for name in "${WANT[@]}"; do [[ " ${RUNNING[*]} " == *" $name "* ]] || missing+=("$name"); done
+    if ((${#missing[@]} == 0)); then
+      wait_ready "${WANT[@]}"
+      report "already up"
+      exit 0
+    fi
+    log "up without ${missing[*]}: starting them"
+    start_workers "${missing[@]}"
+    wait_ready "${WANT[@]}"
+    write_state "$WORKERS"
+    report "up"
     exit 0
   fi
-  if ((ALIVE > EXPECTED)); then
-    die "Ray is already up with $ALIVE nodes ($NAMES); asked for $EXPECTED (WORKERS=$WORKERS)" \
-      "make ray-down (cluster/ray/down.sh) first, then make ray-up WORKERS=$WORKERS"
-  fi
-  missing=()
-  for name in $(node_names "$WORKERS"); do
-    [[ "$name" == head || -n "$(raylet_pid "$name")" ]] || missing+=("$name")
-  done
-  log "up with $ALIVE/$EXPECTED nodes: starting ${missing[*]:-nothing (waiting)}"
-  ((${#missing[@]} == 0)) || start_workers "${missing[@]}"
-  wait_ready "$EXPECTED"
-  write_state "$WORKERS"
-  report "up"
-  exit 0
 fi
 
 # --- fresh start ---------------------------------------------------------------------------------
@@ -163,19 +192,25 @@ if [[ -f "$STATE_FILE" || -n "$(our_pids)" ]]; then
   stop_cluster 0
   rm -f "$STATE_FILE" "$RUN_DIR"/*.sid
 fi
+if probe port 127.0.0.1 "$GCS_PORT"; then
+  die "GCS port $GCS_PORT is still in use after stopping the cluster of $RUN_DIR" \
+    "another Ray or service owns it: stop it, or set TRAINCTL_RAY_PORT and TRAINCTL_RAY_RUN_DIR"
+fi
 if probe port 127.0.0.1 "$DASH_PORT"; then
   die "dashboard port $DASH_PORT is already in use (but GCS port $GCS_PORT is free)" \
     "stop whatever listens there (\`ss -ltnp | grep :$DASH_PORT\`) or set TRAINCTL_RAY_DASHBOARD_PORT"
 fi
 
+auth_env "$AUTH"
+if [[ "$AUTH" == token ]]; then
+  (umask 077 && "$PY" -c 'import secrets; print(secrets.token_hex(32))' >"$TOKEN_FILE")
+fi
 log "starting head (GCS $GCS_ADDRESS, dashboard $DASH_URL) + $WORKERS worker node(s) in $RUN_DIR"
 start_node head 0
 write_state 0 # so down.sh can find the head even if a worker fails below
 t_head="$(elapsed "$T0")"
-workers=()
-for name in $(node_names "$WORKERS"); do [[ "$name" == head ]] || workers+=("$name"); done
-((${#workers[@]} == 0)) || start_workers "${workers[@]}"
-wait_ready "$EXPECTED"
+((WORKERS == 0)) || start_workers "${WANT[@]:1}"
+wait_ready "${WANT[@]}"
 write_state "$WORKERS"
 log "head started in ${t_head}s"
 report "up"

@@ -38,19 +38,34 @@ need_root() {
 # Client commands against *this* cluster, whatever /etc/slurm holds.
 sl() { SLURM_CONF="$CONF" timeout 15 "$@"; }
 
+# proc_state PID -> one-letter state (R, S, Z, ...) and start time, "" if gone.
+proc_state() {
+  local stat fields
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }                    # after "pid (comm) "
+  read -r -a fields <<<"$stat"
+  echo "${fields[0]} ${fields[19]}"             # state, starttime (field 22 of stat)
+}
+
 # pid_of PIDFILE -> prints the pid if the file holds a live (non-zombie) process.
 pid_of() {
-  local f=$1 pid stat
+  local f=$1 pid st
   [[ -r $f ]] || return 1
   read -r pid <"$f" 2>/dev/null || return 1
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }                    # after "pid (comm) "
-  [[ ${stat%% *} != Z && ${stat%% *} != X ]] || return 1
+  st=$(proc_state "$pid") || return 1
+  [[ ${st%% *} != Z && ${st%% *} != X ]] || return 1
   echo "$pid"
 }
 
 alive() { pid_of "$1" >/dev/null; }
+
+# same_proc PID STARTTIME: still that process, and not a zombie.
+same_proc() {
+  local st
+  st=$(proc_state "$1") || return 1
+  [[ ${st#* } == "$2" && ${st%% *} != Z && ${st%% *} != X ]]
+}
 
 # wait_until SECONDS CMD... : poll CMD every 0.1 s.
 wait_until() {
@@ -64,31 +79,33 @@ wait_until() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# stop_pidfiles FILE... : SIGTERM all, wait up to 15 s, then SIGKILL the rest. Zombies count as stopped.
+# stop_pidfiles FILE... : SIGTERM the processes the files name, wait (by pid + start time, since a daemon may
+# remove its pid file before it has exited) up to 15 s, then SIGKILL the rest. Zombies count as stopped.
 stop_pidfiles() {
-  local f pid pids=() files=()
+  local f pid st pids=() starts=() i left
   for f in "$@"; do
-    if pid=$(pid_of "$f"); then
+    if pid=$(pid_of "$f") && st=$(proc_state "$pid"); then
       kill -TERM "$pid" 2>/dev/null || true
-      pids+=("$pid"); files+=("$f")
+      pids+=("$pid"); starts+=("${st#* }")
     fi
+    rm -f "$f"
   done
-  ((${#files[@]})) || return 0
-  local end=$((SECONDS + 15)) left
-  while :; do
-    left=()
-    for f in "${files[@]}"; do alive "$f" && left+=("$f"); done
-    ((${#left[@]})) || break
+  local end=$((SECONDS + 15))
+  while ((${#pids[@]})); do
+    left=0
+    for i in "${!pids[@]}"; do same_proc "${pids[$i]}" "${starts[$i]}" && left=1; done
+    ((left)) || break
     if ((SECONDS >= end)); then
-      for f in "${left[@]}"; do
-        pid=$(pid_of "$f") && { log "SIGKILL $(basename "$f") pid $pid"; kill -KILL "$pid" 2>/dev/null || true; }
+      for i in "${!pids[@]}"; do
+        if same_proc "${pids[$i]}" "${starts[$i]}"; then
+          log "SIGKILL pid ${pids[$i]}"; kill -KILL "${pids[$i]}" 2>/dev/null || true
+        fi
       done
       sleep 0.2
       break
     fi
     sleep 0.05
   done
-  for f in "${files[@]}"; do rm -f "$f"; done
 }
 
 hosts_remove() {
@@ -106,27 +123,24 @@ node_names() {
   echo "${out[*]}"
 }
 
-# Processes of jobs that belong to this cluster (their environment names our slurm.conf and a node):
-# slurmstepd and job tasks left behind by a killed slurmd. Prints pids.
-job_leftovers() {
-  local d pid env=() conf=0 node=0 job=0 v
+# Processes of jobs run by this cluster's slurmd(s), optionally only those of node $1: step daemons
+# (slurmd starts them with TRAINCTL_SLURM_NODE=<node> in their environment) and job tasks (SLURMD_NODENAME),
+# both carrying SLURM_CONF=<our slurm.conf>. Prints pids. Used for leftovers and to simulate a node crash.
+cluster_procs() {
+  local want=${1:-} d pid env=() conf node job v
   for d in /proc/[0-9]*; do
     pid=${d#/proc/}
     [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
     mapfile -d '' env 2>/dev/null <"$d/environ" || continue
-    conf=0 node=0 job=0
+    conf=0 node="" job=0
     for v in "${env[@]}"; do
       case $v in
         "SLURM_CONF=$CONF") conf=1 ;;
-        SLURMD_NODENAME=*) node=1 ;;
+        SLURMD_NODENAME=*) node=${v#*=} ;;
         SLURM_JOB_ID=*) job=1 ;;
+        TRAINCTL_SLURM_NODE=*) [[ $(readlink "$d/exe" 2>/dev/null) == */slurmstepd* ]] && node=${v#*=} job=1 ;;
       esac
     done
-    ((conf)) || continue
-    if ((node && job)); then
-      echo "$pid"                       # a job task (batch script or srun task)
-    elif [[ $(readlink "$d/exe" 2>/dev/null) == */slurmstepd ]]; then
-      echo "$pid"                       # a step daemon spawned by one of our slurmd
-    fi
+    if ((conf && job)) && [[ -n $node ]] && [[ -z $want || $node == "$want" ]]; then echo "$pid"; fi
   done
 }

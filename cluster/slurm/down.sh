@@ -29,7 +29,7 @@ if alive "$SLURMCTLD_PID"; then
   if ((${#jobs[@]})); then
     sl scancel "${jobs[@]}" 2>/dev/null || true
     # shellcheck disable=SC2016  # \$1 is expanded by the inner bash
-    wait_until 15 bash -c '[[ -z $(SLURM_CONF="$1" timeout 5 squeue -h -t R,CG,S -o %A 2>/dev/null) ]]' _ "$CONF" || true
+    wait_until 8 bash -c '[[ -z $(SLURM_CONF="$1" timeout 5 squeue -h -t R,CG,S -o %A 2>/dev/null) ]]' _ "$CONF" || true
   fi
 fi
 
@@ -41,8 +41,8 @@ stop_pidfiles "$SLURMDBD_PID"
 stop_pidfiles "$MARIADB_PID"
 stop_pidfiles "$MUNGE_PID"
 
-# 3. Step daemons / tasks left behind by a killed slurmd (identified by SLURM_CONF=<our conf> in their env).
-mapfile -t left < <(job_leftovers)
+# 3. Step daemons / tasks left behind by a killed slurmd (found by their environment, see cluster_procs).
+mapfile -t left < <(cluster_procs "")
 if ((${#left[@]})); then
   log "killing ${#left[@]} leftover job process(es): ${left[*]}"
   kill -KILL "${left[@]}" 2>/dev/null || true

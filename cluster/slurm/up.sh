@@ -61,7 +61,8 @@ nodes_ready() {  # all NODES nodes idle/alloc/mix, none not-responding
 start_slurmd() {
   local name=$1 k=${1#"$NODE_PREFIX"}
   mkdir -p "$RUN_DIR/spool/$name"
-  SLURM_CONF="$CONF" slurmd -N "$name" -f "$CONF" </dev/null >>"$LOG_DIR/slurmd-$name.out" 2>&1 9>&- ||
+  # TRAINCTL_SLURM_NODE is inherited by the node's slurmstepd processes (see cluster_procs, kill-node.sh).
+  TRAINCTL_SLURM_NODE="$name" SLURM_CONF="$CONF" slurmd -N "$name" -f "$CONF" </dev/null >>"$LOG_DIR/slurmd-$name.out" 2>&1 9>&- ||
     die 1 "slurmd -N $name failed; see $LOG_DIR/slurmd-$name.log" "port $((SLURMD_BASE_PORT + k)) in use?"
 }
 

@@ -139,16 +139,20 @@ def test_crash_requeues_and_finishes_in_the_same_run(mlflow_server: str, tmp_pat
 
 
 def test_two_jobs_at_once_and_cancel(mlflow_server: str, tmp_path: Path) -> None:
-    slow = callbacks(("SlowSteps", {"seconds": 0.3}))
-    (res_a, a), (res_b, b) = (submit(tmp_path / n, mlflow_server, [*SHORT, slow], "--detach") for n in "ab")
+    """Two jobs on this host at once (own rendezvous ports); cancelling one ends it KILLED, never requeued."""
+    long_job = [*SHORT, callbacks(("SlowSteps", {"seconds": 1.0}))]
+    res_a, a = submit(tmp_path / "a", mlflow_server, long_job, "--detach")
+    res_b, b = submit(tmp_path / "b", mlflow_server, SHORT, "--detach")
     assert res_a.returncode == 0 and res_b.returncode == 0 and a and b
-    assert wait_state(mlflow_server, a, {"RUNNING"}, 120) == "RUNNING"
+    assert wait_state(mlflow_server, a, {"RUNNING", "FINISHED", "FAILED"}, 180) == "RUNNING"
     cancel = run_cli("cancel", a, "--tracking-uri", mlflow_server)
     assert cancel.returncode == 0, cancel.stderr
     assert wait_state(mlflow_server, b, {"FINISHED", "FAILED"}, 300) == "FINISHED"
     time.sleep(3)
-    assert run_info(mlflow_server, a).data.tags["trainctl.state"] == "KILLED"
-    assert run_info(mlflow_server, a).data.tags.get("trainctl.attempt", "1") == "1", "a cancel never requeues"
+    tags = run_info(mlflow_server, a).data.tags
+    assert tags["trainctl.state"] == "KILLED"
+    assert tags.get("trainctl.attempt", "1") == "1", "a cancel never requeues"
+    assert run_info(mlflow_server, a).info.status == "KILLED"
 
 
 def test_ctrl_c_cancels_and_marks_killed(mlflow_server: str, tmp_path: Path) -> None:
@@ -162,7 +166,7 @@ def test_ctrl_c_cancels_and_marks_killed(mlflow_server: str, tmp_path: Path) -> 
     for line in proc.stdout:
         if line.startswith("run id:"):
             run_id = line.split()[-1]
-        if "Starting with 2 processes" in line or "train" in line.lower() and run_id:
+        if "Starting with 2 processes" in line or ("train" in line.lower() and run_id):
             break
     time.sleep(3)
     proc.send_signal(signal.SIGINT)

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import torch
+
 from trainctl.callbacks.checkpoint_io import AtomicCheckpointIOImpl, manifest_path, verify, write_atomic
 from trainctl.callbacks.resume_checkpoint import latest_good, resume_dir
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from trainctl.metrics import MetricsSink, upload_spool
 
 

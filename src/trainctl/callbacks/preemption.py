@@ -94,6 +94,9 @@ class AgreedStopImpl:
         if is_last_batch(trainer, batch_idx):
             self.deferred = True  # finish this epoch's validation and epoch-end hooks first
             return
+        # Lightning logs a step's metrics only after its on_train_batch_end hooks, which we leave by raising:
+        # log them now, or this step (the last before the checkpoint) would be missing from the history.
+        trainer._logger_connector.update_train_step_metrics()
         self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:

@@ -15,6 +15,7 @@ order in any loop, and trainctl's resumable sampler can skip exactly the batches
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sysconfig
 from pathlib import Path
@@ -103,10 +104,8 @@ def sdpa_backends(name: str) -> list | None:
     return [*order, SDPBackend.MATH]  # math last: CPU runs and odd shapes still work
 
 
-def attention_context(name: str):  # noqa: ANN201 - a context manager
+def attention_context(name: str) -> contextlib.AbstractContextManager:
     """`sdpa_kernel(...)` for `name` (a priority order where this PyTorch supports one), else a no-op."""
-    import contextlib
-
     backends = sdpa_backends(name)
     if backends is None:
         return contextlib.nullcontext()
@@ -179,8 +178,7 @@ class GPT(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         h = self.hparams
-        fused = h.fused_adamw and next(self.parameters()).device.type in ("cuda", "cpu")
-        opt, sched = configure_adamw(self.model, h.lr, h.weight_decay, (h.beta1, h.beta2), fused,
+        opt, sched = configure_adamw(self.model, h.lr, h.weight_decay, (h.beta1, h.beta2), h.fused_adamw,
                                      h.warmup_steps, h.max_steps, h.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

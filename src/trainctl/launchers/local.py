@@ -7,11 +7,13 @@ submitit's local controller is a detached process that starts one task per rank,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -58,7 +60,8 @@ class LocalLauncher:
 
         executor = submitit.LocalExecutor(folder=run_dir / "logs")
         executor.update_parameters(**executor_parameters(spec))
-        sub = executor.submit(run_rank, str(run_dir))
+        with _stdio_to(run_dir / "logs" / "controller.log"):  # the job must not hold our stdout open
+            sub = executor.submit(run_rank, str(run_dir))
         (run_dir / "scheduler.json").write_text(json.dumps({"job_id": sub.job_id, "pid": int(sub.job_id)}))
         return Submission(str(sub.job_id), f"controller pid {sub.job_id}")
 
@@ -72,6 +75,25 @@ class LocalLauncher:
         pid = int(scheduler_job_id)
         if pid_alive(pid):
             os.kill(pid, signal.SIGINT)  # the controller stops its tasks (SIGINT, then SIGKILL after 1 s)
+
+
+@contextlib.contextmanager
+def _stdio_to(path: Path) -> Iterator[None]:
+    """Point fds 1 and 2 at `path` while the controller is spawned, so it inherits the file, not our pipes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
 
 
 def pid_alive(pid: int) -> bool:

@@ -7,7 +7,9 @@ already used and the spec's fault_tolerance policy, so every rank reaches it alo
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -102,3 +104,32 @@ def end(run_dir: Path, attempt: Attempt, verdict: Verdict, step: int | None) -> 
     attempt.reason = verdict.reason[:2000]
     attempt.step = step
     Attempts(run_dir).save(attempt)
+
+
+def rank_file(run_dir: Path, attempt: Attempt, rank: int, what: str) -> Path:
+    return run_dir / "attempts" / f"{attempt.number:04d}" / f"rank-{rank:04d}.{what}.json"
+
+
+def mark_rank(run_dir: Path, attempt: Attempt, rank: RankInfo, what: str, detail: str = "") -> None:
+    """Each rank notes its start and end; a rank with a start and no end died without a word (SIGKILL, OOM)."""
+    path = rank_file(run_dir, attempt, rank.global_rank, what)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    path.write_text(json.dumps({"rank": rank.global_rank, "host": node, "pid": os.getpid(), "time": time.time(),
+                                "detail": detail[:1000]}))
+
+
+def silent_ranks(run_dir: Path, attempt: Attempt, world_size: int, wait_s: float = 5.0) -> list[str]:
+    """Ranks that started this attempt but never reported an end: 'rank R on HOST'."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        missing = [r for r in range(world_size) if not rank_file(run_dir, attempt, r, "end").exists()]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    out = []
+    for r in missing:
+        start = rank_file(run_dir, attempt, r, "start")
+        host = json.loads(start.read_text())["host"] if start.exists() else "?"
+        out.append(f"rank {r} on {host}")
+    return out

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,12 @@ from trainctl.worker.watchdog import HeartbeatImpl, Watchdog
 log = logging.getLogger("trainctl.worker")
 
 
+# MLflow's client retries one request for up to ~4 minutes; the metrics sink retries by itself, so keep each
+# request short and let trainctl's own loops (sink backoff, _with_retries) decide how long to keep trying.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+
 def run_rank(run_dir: str) -> str:
     """submitit's callable on every rank (local executor or SLURM)."""
     STOP.install()  # replaces submitit's USR2/TERM handlers: trainctl alone owns preemption
@@ -48,6 +55,7 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
     spec: Spec = spec_from_dict(job.spec)
     zero = rank.global_rank == 0
     attempt = attempts.begin(run_dir, rank)
+    attempts.mark_rank(run_dir, attempt, rank, "start")
     ckpt_path, skipped = latest_good(run_dir)
     sink = None
     if zero:
@@ -87,6 +95,11 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
         if built is not None:
             built.checkpoint_io.teardown()  # every pending checkpoint is on disk before we go
     step = step if step is not None else (trainer.global_step if trainer is not None else None)
+    attempts.mark_rank(run_dir, attempt, rank, "end", f"{kind} {detail}")
+    if zero and kind == "crash":
+        silent = attempts.silent_ranks(run_dir, attempt, rank.world_size)
+        if silent:  # a peer vanished (SIGKILL, OOM, node loss): name it, it is the cause
+            detail = f"{', '.join(silent)} died without reporting; here: {detail}"
     verdict = attempts.decide(run_dir, attempt, spec.fault_tolerance, kind, detail)
     if zero:
         attempts.end(run_dir, attempt, verdict, step)
@@ -131,21 +144,42 @@ def _close_run(job: JobFile, run_dir: Path, verdict: attempts.Verdict, sink: Met
     if sink is not None:
         sink.close(timeout_s=30.0)
     uri, run_id = job.tracking_uri, job.run_id
-    try:
+    try:  # artifacts are best effort; the verdict below is not
         if built is not None and _spec_flag(job, "log_checkpoints"):
             _mirror_checkpoints(uri, run_id, run_dir, built)
         for log_file in sorted((run_dir / "logs").glob("*_log.*")):
             tracking.client(uri).log_artifact(run_id, str(log_file), artifact_path="logs")
-        current = tracking.current_state(uri, run_id)
-        if current is State.KILLED:
-            return  # a user's cancel wins over whatever this attempt concluded
-        state = {
-            attempts.Outcome.finished: State.FINISHED, attempts.Outcome.requeue: State.REQUEUED,
-            attempts.Outcome.failed: State.FAILED, attempts.Outcome.killed: State.KILLED,
-        }[verdict.outcome]
-        tracking.set_state(uri, run_id, state, reason=verdict.reason)
-    except Exception:  # tracking down at the very end: the verdict is in attempts/, `trainctl status` reconciles
+    except Exception as exc:
+        log.warning("could not upload checkpoints/logs to MLflow: %s", exc)
+    state = {
+        attempts.Outcome.finished: State.FINISHED, attempts.Outcome.requeue: State.REQUEUED,
+        attempts.Outcome.failed: State.FAILED, attempts.Outcome.killed: State.KILLED,
+    }[verdict.outcome]
+
+    def record() -> None:
+        if tracking.current_state(uri, run_id) is not State.KILLED:  # a user's cancel wins
+            tracking.set_state(uri, run_id, state, reason=verdict.reason)
+
+    try:
+        _with_retries(record)
+    except Exception:  # tracking down for good: the verdict is in attempts/, `trainctl status` reconciles
         log.exception("could not record the verdict in MLflow")
+
+
+def _with_retries(action: Any, total_s: float = 180.0) -> None:
+    """The verdict must reach MLflow: retry through an outage of up to `total_s`."""
+    deadline = time.monotonic() + total_s
+    delay = 1.0
+    while True:
+        try:
+            action()
+            return
+        except Exception:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("MLflow unreachable while recording the verdict; retrying in %.0f s", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 def _spec_flag(job: JobFile, name: str) -> bool:

@@ -4,12 +4,24 @@ One cluster environment for every backend: submitit's JobEnvironment reads SLURM
 TorchDistributedEnvironment exports MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK; Lightning then reads them
 through its generic LightningEnvironment. Lightning's SLURMEnvironment is never used: it would also install
 its own SIGUSR1 auto-requeue, a second owner of preemption. Ray Train sets these variables itself.
+
+Why Lightning does not pick SLURMEnvironment on SLURM (checked in Lightning 2.6, both namespaces): the
+accelerator connector auto-detects a cluster environment (TorchElastic, then SLURMEnvironment when SLURM_NTASKS
+is set and the job is not named bash/interactive, …) only when none was given. worker/build.py passes
+`DDPStrategy(cluster_environment=LightningEnvironment())`; `_check_config_and_set_final_flags` takes the
+strategy's environment as the cluster-environment flag and `_choose_and_init_cluster_environment` returns it
+as is. The signal connector installs its SIGUSR1 auto-requeue handler only for `isinstance(env,
+SLURMEnvironment) and env.auto_requeue`, so none is installed; its SIGTERM notifier is taken back by
+callbacks/preemption.py. (Lightning's `hpc_ckpt_*.ckpt` auto-resume still looks when SLURM_NTASKS is set, but
+trainctl never writes such files.) LightningEnvironment reads MASTER_ADDR/PORT, LOCAL_RANK and NODE_RANK.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sys
 import zlib
 from dataclasses import dataclass
 
@@ -26,7 +38,12 @@ class RankInfo:
 
 
 def export_from_submitit(master_port: int = 0) -> RankInfo:
-    """Export torch's env:// variables from the submitit job environment (local or SLURM)."""
+    """Export torch's env:// variables from the submitit job environment (local or SLURM).
+
+    On SLURM: MASTER_ADDR is the job's first node (submitit: hostnames[0] of SLURM_JOB_NODELIST) and
+    MASTER_PORT is derived from the job id, so it is the same on every rank and across requeues (a requeue
+    keeps the id). Call it after STOP.install(): it unblocks the signals the SLURM launcher blocked.
+    """
     import submitit
 
     job = submitit.JobEnvironment()
@@ -37,8 +54,18 @@ def export_from_submitit(master_port: int = 0) -> RankInfo:
         os.environ["MASTER_PORT"] = str(20000 + zlib.crc32(str(job.job_id).encode()) % 20000)
     dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     os.environ["NODE_RANK"] = str(job.node)
-    return RankInfo(dist.rank, dist.local_rank, dist.world_size, job.node, job.num_nodes, socket.gethostname(),
-                    str(job.job_id))
+    # SLURM: a task's hostname may be shared by several nodes (the local cluster runs them all on one host).
+    host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        # launchers/slurm.py starts every rank with SIGUSR2/SIGTERM blocked, so that a signal arriving during
+        # start-up waits; trainctl's handlers are installed now (run_rank calls STOP.install() first), so a
+        # pending warning or preemption is delivered to them here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGUSR2, signal.SIGTERM))
+        sys.stderr.write(f"trainctl: rank {dist.rank}/{dist.world_size} on node {host} (SLURM job {job.job_id}, "
+                         f"restart {os.environ.get('SLURM_RESTART_COUNT', '0')}, master "
+                         f"{dist.master_addr}:{dist.master_port})\n")
+        sys.stderr.flush()
+    return RankInfo(dist.rank, dist.local_rank, dist.world_size, job.node, job.num_nodes, host, str(job.job_id))
 
 
 def from_environment() -> RankInfo:

@@ -1,0 +1,363 @@
+"""SLURM backend: submitit's SlurmExecutor writes one sbatch script; its `srun` starts one task (rank) per device.
+
+What the script asks for (cluster/slurm/README.md §2 says why):
+
+    --nodes=<resources.nodes> --ntasks-per-node=<resources.devices_per_node>   one task = one rank
+    --cpus-per-task --mem --time=<resources.time_min> [--gpus-per-node]
+    --signal=USR2@<fault_tolerance.signal_lead_s>   no "B:": the job steps (the ranks) get it, not the batch shell
+    --requeue (--no-requeue when max_restarts is 0) --open-mode=append --output/--error=<run dir>/logs/%j_0_log.*
+    --job-name=<run dir name>   (<name>-<run id[:8]>: it also tells this run's job from a recycled job id)
+    --partition --account --qos --constraint, then backend.slurm.sbatch last
+
+Signals: every rank starts with SIGUSR2 and SIGTERM *blocked* (see `_python_command`), so a warning or a
+preemption that lands while Python is still importing torch waits instead of killing the rank. The worker
+installs its own handlers first thing in `run_rank` (worker/signals.py STOP.install: they replace submitit's
+USR2 checkpoint-and-requeue handler and its TERM "bypass"), then worker/env.py unblocks both and a pending
+signal reaches trainctl's handler. submitit's requeue logic never runs: the worker decides and calls
+`requeue_self`, which requeues the job under the same id (`scontrol requeue`) and leaves without a result
+file, so submitit's client would keep waiting through the requeue.
+
+Quoting: every value that comes from the spec or the run directory reaches the script through submitit's
+rendering, which shell-quotes it (`#SBATCH --key=<shlex.quote(value)>`, srun's --output/--error, the folder
+of the command); the spec checks also restrict names, partitions and sbatch values to plain characters.
+`backend.slurm.setup` lines are the user's own shell lines (`module load …`) and are written verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from trainctl.errors import UserError
+from trainctl.launchers.base import Submission, read_rank_logs
+from trainctl.rundir import Attempts, JobFile, atomic_write_text
+from trainctl.spec import Accelerator, Spec
+from trainctl.tracking import State
+from trainctl.worker.env import RankInfo
+
+log = logging.getLogger("trainctl.slurm")
+
+WARNING_SIGNAL = "USR2"  # worker/signals.py WARNING_SIGNAL; set explicitly, whatever SUBMITIT_PREEMPT_SIGNAL says
+REQUEUE_EXIT_CODE = 144  # any non-zero code: no result file is written; SLURM is restarting the job anyway
+PEER_GRACE_S = 60.0  # after an agreed stop, how long other ranks leave global rank 0 to record, upload, requeue
+CMD_TIMEOUT_S = 20.0
+
+# Every job state SLURM 22.05-24.x prints (squeue %T, sacct State), in trainctl's vocabulary. squeue shows the
+# flags (COMPLETING, CONFIGURING, REQUEUED, …) instead of the base state while they are set.
+SLURM_STATES: dict[str, State] = {
+    # waiting for (or being given) an allocation
+    "PENDING": State.PENDING,
+    "CONFIGURING": State.PENDING,  # nodes allocated and booting/being set up; the script has not started
+    "POWER_UP_NODE": State.PENDING,  # CONFIGURING while powered-down nodes start (power saving)
+    "RESV_DEL_HOLD": State.PENDING,  # held because its reservation was deleted; runs once released
+    "SUSPENDED": State.PENDING,  # suspended (gang scheduling, admin): resumes later, makes no progress now
+    # holding an allocation
+    "RUNNING": State.RUNNING,
+    "COMPLETING": State.RUNNING,  # processes still ending (after an end, a cancel or a requeue): not final yet
+    "SIGNALING": State.RUNNING,  # a signal is being delivered to the job's steps
+    "STAGE_OUT": State.RUNNING,  # burst-buffer stage-out after the script ended: the final state follows
+    "RESIZING": State.RUNNING,  # the job's size is being changed
+    "STOPPED": State.RUNNING,  # SIGSTOPped with its CPUs kept; continues on SIGCONT
+    "UPDATE_DB": State.RUNNING,  # a database update (e.g. of its limits) in progress
+    "REVOKED": State.RUNNING,  # federation: this sibling was removed because another cluster runs the job
+    # coming back
+    "REQUEUED": State.REQUEUED,  # requeued (scontrol requeue, node failure, preemption); starts again
+    "REQUEUE_FED": State.REQUEUED,  # federation: requeued, being moved back to the origin cluster
+    "REQUEUE_HOLD": State.REQUEUED,  # requeued and held: runs again after `scontrol release`
+    "SPECIAL_EXIT": State.REQUEUED,  # requeued and held for an exit code the site singles out (RequeueExit)
+    "PREEMPTED": State.REQUEUED,  # preempted: with PreemptMode=REQUEUE (or trainctl's own requeue) it returns
+    "EXPEDITING": State.REQUEUED,  # 23.11+: requeued to be restarted urgently
+    # over
+    "COMPLETED": State.FINISHED,  # the batch script exited 0; the attempt log says whether training finished
+    "FAILED": State.FAILED,
+    "TIMEOUT": State.FAILED,  # killed at its time limit and not requeued (trainctl requeues on the warning)
+    "NODE_FAIL": State.FAILED,  # a node died and the job was not requeued
+    "BOOT_FAIL": State.FAILED,  # a node failed to boot
+    "OUT_OF_MEMORY": State.FAILED,
+    "DEADLINE": State.FAILED,  # --deadline passed
+    "LAUNCH_FAILED": State.FAILED,  # the batch script could not be launched
+    "RECONFIG_FAIL": State.FAILED,  # 23.x: node reconfiguration for the job failed
+    "CANCELLED": State.KILLED,  # scancel (trainctl cancel, the user, an admin)
+}
+
+
+def map_state(slurm_state: str) -> State:
+    """'CANCELLED by 1000', 'CANCELLED+', 'RUNNING' → trainctl's state. Unknown states count as running."""
+    words = slurm_state.strip().split()
+    base = words[0].rstrip("+").upper() if words else ""
+    if base not in SLURM_STATES:
+        log.warning("unknown SLURM job state %r: treated as RUNNING", slurm_state)
+        return State.RUNNING
+    return SLURM_STATES[base]
+
+
+# ---------------------------------------------------------------- the request
+
+
+def job_name(run_dir: Path) -> str:
+    return run_dir.name
+
+
+def _python_command(python: str) -> str:
+    """The interpreter each rank runs, with SIGUSR2/SIGTERM blocked until trainctl's handlers are in place.
+
+    A blocked signal stays pending (an ignored one would be lost) and the mask survives exec, so the real
+    interpreter starts with both blocked; worker/env.py unblocks them after STOP.install().
+    """
+    block = ("import os,signal,sys;signal.pthread_sigmask(signal.SIG_BLOCK,(signal.SIGUSR2,signal.SIGTERM));"
+             "os.execv(sys.executable,[sys.executable,*sys.argv[1:]])")
+    return f"{shlex.quote(python)} -c {shlex.quote(block)}"
+
+
+def executor_parameters(spec: Spec, run_dir: Path) -> dict[str, Any]:
+    """SlurmExecutor.update_parameters(...) for this spec (submitit's names; rendered by _make_sbatch_string)."""
+    from submitit.slurm.slurm import _convert_mem
+
+    res, ft, opts = spec.resources, spec.fault_tolerance, spec.backend.slurm
+    gpus = opts.gpus_per_node
+    if gpus is None and res.accelerator is Accelerator.gpu:
+        gpus = res.devices_per_node
+    params: dict[str, Any] = {
+        "job_name": job_name(run_dir),
+        "nodes": res.nodes,
+        "ntasks_per_node": res.devices_per_node,
+        "cpus_per_task": res.cpus_per_task,
+        "mem": _convert_mem(res.mem_gb),
+        "time": res.time_min,
+        "signal_delay_s": ft.signal_lead_s,
+        "wckey": "trainctl",
+        "stderr_to_stdout": False,
+    }
+    if gpus:
+        params["gpus_per_node"] = gpus
+    for key in ("partition", "account", "qos", "constraint"):
+        value = getattr(opts, key)
+        if value:
+            params[key] = value
+    if opts.setup:
+        params["setup"] = list(opts.setup)
+    extra: dict[str, Any] = dict(opts.sbatch)
+    # Applied last by submitit, so these win over its own defaults.
+    extra["signal"] = f"{WARNING_SIGNAL}@{ft.signal_lead_s}"
+    extra["requeue" if ft.max_restarts > 0 else "no-requeue"] = True
+    params["additional_parameters"] = extra
+    return params
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    if "%" in str(run_dir):
+        raise UserError.single("workdir", f"the run directory {run_dir} contains '%'",
+                               "SLURM reads % in --output/--error as a file name pattern: use a workdir without it")
+
+
+def render(spec: Spec, run_dir: Path, python: str | None = None) -> str:
+    """The exact sbatch script submit sends, rendered by submitit (what SlurmExecutor writes for this spec)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    _check_run_dir(run_dir)
+    folder = run_dir / "logs"
+    command = " ".join([_python_command(python or sys.executable), "-u -m submitit.core._submit",
+                        shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, **executor_parameters(spec, run_dir))
+
+
+def make_executor(spec: Spec, run_dir: Path, python: str | None = None) -> Any:
+    import submitit
+
+    _check_run_dir(run_dir)
+    executor = submitit.SlurmExecutor(folder=run_dir / "logs", python=_python_command(python or sys.executable))
+    executor.update_parameters(**executor_parameters(spec, run_dir))
+    return executor
+
+
+# ---------------------------------------------------------------- scheduler commands
+
+
+def _run(*cmd: str, timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(list(cmd), 255, "", f"{type(exc).__name__}: {exc}")
+
+
+def _expected_name(run_dir: Path) -> str:
+    try:
+        return json.loads((run_dir / "scheduler.json").read_text())["job_name"]
+    except (OSError, ValueError, KeyError):
+        return job_name(run_dir)
+
+
+def slurm_view(job_id: str, name: str | None = None) -> tuple[str, str] | None:
+    """(source, raw state) from squeue (live or recently ended) or sacct (ended); None when neither knows
+    the job, or the id now belongs to another job (job ids restart on a fresh cluster).
+    ("unreachable", "") when the controller cannot be asked at all."""
+    sq = _run("squeue", "-h", "--states=all", "-j", job_id, "-o", "%T|%j")
+    if sq.returncode == 0 and sq.stdout.strip():
+        state, _, got = sq.stdout.strip().splitlines()[0].partition("|")
+        return None if name and got != name else ("squeue", state)
+    controller_down = sq.returncode != 0 and "Invalid job id" not in sq.stderr
+    ac = _run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,JobName")
+    if ac.returncode != 0:
+        return ("unreachable", "") if controller_down else None
+    rows = [r.split("|") for r in ac.stdout.strip().splitlines() if r.strip()]
+    if not rows:
+        return ("unreachable", "") if controller_down else None
+    state, got = rows[-1][0], rows[-1][1] if len(rows[-1]) > 1 else ""
+    return None if name and got != name else ("sacct", state)
+
+
+class SlurmLauncher:
+    kind = "slurm"
+
+    def dry_run(self, spec: Spec, run_dir: Path) -> str:
+        return render(spec, run_dir)
+
+    def submit(self, spec: Spec, run_dir: Path, job: JobFile) -> Submission:
+        if shutil.which("sbatch") is None or shutil.which("srun") is None:
+            raise UserError.single("backend.kind", "slurm: sbatch/srun not found on this machine",
+                                   "submit from a SLURM login node, or start the local cluster: make cluster-up")
+        from trainctl.worker.entrypoint import run_rank
+
+        executor = make_executor(spec, run_dir)
+        sub = executor.submit(run_rank, str(run_dir))
+        atomic_write_text(run_dir / "scheduler.json", json.dumps({
+            "job_id": str(sub.job_id), "job_name": job_name(run_dir), "submitted": time.time()}))
+        res = spec.resources
+        where = f"partition {spec.backend.slurm.partition}" if spec.backend.slurm.partition else "default partition"
+        return Submission(str(sub.job_id), f"SLURM job {sub.job_id}: {res.nodes} node(s) x "
+                          f"{res.devices_per_node} task(s), {where}; logs in {run_dir / 'logs'}")
+
+    def status(self, run_dir: Path, scheduler_job_id: str) -> State | None:
+        """Live job: its state. Ended: KILLED when it was cancelled, else None (the attempt log decides)."""
+        seen = slurm_view(scheduler_job_id, _expected_name(run_dir))
+        if seen is None:
+            return None
+        source, raw = seen
+        if source == "unreachable":
+            log.warning("SLURM does not answer (squeue/sacct): job %s treated as still running", scheduler_job_id)
+            return State.RUNNING
+        state = map_state(raw)
+        if not state.terminal:
+            return state
+        return State.KILLED if state is State.KILLED else None
+
+    def logs(self, run_dir: Path, scheduler_job_id: str) -> dict[str, str]:
+        return read_rank_logs(run_dir / "logs")
+
+    def cancel(self, run_dir: Path, scheduler_job_id: str) -> None:
+        seen = slurm_view(scheduler_job_id, _expected_name(run_dir))
+        if seen is None or (seen[0] != "unreachable" and map_state(seen[1]).terminal):
+            return  # gone, already over, or the id is someone else's job now
+        res = _run("scancel", scheduler_job_id)
+        if res.returncode != 0:
+            raise UserError.single("RUN_ID", f"scancel {scheduler_job_id} failed: {res.stderr.strip()}",
+                                   "is the SLURM controller reachable from here?")
+
+
+# ---------------------------------------------------------------- inside the job
+
+
+def _cancelled(job_id: str) -> str | None:
+    """Why this job must not be requeued: cancelled in SLURM, or the run marked KILLED (trainctl cancel)."""
+    ac = _run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State")
+    first = ac.stdout.strip().splitlines()[:1]
+    if first and map_state(first[0]) is State.KILLED:
+        return f"SLURM job {job_id} is {first[0]}"  # scancel: `scontrol requeue` would bring it back
+    folder = os.environ.get("SUBMITIT_FOLDER")
+    if not folder:
+        return None
+    answer: list[str] = []
+
+    def ask() -> None:
+        from trainctl import tracking
+
+        with_job = JobFile.read(Path(folder).parent)
+        if tracking.current_state(with_job.tracking_uri, with_job.run_id) is State.KILLED:
+            answer.append("the run is KILLED (trainctl cancel)")
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(timeout=10.0)  # MLflow down: do not wait for its retries; SLURM's view above already counted
+    return answer[0] if answer else None
+
+
+def _rank_zero_ended_otherwise() -> str | None:
+    """Global rank 0's verdict for this attempt, when it is not a requeue (then no rank requeues)."""
+    folder = os.environ.get("SUBMITIT_FOLDER")
+    if not folder:
+        return None
+    try:
+        last = Attempts(Path(folder).parent).all()[-1:]
+    except (OSError, ValueError, TypeError):
+        return None
+    if last and last[0].ended is not None and last[0].outcome not in (None, "requeue"):
+        return f"rank 0 ended the attempt {last[0].outcome}"
+    return None
+
+
+def _await_requeue(grace_s: float) -> bool:
+    """Wait (up to grace_s) for the SIGTERM that rank 0's `scontrol requeue` sends every task. True if it came."""
+    got: list[int] = []
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM,))
+    deadline = time.monotonic() + grace_s
+    while not got and time.monotonic() < deadline:
+        if _rank_zero_ended_otherwise():
+            return True
+        time.sleep(0.2)
+    return bool(got)
+
+
+def _leave(code: int, message: str) -> NoReturn:
+    sys.stderr.write(f"trainctl: {message}\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def requeue_self(rank: RankInfo) -> NoReturn:
+    """Requeue this job under the same id (`scontrol requeue`), then leave without a result file.
+
+    Any rank may requeue (global rank 0 may be on a dead node); a second `scontrol requeue` fails harmlessly.
+    Global rank 0 requeues at once, after it has recorded the verdict and closed the MLflow run. After an
+    agreed stop (a signal) the other ranks first leave rank 0 up to PEER_GRACE_S to do so, because the requeue
+    SIGTERMs every task and SIGKILLs it KillWait seconds later; after a crash they requeue at once (rank 0
+    may be stuck in a collective waiting for them). Nobody requeues a cancelled job: `scontrol requeue`
+    would bring a scancelled job back.
+    """
+    from trainctl.worker.signals import STOP
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    if not job_id:
+        _leave(REQUEUE_EXIT_CODE, "requeue wanted but SLURM_JOB_ID is not set")
+    why_not = _cancelled(job_id)
+    if why_not:
+        _leave(1, f"not requeueing: {why_not}")
+    if rank.global_rank != 0 and STOP.requested and _await_requeue(PEER_GRACE_S):
+        why_not = _rank_zero_ended_otherwise()
+        _leave(1 if why_not else REQUEUE_EXIT_CODE, why_not or "rank 0 requeued the job")
+    why_not = _rank_zero_ended_otherwise() if rank.global_rank != 0 else None
+    if why_not:
+        _leave(1, f"not requeueing: {why_not}")
+    res = _run("scontrol", "requeue", job_id, timeout=60)
+    if res.returncode == 0:
+        _leave(REQUEUE_EXIT_CODE, f"rank {rank.global_rank} requeued SLURM job {job_id}")
+    # Another rank (or SLURM itself, after a node failure) got there first, or the site forbids it.
+    _leave(REQUEUE_EXIT_CODE, f"rank {rank.global_rank}: scontrol requeue {job_id} failed "
+                              f"({res.returncode}): {res.stderr.strip()}")
+
+
+LAUNCHER = SlurmLauncher()

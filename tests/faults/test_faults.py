@@ -1,0 +1,147 @@
+"""Faults on real processes: preemption at random steps, a killed rank, a stuck rank, a corrupted checkpoint,
+a tracking outage. Each outcome is checked against MLflow and the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from helpers import assert_same_training_state, callbacks, final_checkpoint, run_dir, run_info, steps, submit
+
+pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
+
+# 2 epochs x 20 steps, loader workers, shuffling, dropout and a StepLR in play.
+BASE = ["trainer.max_epochs=2", "early_stopping=null", "checkpoint.every_n_train_steps=null",
+        "data.init_args.num_workers=2"]
+LAST_STEP = 40
+# >= 10 interrupt points: seeded random steps, plus both epoch ends (a stop there waits for the epoch's end).
+_rng = random.Random(20261126)
+POINTS = sorted({*_rng.sample(range(1, LAST_STEP - 2), 9), 19, 38})
+
+
+@pytest.fixture(scope="module")
+def reference(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    res, run_id = submit(tmp_path_factory.mktemp("reference"), mlflow_server, BASE)
+    assert res.returncode == 0 and run_id, res.stdout[-2000:]
+    return final_checkpoint(run_dir(mlflow_server, run_id))
+
+
+def _assert_history_once(uri: str, run_id: str) -> None:
+    history = steps(uri, run_id)
+    assert history == list(range(history[0], LAST_STEP)), f"every step exactly once: {history}"
+
+
+@pytest.mark.parametrize("step", POINTS)
+def test_preemption_at_any_step_resumes_bit_exactly(mlflow_server: str, reference: dict, tmp_path: Path,
+                                                     step: int) -> None:
+    sig, rank = ("SIGUSR2", 0) if step % 2 else ("SIGTERM", 1)
+    res, run_id = submit(tmp_path, mlflow_server,
+                         [*BASE, callbacks(("SignalAtStep", {"step": step, "rank": rank, "signal_name": sig}))])
+    assert res.returncode == 0, res.stdout[-3000:]
+    rdir = run_dir(mlflow_server, run_id)
+    first = json.loads((rdir / "attempts" / "0001.json").read_text())
+    assert first["outcome"] == "requeue" and first["reason"].startswith("timeout" if sig == "SIGUSR2" else "preempted")
+    assert step <= first["step"] <= step + 2, "stopped at the next step boundary (an epoch end may wait)"
+    assert (rdir / "checkpoints" / "resume" / f"step-{first['step']:09d}.ckpt").exists() or first["step"] < 40
+    tags = run_info(mlflow_server, run_id).data.tags
+    assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt"] == "2"
+    assert_same_training_state(reference, final_checkpoint(rdir))
+    _assert_history_once(mlflow_server, run_id)
+
+
+def test_killed_rank_is_named_and_the_job_resumes(mlflow_server: str, reference: dict, tmp_path: Path) -> None:
+    res, run_id = submit(tmp_path, mlflow_server, [*BASE, "checkpoint.every_n_train_steps=10",
+                                                   "fault_tolerance.collective_timeout_s=30",
+                                                   callbacks(("SignalAtStep", {"step": 25, "rank": 1,
+                                                                               "signal_name": "SIGKILL"}))])
+    assert res.returncode == 0, res.stdout[-3000:]
+    rdir = run_dir(mlflow_server, run_id)
+    first = json.loads((rdir / "attempts" / "0001.json").read_text())
+    assert "rank 1" in first["reason"] and "died" in first["reason"], first["reason"]
+    killed_at = json.loads((rdir / "attempts" / "0001" / "rank-0001.start.json").read_text())["time"]
+    detected = first["ended"] - killed_at
+    print(f"rank killed -> attempt ended: < {detected:.1f} s after rank 1 started")
+    assert_same_training_state(reference, final_checkpoint(rdir))
+    _assert_history_once(mlflow_server, run_id)
+
+
+def test_stuck_rank_fails_the_job_in_bounded_time_with_stacks(mlflow_server: str, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    res, run_id = submit(tmp_path, mlflow_server, [*BASE, "fault_tolerance.collective_timeout_s=15",
+                                                   "fault_tolerance.max_restarts=0",
+                                                   callbacks(("HangAtStep", {"step": 12, "rank": 1}))], timeout=240)
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 1, res.stdout[-3000:]
+    assert elapsed < 150, f"the job must fail within a bounded time, took {elapsed:.0f} s"
+    run = run_info(mlflow_server, run_id)
+    assert run.data.tags["trainctl.state"] == "FAILED"
+    rdir = run_dir(mlflow_server, run_id)
+    stacks = list((rdir / "failures").glob("*rank-0001.stacks.txt"))
+    assert (stacks and "time.sleep" in stacks[0].read_text()) or "HangAtStep" in stacks[0].read_text()
+
+
+def test_truncated_newest_checkpoint_is_skipped(mlflow_server: str, reference: dict, tmp_path: Path) -> None:
+    res, run_id = submit(tmp_path, mlflow_server, [*BASE, "checkpoint.every_n_train_steps=10",
+                                                   "fault_tolerance.max_restarts=0",
+                                                   callbacks(("SignalAtStep", {"step": 24}))])
+    assert res.returncode == 1, "max_restarts=0: the preempted job ends FAILED"
+    rdir = run_dir(mlflow_server, run_id)
+    newest = sorted((rdir / "checkpoints" / "resume").glob("step-*.ckpt"))[-1]
+    assert newest.name == "step-000000025.ckpt"
+    newest.write_bytes(newest.read_bytes()[:4096])  # a half-written file
+    res = run_cli("resume", run_id, "--tracking-uri", mlflow_server, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    tags = run_info(mlflow_server, run_id).data.tags
+    assert "step-000000025.ckpt" in tags["trainctl.skipped_checkpoints"]
+    assert tags["trainctl.state"] == "FINISHED"
+    assert_same_training_state(reference, final_checkpoint(rdir))
+    _assert_history_once(mlflow_server, run_id)
+
+
+def test_tracking_outage_loses_no_metric(tmp_path: Path) -> None:
+    """The MLflow server dies for 60 s mid-run: training goes on, every point arrives once it is back."""
+    from conftest import _free_port, _healthy
+
+    from trainctl.mlflow_server import start
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    store = tmp_path / "store"
+
+    def up() -> subprocess.Popen:
+        proc = start(port, store, tmp_path / "server.log")
+        deadline = time.monotonic() + 60
+        while not _healthy(uri) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _healthy(uri)
+        return proc
+
+    server = up()
+    args = ["submit", "jobs/digits.yaml", "--detach", "--set", f"workdir={tmp_path / 'w'}", "--set",
+            f"tracking.uri={uri}", *sum((["--set", s] for s in [*BASE, callbacks(("SlowSteps", {"seconds": 3.0}))]),
+                                        [])]
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    run_id = res.stdout.split("run id:")[1].split()[0]
+    time.sleep(25)  # training is under way
+    server.send_signal(signal.SIGTERM)
+    server.wait(30)
+    time.sleep(60)
+    server = up()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if run_info(uri, run_id).data.tags.get("trainctl.state") in ("FINISHED", "FAILED"):
+                break
+            time.sleep(2)
+        assert run_info(uri, run_id).data.tags["trainctl.state"] == "FINISHED"
+        _assert_history_once(uri, run_id)
+        assert len(steps(uri, run_id, "grad/norm")) == LAST_STEP
+    finally:
+        server.terminate()
