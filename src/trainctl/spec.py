@@ -82,7 +82,7 @@ class Checkpoint:
     monitor: str | None = _f(None, doc="metric for top-k (e.g. val/loss); none keeps only resume checkpoints")
     mode: Mode = _f(Mode.min, doc="min | max")
     save_top_k: int = _f(1, lo=-1, hi=1000, doc="best checkpoints kept by `monitor` (-1 = all)")
-    save_last: bool = _f(True, doc="keep last.ckpt (the resume point) and mirror it to MLflow")
+    save_last: bool = _f(True, doc="mirror the newest resume checkpoint to MLflow (checkpoints/last)")
     every_n_train_steps: int | None = _f(None, lo=1, hi=10**9, doc="resume checkpoint every N steps")
     every_n_minutes: float | None = _f(None, lo=0.05, hi=10**6, doc="resume checkpoint every N minutes")
     async_save: bool = _f(True, doc="write in the background; training blocks only for the state copy")

@@ -28,6 +28,7 @@ class Built:
     checkpoint_io: Any
     resume: Any
     top_k: Any | None
+    save_last: bool = True
 
 
 def build_callbacks(ns: LightningNamespace, spec: Spec, run_dir: Path, user_callbacks: list[Any]) -> Built:
@@ -55,4 +56,4 @@ def build_callbacks(ns: LightningNamespace, spec: Spec, run_dir: Path, user_call
     callbacks.append(resume)
     # A Checkpoint subclass too, so Lightning orders it last: it acts after every other epoch-end hook.
     callbacks.append(make(AgreedStopImpl, pl.callbacks.Checkpoint, resume_checkpoint=resume))
-    return Built(callbacks, io, resume, top_k)
+    return Built(callbacks, io, resume, top_k, ck.save_last)

@@ -190,7 +190,7 @@ def _mirror_checkpoints(uri: str, run_id: str, run_dir: Path, built: Any) -> Non
     """Best and last checkpoints (with manifests) to the run's artifacts under checkpoints/."""
     cl = tracking.client(uri)
     ckpt, _ = latest_good(run_dir)
-    if ckpt is not None:
+    if ckpt is not None and built.save_last:
         for p in (ckpt, Path(f"{ckpt}.manifest.json")):
             cl.log_artifact(run_id, str(p), artifact_path="checkpoints/last")
     best = getattr(built.top_k, "best_model_path", "") if built.top_k else ""
