@@ -76,14 +76,14 @@ def test_best_checkpoint_loads_and_resume_forks(mlflow_server: str, digits_run: 
     assert best
     model = DigitsClassifier.load_from_checkpoint(best[-1], map_location="cpu", weights_only=False)
     assert model.hparams.hidden == 128
-    res = run_cli("resume", run_id, "--from", "best", "--set", "trainer.max_epochs=20", "--tracking-uri",
+    res = run_cli("resume", run_id, "--from", "best", "--set", "trainer.max_epochs=17", "--tracking-uri",
                   mlflow_server, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     new_id = [w for w in res.stdout.split() if len(w) == 32 and w != run_id][0]
     child = run_info(mlflow_server, new_id)
     assert child.data.tags["mlflow.parentRunId"] == run_id
     assert child.data.tags["trainctl.state"] == "FINISHED"
-    assert "trainer.max_epochs=20" in child.data.tags["trainctl.resume_overrides"]
+    assert "trainer.max_epochs=17" in child.data.tags["trainctl.resume_overrides"]
 
 
 def test_resume_last_continues_the_same_run(mlflow_server: str, tmp_path: Path) -> None:
