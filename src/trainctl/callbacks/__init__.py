@@ -29,6 +29,7 @@ class Built:
     resume: Any
     top_k: Any | None
     save_last: bool = True
+    step_metrics: Any = None  # worker.fast_path.AsyncStepMetrics, set by build_trainer
 
 
 def build_callbacks(ns: LightningNamespace, spec: Spec, run_dir: Path, user_callbacks: list[Any]) -> Built:

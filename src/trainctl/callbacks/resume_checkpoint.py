@@ -60,6 +60,8 @@ class ResumeCheckpointImpl:
         self.last_time = time.monotonic()
         self.saved_steps: list[int] = []
         self.last_saved_step: int | None = None
+        self.pending_stop = False
+        self.group: Any = None
 
     # Lightning orders subclasses of Checkpoint last, after EarlyStopping has made its decision.
     @property
@@ -84,12 +86,20 @@ class ResumeCheckpointImpl:
             if old != keep_also:
                 io.remove_checkpoint(old)
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if getattr(self, "pending_stop", False):
+            trainer.should_stop = True
+        if self.every_n_minutes is not None and trainer.world_size > 1:
+            # A CPU group for rank 0's clock: deciding never waits on the GPU stream.
+            self.group = torch.distributed.new_group(backend="gloo")
+
     def _time_due(self, trainer: Any) -> bool:
         if self.every_n_minutes is None:
             return False
-        due = time.monotonic() - self.last_time >= 60 * self.every_n_minutes
-        flag = torch.tensor(int(due), device=trainer.strategy.root_device)
-        return bool(trainer.strategy.broadcast(flag, src=0).item())  # rank 0's clock decides for all
+        due = torch.tensor([int(time.monotonic() - self.last_time >= 60 * self.every_n_minutes)])
+        if trainer.world_size > 1:
+            torch.distributed.broadcast(due, src=0, group=self.group)  # rank 0's clock decides for all
+        return bool(due.item())
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if is_last_batch(trainer, batch_idx):
@@ -108,10 +118,6 @@ class ResumeCheckpointImpl:
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         self.pending_stop = bool(checkpoint.get("trainctl_should_stop", False))
-
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        if getattr(self, "pending_stop", False):
-            trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_saved_step": self.last_saved_step}

@@ -12,6 +12,7 @@ from trainctl.callbacks.tracking_logger import TrackingLoggerImpl
 from trainctl.components import LightningNamespace, instantiate
 from trainctl.metrics import MetricsSink
 from trainctl.spec import Accelerator, Spec, resolve_env
+from trainctl.worker.fast_path import AsyncStepMetrics, DrainImpl
 
 
 def accelerator(spec: Spec) -> str:
@@ -28,7 +29,16 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
     user_callbacks = [instantiate(resolve_env(c), ns.pl.Callback) for c in spec.callbacks]  # type: ignore[arg-type]
     built = build_callbacks(ns, spec, run_dir, [*user_callbacks, *extra_callbacks])
     acc = accelerator(spec)
-    if strategy is None:
+    drain = make(DrainImpl, ns.pl.Callback)
+    built.callbacks.append(drain)
+    world = spec.resources.nodes * spec.resources.devices_per_node
+    if strategy is None and world == 1:
+        # One rank: DDP would only add bucket copies and a one-rank all-reduce (≈ 3 % of a GPU step).
+        import torch
+
+        device = torch.device("cuda", 0) if acc == "gpu" else torch.device("cpu")
+        strategy = ns.pl.strategies.SingleDeviceStrategy(device=device, checkpoint_io=built.checkpoint_io)
+    elif strategy is None:
         strategy = ns.pl.strategies.DDPStrategy(
             process_group_backend="nccl" if acc == "gpu" else "gloo",
             timeout=timedelta(seconds=spec.fault_tolerance.collective_timeout_s),
@@ -53,4 +63,6 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
         log_every_n_steps=spec.tracking.log_every_n_steps,
         use_distributed_sampler=True,
     )
+    drain.metrics = AsyncStepMetrics(trainer).install(ns)
+    built.step_metrics = drain.metrics
     return trainer, built

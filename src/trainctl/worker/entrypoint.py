@@ -61,7 +61,8 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
     if zero:
         _attach(job, rank, attempt, skipped)
         sink = MetricsSink(job.tracking_uri, job.run_id, run_dir / "spool",
-                           high_water=logged_high_water(job.tracking_uri, job.run_id) if ckpt_path else None)
+                           high_water=logged_high_water(job.tracking_uri, job.run_id)
+                           if ckpt_path or attempt.number > 1 else None)  # a restart from scratch replays too
     kind, detail, step = "crash", "", None
     trainer = built = None
     watchdog = Watchdog(spec.fault_tolerance.collective_timeout_s, run_dir / "failures", rank.global_rank,
@@ -92,6 +93,9 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
             kind = f"stop:{STOP.cause}"
     finally:
         watchdog.stop()
+        if built is not None and built.step_metrics is not None:
+            with contextlib.suppress(Exception):
+                built.step_metrics.drain(block=True)  # the last steps' metrics, even on a stop or a crash
         if built is not None:
             built.checkpoint_io.teardown()  # every pending checkpoint is on disk before we go
     step = step if step is not None else (trainer.global_step if trainer is not None else None)
