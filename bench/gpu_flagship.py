@@ -14,12 +14,13 @@ context and allocator; inductor's on-disk cache is shared, so only the first com
                   precision, loss.backward(), opt.step(), sched.step(), opt.zero_grad(set_to_none=True).
   trainctl        the worker's path as `train()` runs it with tracking off: seed_everything, the module and
                   data module, `trainctl.worker.build.build_trainer(ns, spec, run_dir, run_id, sink=None)`
-                  (DDP strategy at world size 1, trainctl's callbacks, its TrackingLogger), its resumable data
-                  path and watchdog where present, `trainer.fit`.
-  trainctl_fast   the same, plus a prototype of the worker changes this benchmark recommends (see
-                  `install_fast_path`): a single-device strategy at world size 1, step metrics handed to the
-                  loggers without a host sync, and no `.item()` of prog_bar values when there is no progress bar.
-  trainctl_ddp_async  trainctl_fast's metric changes but trainctl's DDP strategy: isolates DDP's own cost.
+                  (single-device strategy at world size 1, trainctl's callbacks, its TrackingLogger, step
+                  metrics copied to the host behind CUDA events — worker/fast_path.py), its resumable data path
+                  and watchdog, `trainer.fit`.
+  trainctl_fast   alias of `trainctl` (the fast path this benchmark prototyped now lives in the worker).
+  trainctl_ddp_async  trainctl with a DDP strategy forced at world size 1: isolates DDP's own cost.
+  trainctl_ddp_nosplit  trainctl_ddp_async with dynamo's DDPOptimizer off (`optimize_ddp=False`): one compiled
+                  graph instead of one per gradient bucket, so it separates the graph split from DDP's reducer.
   trainctl_hooks  diagnostic, not timed for the table: trainctl's path under Lightning's SimpleProfiler with
                   every host sync (`.item()`, `.tolist()`, `bool(t)`, ...) counted by call site.
   lightning       reference: a plain Trainer as in the anchor (strategy auto, no logger, no checkpointing).
@@ -56,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:  # the GPU machine runs from a copy of the tree, trainctl not installed
     sys.path.insert(0, str(ROOT / "src"))
 
-TIMED = ("raw", "trainctl", "trainctl_fast", "trainctl_ddp_async", "lightning")
+TIMED = ("raw", "trainctl", "trainctl_fast", "trainctl_ddp_async", "trainctl_ddp_nosplit", "lightning")
 DIAGNOSTIC = ("trainctl_hooks", "profile", "probe_attention")
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "B200": 2250e12}
 
@@ -174,7 +175,8 @@ class SyncCounter:
         import traceback as tb
 
         frames = tb.extract_stack()[:-3]
-        keep = [f for f in frames if "/torch/" not in f.filename and "gpu_flagship" not in f.filename]
+        inside = ("site-packages/torch/", "dist-packages/torch/", "gpu_flagship", "/warnings.py")
+        keep = [f for f in frames if not any(p in f.filename.replace(os.sep, "/") for p in inside)]
         if not keep:
             return "?"
         f = keep[-1]
@@ -305,91 +307,6 @@ def run_raw(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     return out
 
 
-def install_fast_path(ns: Any, trainer: Any) -> Any:
-    """PROTOTYPE of the worker change recommended by this benchmark (trainctl's own code is not touched).
-
-    1. Step metrics reach the loggers without a host sync. Lightning's `_LoggerConnector.log_metrics` turns
-       every logged tensor into a Python float (`.item()`: the host waits for the GPU to finish the step) before
-       any logger sees it, every `log_every_n_steps`. Here each tensor is copied to host memory
-       asynchronously behind a CUDA event, and the loggers get the floats once the event has completed (at a
-       later step, or at the end of the epoch/fit): the same metrics, same steps, a step or two later.
-    2. `self.log(..., prog_bar=True)` costs an `.item()` per step even without a progress bar
-       (`_ResultCollection.metrics` converts progress-bar values every batch). With no progress bar, the
-       worker drops the prog_bar flag on the trainer's result collections.
-    Returns a callback that drains the staged metrics at the end of training, validation and test.
-    """
-    import torch
-
-    conn = trainer._logger_connector
-    pending: collections.deque = collections.deque()
-
-    def drain(block: bool) -> None:
-        while pending and (block or pending[0][0] is None or pending[0][0].query()):
-            event, staged, step = pending.popleft()
-            if event is not None:
-                event.synchronize()
-            scalars = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in staged.items()}
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics=scalars, step=step)
-                logger.save()
-
-    def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
-        if not trainer.loggers or not metrics:
-            return
-        conn._logged_metrics.update(metrics)
-        staged: dict[str, Any] = {}
-        on_device = False
-        for k, v in metrics.items():
-            if isinstance(v, torch.Tensor):
-                on_device |= v.device.type == "cuda"
-                staged[k] = v.detach().to("cpu", non_blocking=True)
-            else:
-                staged[k] = v
-        if step is None:
-            step_metric = staged.pop("step", None)
-            if step_metric is not None:
-                step = int(step_metric.item() if isinstance(step_metric, torch.Tensor) else step_metric)
-            else:
-                staged.setdefault("epoch", trainer.current_epoch)
-                step = trainer.fit_loop.epoch_loop._batches_that_stepped
-        event = None
-        if on_device:
-            event = torch.cuda.Event()
-            event.record()
-        pending.append((event, staged, step))
-        drain(block=False)
-
-    conn.log_metrics = log_metrics
-
-    has_bar = any(isinstance(cb, ns.pl.callbacks.ProgressBar) for cb in trainer.callbacks)
-    if not has_bar:
-        loops = [trainer.fit_loop.epoch_loop, trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop,
-                 trainer.test_loop]
-        for loop in loops:
-            results = getattr(loop, "_results", None)
-            if results is None:
-                continue
-            original = results.log
-
-            def log(fx: str, name: str, value: Any, *a: Any, _orig: Any = original, **kw: Any) -> Any:
-                kw["prog_bar"] = False
-                return _orig(fx, name, value, *a, **kw)
-
-            results.log = log
-
-    class Drain(ns.pl.Callback):
-        def on_train_end(self, *a: Any) -> None:
-            drain(True)
-
-        def on_validation_end(self, *a: Any) -> None:
-            drain(True)
-
-        def on_test_end(self, *a: Any) -> None:
-            drain(True)
-
-    return Drain()
-
-
 def run_trainctl(args: argparse.Namespace, spec: Any, variant: str) -> dict[str, Any]:
     import inspect
 
@@ -398,8 +315,11 @@ def run_trainctl(args: argparse.Namespace, spec: Any, variant: str) -> dict[str,
     from trainctl.worker.build import build_trainer
 
     cuda = args.device == "cuda"
-    fast = variant in ("trainctl_fast", "trainctl_ddp_async")
-    single = variant == "trainctl_fast"
+    ddp = variant in ("trainctl_ddp_async", "trainctl_ddp_nosplit")
+    if variant == "trainctl_ddp_nosplit":  # dynamo's DDPOptimizer off: one graph, as without DDP
+        import torch._dynamo
+
+        torch._dynamo.config.optimize_ddp = False
     hooks = variant == "trainctl_hooks"
     if hooks:
         spec.trainer["profiler"] = "simple"
@@ -433,12 +353,9 @@ def run_trainctl(args: argparse.Namespace, spec: Any, variant: str) -> dict[str,
         extra.append(make(HeartbeatImpl, ns.pl.Callback, watchdog))
     if extra and "extra_callbacks" in inspect.signature(build_trainer).parameters:
         kwargs["extra_callbacks"] = tuple(extra)
-    if single:
-        device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-        kwargs["strategy"] = ns.pl.strategies.SingleDeviceStrategy(device=device)
+    if ddp:  # the worker picks a single-device strategy at world size 1; force DDP to isolate its cost
+        kwargs["strategy"] = ns.pl.strategies.DDPStrategy(process_group_backend="nccl" if cuda else "gloo")
     trainer, built = build_trainer(ns, spec, run_dir, "bench", None, **kwargs)
-    if fast:
-        trainer.callbacks.append(install_fast_path(ns, trainer))
     trainer.callbacks.append(Timer())  # last: its mark follows every other batch-end hook
     with contextlib.suppress(ImportError):  # the worker's resumable data path, where this checkout has it
         from trainctl.worker.data import ResumableData
@@ -551,6 +468,8 @@ def run_profile(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
         if cuda and t_us is None:
             t_us = getattr(ev, "self_cuda_time_total", 0)
         if not t_us or (cuda and ev.device_type != torch.autograd.DeviceType.CUDA):
+            continue
+        if "#" in ev.key or ev.key.startswith(("Optimizer.", "ProfilerStep")):  # GPU-track annotations, not kernels
             continue
         families[_family(ev.key)] += t_us / 1e3 / n_prof
         kernels[ev.key[:110]] += t_us / 1e3 / n_prof
@@ -921,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-every-n-steps", type=int, default=None, help="override tracking.log_every_n_steps")
     p.add_argument("--set", action="append", help="extra spec override key.path=value (repeatable)")
     p.add_argument("--variants", default=None,
-                   help=f"comma list from {', '.join(TIMED + DIAGNOSTIC)} (default raw,trainctl,trainctl_fast)")
+                   help=f"comma list from {', '.join(TIMED + DIAGNOSTIC)} (default raw,trainctl)")
     p.add_argument("--count-syncs", action="store_true", help="count host syncs by call site in timed variants")
     p.add_argument("--cprofile", default=None,
                    help="folder: each variant's timed window under cProfile (thread CPU time) -> <variant>.pstats")
@@ -945,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile is None:
         args.compile = args.device == "cuda" and not args.smoke
     if args.variants is None:
-        args.variants = "raw,trainctl,trainctl_fast"
+        args.variants = "raw,trainctl"
     if args.child:
         try:
             return child_main(args)

@@ -93,7 +93,7 @@ def decide(run_dir: Path, attempt: Attempt, policy: FaultTolerance, kind: str, d
 def _restarts_before(run_dir: Path, attempt: Attempt) -> int:
     earlier = [a for a in Attempts(run_dir).all() if a.number < attempt.number]
     used = 0
-    for a in earlier + [attempt]:
+    for a in [*earlier, attempt]:
         used = 0 if a.cause in ("first", "resume") else used + 1
     return used
 

@@ -1,0 +1,230 @@
+"""The digits job on the real local SLURM cluster (cluster/slurm), through the real CLI and a real MLflow server.
+
+Multi-node DDP (ranks on distinct SLURM nodes), a real time limit that requeues and resumes exactly, a manual
+`scontrol requeue`, cancels (trainctl and scancel) that never requeue, and a node crash mid-run. Submissions
+return at once (`trainctl submit` does not follow cluster jobs); the tests poll MLflow and `trainctl status`.
+The time-limit job is submitted first and runs while the short tests do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, require, run_cli
+from helpers import callbacks, run_dir, run_info, steps, submit, wait_state
+from mlflow import MlflowClient
+
+pytestmark = [pytest.mark.slurm, pytest.mark.mlflow, pytest.mark.slow]
+
+JOB = "jobs/digits-slurm.yaml"
+# 2 epochs x 20 steps of digits on 2 ranks (40 steps), no early stop, resume checkpoints only at epoch ends and stops.
+SHORT = ["trainer.max_epochs=2", "early_stopping=null", "checkpoint.every_n_train_steps=null"]
+SUBMITTED: list[str] = []  # job ids this module submitted: cancelled at its end if still there
+RANK_LINE = re.compile(r"^trainctl: rank (\d+)/(\d+) on node (\S+) \(SLURM job (\d+), restart (\d+)", re.M)
+
+
+def _submit(workdir: Path, uri: str, sets: list[str]) -> tuple[str, str]:
+    res, run_id = submit(workdir, uri, sets, job=JOB, timeout=120)
+    assert res.returncode == 0 and run_id, res.stdout[-2000:] + res.stderr[-2000:]
+    job = re.search(r"SLURM job (\d+)", res.stdout)
+    assert job, res.stdout
+    SUBMITTED.append(job.group(1))
+    return run_id, job.group(1)
+
+
+def _sh(*cmd: str) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+
+
+def _hosts(nodelist: str) -> list[str]:
+    return _sh("scontrol", "show", "hostnames", nodelist).split()
+
+
+def _rank_lines(rdir: Path) -> list[tuple[int, int, str, str, int]]:
+    """(rank, world, node, job, restart) for every rank start, from the ranks' own logs."""
+    out = []
+    for path in sorted((rdir / "logs").glob("*_log.err")):
+        for m in RANK_LINE.finditer(path.read_text(errors="replace")):
+            out.append((int(m[1]), int(m[2]), m[3], m[4], int(m[5])))
+    return out
+
+
+def _attempts(rdir: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((rdir / "attempts").glob("*.json"))]
+
+
+def _wait_steps(uri: str, run_id: str, n: int, timeout: float = 120) -> float:
+    """Wait until MLflow holds n training steps; returns when."""
+    deadline = time.monotonic() + timeout
+    client = MlflowClient(tracking_uri=uri)
+    while time.monotonic() < deadline:
+        try:
+            if len(client.get_metric_history(run_id, "train/loss")) >= n:
+                return time.time()
+        except Exception:  # the key does not exist yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} did not log {n} steps in {timeout} s")
+
+
+def _sacct(job: str) -> str:
+    return _sh("sacct", "-D", "-j", job, "-o", "JobID%-12,State%-14,Start,End,ExitCode,NodeList%-10")
+
+
+def _gone(job: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _sh("squeue", "-h", "-j", job, "-o", "%T").strip() and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _contiguous(history: list[int]) -> bool:
+    return history == list(range(history[0], history[-1] + 1))
+
+
+@pytest.fixture(scope="module")
+def uri(slurm_cluster: None, mlflow_server: str) -> Iterator[str]:
+    yield mlflow_server
+    live = [j for j in SUBMITTED if _sh("squeue", "-h", "-j", j, "-o", "%T").strip()]
+    if live:  # a failed test leaves its job behind: do not let it run on
+        subprocess.run(["scancel", *live], timeout=30)
+
+
+@pytest.fixture(scope="module")
+def time_limit_run(uri: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, float]:
+    """A 1-minute limit: SLURM's USR2 (10 s lead; it comes up to ~30 s early) lands mid-training every attempt."""
+    t0 = time.time()
+    run_id, job = _submit(tmp_path_factory.mktemp("timelimit"), uri, [
+        "trainer.max_epochs=3", "early_stopping=null", "checkpoint.every_n_train_steps=null",
+        "resources.time_min=1", "fault_tolerance.signal_lead_s=10", "fault_tolerance.max_restarts=8",
+        callbacks(("SlowSteps", {"seconds": 1.0}))])
+    return run_id, job, t0
+
+
+def test_ddp_on_two_and_three_nodes(uri: str, time_limit_run: Any, tmp_path: Path) -> None:
+    """Both jobs at once; each rank on its own SLURM node; the run records the world size and the nodes."""
+    t0 = time.time()
+    runs = {n: _submit(tmp_path / f"n{n}", uri, [*SHORT, f"resources.nodes={n}"]) for n in (2, 3)}
+    for n, (run_id, job) in runs.items():
+        assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED", _sacct(job)
+        tags = run_info(uri, run_id).data.tags
+        assert tags["trainctl.backend"] == "slurm" and tags["trainctl.world_size"] == str(n)
+        assert tags["trainctl.scheduler_job_id"] == job and tags["trainctl.attempt"] == "1"
+        nodes = _hosts(tags["trainctl.hosts"])
+        assert len(set(nodes)) == n, tags["trainctl.hosts"]
+        lines = _rank_lines(run_dir(uri, run_id))
+        assert sorted(r for r, *_ in lines) == list(range(n)) and {w for _, w, *_ in lines} == {n}
+        assert {node for _, _, node, *_ in lines} == set(nodes), "one rank per node, on the job's nodes"
+        (attempt,) = _attempts(run_dir(uri, run_id))
+        per_epoch = math.ceil(math.ceil(1257 / n) / 32)  # DistributedSampler pads to ceil(1257 / ranks)
+        assert attempt["step"] == 2 * per_epoch and steps(uri, run_id) == list(range(2 * per_epoch)), \
+            "every step exactly once"
+        status = json.loads(run_cli("status", run_id, "--tracking-uri", uri, "--json").stdout)
+        assert status["status"] == "FINISHED" and status["scheduler_job_id"] == job
+        logs = run_cli("logs", run_id, "--tracking-uri", uri, "--rank", str(n - 1)).stdout
+        assert f"rank {n - 1}/{n} on node" in logs
+    print(f"\n2- and 3-node jobs at once: {time.time() - t0:.1f} s")
+
+
+def test_time_limit_requeues_and_resumes_exactly(uri: str, time_limit_run: tuple[str, str, float]) -> None:
+    run_id, job, t0 = time_limit_run
+    assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 420) == "FINISHED", _sacct(job)
+    rdir = run_dir(uri, run_id)
+    attempts = _attempts(rdir)
+    assert len(attempts) >= 2, attempts
+    tags = run_info(uri, run_id).data.tags
+    assert tags["trainctl.attempt"] == str(len(attempts))
+    rank0_log = "".join(p.read_text() for p in sorted((rdir / "logs").glob(f"{job}_0_log.err")))
+    restored = re.findall(r"Restoring states from the checkpoint path at (\S+/resume/step-\d+\.ckpt)", rank0_log)
+    for prev, nxt, ckpt in zip(attempts, attempts[1:], restored):
+        # trainctl's own USR2 handler acted (submitit's would have requeued without a verdict)
+        assert prev["outcome"] == "requeue" and prev["reason"].startswith("timeout"), prev
+        assert nxt["cause"] == "timeout" and tags[f"trainctl.attempt.{nxt['number']}.cause"] == "timeout"
+        assert ckpt.endswith(f"step-{prev['step']:09d}.ckpt"), "resumed from the step where the ranks stopped"
+    assert len(restored) == len(attempts) - 1
+    assert attempts[-1]["outcome"] == "finished" and attempts[-1]["step"] == 60
+    assert steps(uri, run_id) == list(range(60)), "every step exactly once across the requeues"
+    restarts = [r for *_, r in _rank_lines(rdir)]
+    assert sorted(set(restarts)) == list(range(len(attempts))), "SLURM_RESTART_COUNT 0, 1, … under one job id"
+    _gone(job)
+    sacct = _sacct(job)
+    assert sacct.count("REQUEUED") >= len(attempts) - 1, sacct
+    print(f"\ntime limit: {len(attempts)} attempts, {time.time() - t0:.0f} s from sbatch to FINISHED\n{sacct}")
+
+
+def test_scontrol_requeue_resumes(uri: str, tmp_path: Path) -> None:
+    run_id, job = _submit(tmp_path, uri, [*SHORT, "trainer.max_epochs=3", callbacks(("SlowSteps", {"seconds": 0.5}))])
+    _wait_steps(uri, run_id, 10)
+    t_requeue = time.time()
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+    assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED", _sacct(job)
+    rdir = run_dir(uri, run_id)
+    attempts = _attempts(rdir)
+    assert len(attempts) == 2, attempts
+    # SIGTERM → agreed stop → requeue recorded as "preempted"; if KillWait (5 s) cut rank 0 short of its
+    # verdict, the next attempt still knows it came from a requeue.
+    assert attempts[1]["cause"] in ("preempted", "requeue-or-node-failure"), attempts
+    tags = run_info(uri, run_id).data.tags
+    assert tags["trainctl.attempt"] == "2" and tags["trainctl.attempt.2.cause"] == attempts[1]["cause"]
+    history = steps(uri, run_id)
+    assert len(history) == len(set(history)) and history[-1] == 59, "no duplicate step"
+    assert _contiguous(history), "no gap"
+    resumed = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "train/loss")
+    first_new = min(m.timestamp for m in resumed if m.timestamp / 1000 > attempts[1]["started"])
+    print(f"\nscontrol requeue → first resumed step logged: {first_new / 1000 - t_requeue:.1f} s\n{_sacct(job)}")
+
+
+def test_cancel_and_scancel_never_requeue(uri: str, tmp_path: Path) -> None:
+    slow = callbacks(("SlowSteps", {"seconds": 0.5}))
+    (a, job_a), (b, job_b) = (_submit(tmp_path / n, uri, [*SHORT, "trainer.max_epochs=5", slow]) for n in "ab")
+    _wait_steps(uri, a, 5)
+    _wait_steps(uri, b, 5)
+    res = run_cli("cancel", a, "--tracking-uri", uri)
+    assert res.returncode == 0, res.stderr
+    subprocess.run(["scancel", job_b], check=True, timeout=30)
+    for job in (job_a, job_b):
+        _gone(job)
+    time.sleep(12)  # a requeue would have the job back by now (cred_expire=10)
+    for run_id, job in ((a, job_a), (b, job_b)):
+        assert not _sh("squeue", "-h", "-j", job, "-o", "%T").strip(), "the job did not come back"
+        sacct = _sacct(job)
+        assert "CANCELLED" in sacct and "REQUEUED" not in sacct, sacct
+        assert wait_state(uri, run_id, {"KILLED", "FAILED", "FINISHED"}, 60) == "KILLED"
+        rdir = run_dir(uri, run_id)
+        assert len(_attempts(rdir)) == 1, "no second attempt"
+        assert "not requeueing" in "".join(p.read_text() for p in (rdir / "logs").glob("*_log.err"))
+    assert "scheduler" in run_info(uri, b).data.tags["trainctl.reason"], "an outside scancel is reported as such"
+
+
+def test_node_crash_requeues_on_the_remaining_nodes(uri: str, tmp_path: Path) -> None:
+    """3-node cluster, 2-node job (exclusive, so no one else's tasks die): kill rank 1's node mid-run."""
+    wanted = int((Path(os.environ.get("TRAINCTL_SLURM_RUN_DIR", "/tmp/trainctl-slurm")) / "nodes").read_text())
+    require(wanted >= 3, "a 3-node SLURM cluster", "make cluster-up NODES=3")
+    run_id, job = _submit(tmp_path, uri, [
+        *SHORT, "trainer.max_epochs=3", "fault_tolerance.collective_timeout_s=20",
+        "backend.slurm.sbatch={exclusive: true}", callbacks(("SlowSteps", {"seconds": 0.3}))])
+    _wait_steps(uri, run_id, 8)
+    rdir = run_dir(uri, run_id)
+    victim = next(node for rank, _, node, *_ in _rank_lines(rdir) if rank == 1)
+    t_kill = time.time()
+    try:
+        subprocess.run(["bash", "cluster/slurm/kill-node.sh", victim], cwd=ROOT, check=True, timeout=30)
+        assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED", _sacct(job)
+    finally:
+        subprocess.run(["bash", "cluster/slurm/up.sh", str(wanted)], cwd=ROOT, capture_output=True, timeout=120)
+    attempts = _attempts(rdir)
+    assert len(attempts) == 2 and attempts[1]["cause"] in ("crash", "requeue-or-node-failure"), attempts
+    tags = run_info(uri, run_id).data.tags
+    assert victim not in _hosts(tags["trainctl.hosts"]) and len(_hosts(tags["trainctl.hosts"])) == 2
+    history = steps(uri, run_id)
+    assert history == list(range(60)), "every step once, also across a crash"
+    print(f"\nnode {victim} killed → FINISHED in {time.time() - t_kill:.0f} s; attempt 2 started "
+          f"{attempts[1]['started'] - t_kill:.0f} s after the kill\n{_sacct(job)}")
