@@ -84,8 +84,9 @@ def _cluster(kind: str, count_env: str, count: str) -> Iterator[None]:
         res = subprocess.run(["bash", str(scripts / "up.sh"), count], capture_output=True, text=True, timeout=900)
         started = res.returncode == 0
         up = subprocess.run(["bash", str(scripts / "status.sh")], capture_output=True, text=True)
-    require(up.returncode == 0, f"the local {kind} cluster", f"run `make {'cluster-up' if kind == 'slurm' else 'ray-up'}`"
-            f" ({up.stdout.strip()} {up.stderr.strip()[-500:]})")
+    target = "cluster-up" if kind == "slurm" else "ray-up"
+    require(up.returncode == 0, f"the local {kind} cluster",
+            f"run `make {target}` ({up.stdout.strip()} {up.stderr.strip()[-500:]})")
     yield
     if started:
         subprocess.run(["bash", str(scripts / "down.sh")], capture_output=True, timeout=120)

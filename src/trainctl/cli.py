@@ -50,9 +50,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     print(f"run id:    {ref.run_id}\nrun dir:   {ref.run_dir}\nbackend:   {ref.backend} ({detail})\n"
           f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri)}")
-    if args.detach or ref.backend != "local":
-        if not args.wait:
-            return 0
+    if (args.detach or ref.backend != "local") and not args.wait:
+        return 0
     return _follow(ref)
 
 

@@ -58,10 +58,7 @@ class MetricsSink:
         while True:
             self.wake.wait(timeout=backoff)
             self.wake.clear()
-            if self._deliver(client):
-                backoff = self.flush_every_s
-            else:
-                backoff = min(backoff * 2, 10.0)
+            backoff = self.flush_every_s if self._deliver(client) else min(backoff * 2, 10.0)
             if self.closed and not self.pending:
                 return
 

@@ -69,7 +69,7 @@ def resume(run_id: str, uri: str, source: str, overrides: list[str], backend: st
 
 def _pick(ref: control.RunRef, source: str) -> Path:
     if source == "last":
-        path, skipped = latest_good(ref.run_dir)
+        path, _skipped = latest_good(ref.run_dir)
         if path is None:
             raise UserError.single("--from", f"run {ref.run_id} has no verified resume checkpoint",
                                    "use --from best or --from PATH")

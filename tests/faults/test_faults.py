@@ -126,9 +126,10 @@ def test_tracking_outage_loses_no_metric(tmp_path: Path) -> None:
         return proc
 
     server = up()
-    args = ["submit", "jobs/digits.yaml", "--detach", "--set", f"workdir={tmp_path / 'w'}", "--set",
-            f"tracking.uri={uri}", *sum((["--set", s] for s in [*BASE, callbacks(("SlowSteps", {"seconds": 3.0}))]),
-                                        [])]
+    sets = [f"workdir={tmp_path / 'w'}", f"tracking.uri={uri}", *BASE, callbacks(("SlowSteps", {"seconds": 3.0}))]
+    args = ["submit", "jobs/digits.yaml", "--detach"]
+    for assignment in sets:
+        args += ["--set", assignment]
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr
     run_id = res.stdout.split("run id:")[1].split()[0]

@@ -79,7 +79,7 @@ def test_best_checkpoint_loads_and_resume_forks(mlflow_server: str, digits_run: 
     res = run_cli("resume", run_id, "--from", "best", "--set", "trainer.max_epochs=17", "--tracking-uri",
                   mlflow_server, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    new_id = [w for w in res.stdout.split() if len(w) == 32 and w != run_id][0]
+    new_id = next(w for w in res.stdout.split() if len(w) == 32 and w != run_id)
     child = run_info(mlflow_server, new_id)
     assert child.data.tags["mlflow.parentRunId"] == run_id
     assert child.data.tags["trainctl.state"] == "FINISHED"

@@ -1,9 +1,9 @@
 """Callbacks trainctl adds to every Trainer, bound to the user's Lightning namespace.
 
-One concept per module: checkpoint_io (atomic, verified, async files), resume_checkpoint (the points a
-requeue continues from), preemption (agreed stop), grad_norm (the seed design's gradient norm),
-tracking_logger (MLflow without blocking), rng_state (every rank's RNG in each checkpoint). Top-k and early stopping are Lightning's own, whose decisions
-are already reduced across ranks.
+One concept per module: checkpoint_io (atomic, verified, async files), resume_checkpoint (the points a requeue
+continues from), preemption (agreed stop), rng_state (every rank's RNG in each checkpoint), grad_norm (the seed
+design's gradient norm), tracking_logger (MLflow without blocking). Top-k and early stopping are Lightning's own,
+whose decisions are already reduced across ranks.
 """
 
 from __future__ import annotations

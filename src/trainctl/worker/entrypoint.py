@@ -117,10 +117,10 @@ def _stalled(run_dir: Path, job: JobFile, rank: RankInfo, attempt: Any, spec: Sp
     verdict = attempts.decide(run_dir, attempt, spec.fault_tolerance, "crash", why)
     if rank.global_rank == 0:
         attempts.end(run_dir, attempt, verdict, None)
+        state = State.REQUEUED if verdict.outcome is attempts.Outcome.requeue else State.FAILED
+        failed = {"trainctl.failed_rank": str(rank.global_rank), "trainctl.failed_host": rank.host}
         with contextlib.suppress(Exception):
-            tracking.set_state(job.tracking_uri, job.run_id, State.REQUEUED if verdict.outcome.value == "requeue"
-                               else State.FAILED, reason=verdict.reason, **{"trainctl.failed_rank": str(rank.global_rank),
-                                                                            "trainctl.failed_host": rank.host})
+            tracking.set_state(job.tracking_uri, job.run_id, state, reason=verdict.reason, **failed)
     act_on(verdict, job, rank)
     os._exit(1)
 
