@@ -3,10 +3,14 @@ and leaves, so its peers' collectives fail fast and the job is requeued or fails
 
 Gloo and NCCL time out a collective that waits on a dead peer; a rank stuck outside a collective (a deadlock in
 user code, a hung data-loader worker) is caught here. Heartbeats are a float assignment per batch.
+A Python thread cannot act while the main thread holds the interpreter lock (seen here: a rank stuck forking a
+loader worker), so faulthandler's C-level timer is armed as a backstop at twice the timeout: it writes every
+thread's stack and ends the process without needing the interpreter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import os
@@ -29,13 +33,29 @@ class Watchdog:
 
     def start(self) -> Watchdog:
         self.thread.start()
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        stem = self.report_dir / f"attempt-{self.attempt:04d}-rank-{self.rank:04d}"
+        self.backstop_file = open(f"{stem}.backstop-stacks.txt", "w")  # noqa: SIM115 - held while armed
+        self.armed_at = 0.0
+        self._arm()
         return self
 
+    def _arm(self) -> None:
+        self.armed_at = time.monotonic()
+        faulthandler.dump_traceback_later(2 * self.timeout_s, exit=True, file=self.backstop_file)
+
     def beat(self) -> None:
-        self.last_beat = time.monotonic()
+        self.last_beat = now = time.monotonic()
+        if now - self.armed_at > self.timeout_s / 4:
+            self._arm()
 
     def stop(self) -> None:
         self.stopped.set()
+        faulthandler.cancel_dump_traceback_later()
+        with contextlib.suppress(Exception):
+            self.backstop_file.close()
+            if not Path(self.backstop_file.name).stat().st_size:
+                Path(self.backstop_file.name).unlink()
 
     def _watch(self) -> None:
         while not self.stopped.wait(min(5.0, self.timeout_s / 4)):
@@ -68,13 +88,13 @@ class HeartbeatImpl:
         self.watchdog = watchdog
 
     def on_train_batch_end(self, *args: Any) -> None:
-        self.watchdog.last_beat = time.monotonic()
+        self.watchdog.beat()
 
     def on_validation_batch_end(self, *args: Any) -> None:
-        self.watchdog.last_beat = time.monotonic()
+        self.watchdog.beat()
 
     def on_test_batch_end(self, *args: Any) -> None:
-        self.watchdog.last_beat = time.monotonic()
+        self.watchdog.beat()
 
     def on_train_epoch_end(self, *args: Any) -> None:
-        self.watchdog.last_beat = time.monotonic()
+        self.watchdog.beat()
