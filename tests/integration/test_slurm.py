@@ -109,10 +109,11 @@ def time_limit_run(uri: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     return run_id, job, t0
 
 
-def test_ddp_on_two_and_three_nodes(uri: str, time_limit_run: Any, tmp_path: Path) -> None:
-    """Both jobs at once; each rank on its own SLURM node; the run records the world size and the nodes."""
+def test_ddp_on_one_two_and_three_nodes(uri: str, time_limit_run: Any, tmp_path: Path) -> None:
+    """All at once; each rank on its own SLURM node; the run records the world size and the nodes; Lightning's
+    SLURMEnvironment (and its SIGUSR1 auto-requeue) is never picked, neither for DDP nor for a single rank."""
     t0 = time.time()
-    runs = {n: _submit(tmp_path / f"n{n}", uri, [*SHORT, f"resources.nodes={n}"]) for n in (2, 3)}
+    runs = {n: _submit(tmp_path / f"n{n}", uri, [*SHORT, f"resources.nodes={n}"]) for n in (1, 2, 3)}
     for n, (run_id, job) in runs.items():
         assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED", _sacct(job)
         tags = run_info(uri, run_id).data.tags
@@ -131,7 +132,11 @@ def test_ddp_on_two_and_three_nodes(uri: str, time_limit_run: Any, tmp_path: Pat
         assert status["status"] == "FINISHED" and status["scheduler_job_id"] == job
         logs = run_cli("logs", run_id, "--tracking-uri", uri, "--rank", str(n - 1)).stdout
         assert f"rank {n - 1}/{n} on node" in logs
-    print(f"\n2- and 3-node jobs at once: {time.time() - t0:.1f} s")
+        assert "auto-requeueing" not in run_cli("logs", run_id, "--tracking-uri", uri).stdout
+        first = min(m.timestamp for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, "train/loss"))
+        submitted = json.loads((run_dir(uri, run_id) / "scheduler.json").read_text())["submitted"]
+        print(f"\n{n} node(s): sbatch → first training step {first / 1000 - submitted:.1f} s")
+    print(f"1-, 2- and 3-node jobs at once: {time.time() - t0:.1f} s")
 
 
 def test_time_limit_requeues_and_resumes_exactly(uri: str, time_limit_run: tuple[str, str, float]) -> None:
@@ -180,6 +185,28 @@ def test_scontrol_requeue_resumes(uri: str, tmp_path: Path) -> None:
     resumed = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "train/loss")
     first_new = min(m.timestamp for m in resumed if m.timestamp / 1000 > attempts[1]["started"])
     print(f"\nscontrol requeue → first resumed step logged: {first_new / 1000 - t_requeue:.1f} s\n{_sacct(job)}")
+
+
+def test_warning_during_startup_is_held_not_fatal(uri: str, tmp_path: Path) -> None:
+    """USR2 while the ranks still start (default action: terminate) is held until trainctl's handler runs."""
+    run_id, job = _submit(tmp_path, uri, [*SHORT, "trainer.max_epochs=1", "backend.slurm.sbatch={hold: true}"])
+    rdir = run_dir(uri, run_id)
+    logs = [rdir / "logs" / f"{job}_{rank}_log.out" for rank in (0, 1)]
+    subprocess.run(["scontrol", "release", job], check=True, timeout=30)
+    sent, deadline = 0, time.monotonic() + 90
+    while len(_rank_lines(rdir)) < 2 and time.monotonic() < deadline:  # until both ranks have their handlers
+        # Both ranks' Pythons run (submitit's first line; the mask is set before it) and still import torch
+        # and the job's code: signal the steps, as --signal does.
+        if all(p.is_file() and "Starting with" in p.read_text() for p in logs):
+            sent += subprocess.run(["scancel", "--signal=USR2", job], capture_output=True, timeout=30).returncode == 0
+        time.sleep(0.05)
+    assert len(_rank_lines(rdir)) == 2, "a rank died of a USR2 that came during its start-up"
+    assert sent >= 5, "USR2 reached the ranks while they were starting"
+    assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 180) == "FINISHED", _sacct(job)
+    first, second = _attempts(rdir)
+    assert first["outcome"] == "requeue" and first["reason"].startswith("timeout"), first
+    assert second["cause"] == "timeout" and second["outcome"] == "finished"
+    assert steps(uri, run_id) == list(range(20))
 
 
 def test_cancel_and_scancel_never_requeue(uri: str, tmp_path: Path) -> None:

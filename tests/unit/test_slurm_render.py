@@ -117,7 +117,7 @@ ALL_STATES = {
     "BOOT_FAIL": State.FAILED, "CANCELLED": State.KILLED, "COMPLETED": State.FINISHED,
     "COMPLETING": State.RUNNING, "CONFIGURING": State.PENDING, "DEADLINE": State.FAILED, "FAILED": State.FAILED,
     "NODE_FAIL": State.FAILED, "OUT_OF_MEMORY": State.FAILED, "PENDING": State.PENDING,
-    "PREEMPTED": State.REQUEUED, "REQUEUED": State.REQUEUED, "REQUEUE_FED": State.REQUEUED,
+    "PREEMPTED": State.FAILED, "REQUEUED": State.REQUEUED, "REQUEUE_FED": State.REQUEUED,
     "REQUEUE_HOLD": State.REQUEUED, "RESIZING": State.RUNNING, "RESV_DEL_HOLD": State.PENDING,
     "REVOKED": State.RUNNING, "RUNNING": State.RUNNING, "SIGNALING": State.RUNNING,
     "SPECIAL_EXIT": State.REQUEUED, "STAGE_OUT": State.RUNNING, "STOPPED": State.RUNNING,
@@ -174,11 +174,15 @@ def test_status_live_ended_gone(fake_slurm: Callable[..., Path], tmp_path: Path)
     assert launcher.status(fake_slurm(squeue=gone, sacct=[0, f"FAILED|{name}\n", ""]), "7") is None
     assert launcher.status(fake_slurm(squeue=gone, sacct=[0, f"CANCELLED by 0|{name}\n", ""]), "7") is State.KILLED
     assert launcher.status(fake_slurm(squeue=gone, sacct=[0, "", ""]), "7") is None
+    # the controller forgot a job accounting still calls running (e.g. its state was wiped): it is over
+    assert launcher.status(fake_slurm(squeue=gone, sacct=[0, f"RUNNING|{name}\n", ""]), "7") is None
     # a recycled job id (fresh cluster): someone else's job is not this run's
     assert launcher.status(fake_slurm(squeue=[0, "RUNNING|other-job\n", ""]), "7") is None
     # the controller does not answer: do not end the run on it
     down = [1, "", "slurm_load_jobs error: Unable to contact slurm controller\n"]
     assert launcher.status(fake_slurm(squeue=down, sacct=[1, "", "connection refused"]), "7") is State.RUNNING
+    assert launcher.status(fake_slurm(squeue=down, sacct=[0, f"PENDING|{name}\n", ""]), "7") is State.PENDING
+    assert launcher.status(fake_slurm(squeue=down, sacct=[0, f"COMPLETED|{name}\n", ""]), "7") is None
 
 
 def test_cancel_only_this_runs_job(fake_slurm: Callable[..., Path], tmp_path: Path) -> None:
@@ -188,3 +192,9 @@ def test_cancel_only_this_runs_job(fake_slurm: Callable[..., Path], tmp_path: Pa
     assert "scancel" not in (tmp_path / "calls").read_text()
     slurm.LAUNCHER.cancel(fake_slurm(squeue=[0, f"RUNNING|{name}\n", ""]), "7")
     assert "scancel 7" in (tmp_path / "calls").read_text()
+    # it ended between the look and the scancel: nothing to report
+    slurm.LAUNCHER.cancel(fake_slurm(squeue=[0, f"RUNNING|{name}\n", ""], scancel=[
+        1, "", "scancel: error: Kill job error on job id 7: Job/step already completing or completed\n"]), "7")
+    with pytest.raises(UserError, match="scancel 7 failed"):
+        slurm.LAUNCHER.cancel(fake_slurm(squeue=[0, f"RUNNING|{name}\n", ""], scancel=[
+            1, "", "scancel: error: Unable to contact slurm controller\n"]), "7")

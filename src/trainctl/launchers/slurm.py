@@ -75,7 +75,7 @@ SLURM_STATES: dict[str, State] = {
     "REQUEUE_FED": State.REQUEUED,  # federation: requeued, being moved back to the origin cluster
     "REQUEUE_HOLD": State.REQUEUED,  # requeued and held: runs again after `scontrol release`
     "SPECIAL_EXIT": State.REQUEUED,  # requeued and held for an exit code the site singles out (RequeueExit)
-    "PREEMPTED": State.REQUEUED,  # preempted: with PreemptMode=REQUEUE (or trainctl's own requeue) it returns
+    "PREEMPTED": State.FAILED,  # ended by preemption, not requeued (a requeued one shows PENDING/REQUEUED)
     "EXPEDITING": State.REQUEUED,  # 23.11+: requeued to be restarted urgently
     # over
     "COMPLETED": State.FINISHED,  # the batch script exited 0; the attempt log says whether training finished
@@ -112,11 +112,13 @@ def _python_command(python: str) -> str:
     """The interpreter each rank runs, with SIGUSR2/SIGTERM blocked until trainctl's handlers are in place.
 
     A blocked signal stays pending (an ignored one would be lost) and the mask survives exec, so the real
-    interpreter starts with both blocked; worker/env.py unblocks them after STOP.install().
+    interpreter starts with both blocked; worker/env.py unblocks them after STOP.install(). What is left
+    unprotected is this stub's own start (`-S`: no site import, ~10 ms) instead of the seconds Python takes
+    to import torch and the job's code.
     """
     block = ("import os,signal,sys;signal.pthread_sigmask(signal.SIG_BLOCK,(signal.SIGUSR2,signal.SIGTERM));"
              "os.execv(sys.executable,[sys.executable,*sys.argv[1:]])")
-    return f"{shlex.quote(python)} -c {shlex.quote(block)}"
+    return f"{shlex.quote(python)} -S -c {shlex.quote(block)}"
 
 
 def executor_parameters(spec: Spec, run_dir: Path) -> dict[str, Any]:
@@ -198,22 +200,21 @@ def _expected_name(run_dir: Path) -> str:
 
 
 def slurm_view(job_id: str, name: str | None = None) -> tuple[str, str] | None:
-    """(source, raw state) from squeue (live or recently ended) or sacct (ended); None when neither knows
-    the job, or the id now belongs to another job (job ids restart on a fresh cluster).
-    ("unreachable", "") when the controller cannot be asked at all."""
+    """(where, raw state): ("live", …) from squeue (which also lists jobs that ended a moment ago),
+    ("ended", …) from sacct once the controller has forgotten the job, ("unreachable", <sacct's state or "">)
+    when the controller does not answer. None when nobody knows the job, or its id now names another job
+    (job ids restart on a fresh cluster: the job name, the run directory's name, tells them apart)."""
     sq = _run("squeue", "-h", "--states=all", "-j", job_id, "-o", "%T|%j")
     if sq.returncode == 0 and sq.stdout.strip():
         state, _, got = sq.stdout.strip().splitlines()[0].partition("|")
-        return None if name and got != name else ("squeue", state)
-    controller_down = sq.returncode != 0 and "Invalid job id" not in sq.stderr
+        return None if name and got != name else ("live", state)
+    where = "unreachable" if sq.returncode != 0 and "Invalid job id" not in sq.stderr else "ended"
     ac = _run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,JobName")
-    if ac.returncode != 0:
-        return ("unreachable", "") if controller_down else None
-    rows = [r.split("|") for r in ac.stdout.strip().splitlines() if r.strip()]
+    rows = [r.split("|") for r in ac.stdout.strip().splitlines() if r.strip()] if ac.returncode == 0 else []
     if not rows:
-        return ("unreachable", "") if controller_down else None
+        return ("unreachable", "") if where == "unreachable" else None
     state, got = rows[-1][0], rows[-1][1] if len(rows[-1]) > 1 else ""
-    return None if name and got != name else ("sacct", state)
+    return None if name and got != name else (where, state)
 
 
 class SlurmLauncher:
@@ -242,24 +243,25 @@ class SlurmLauncher:
         seen = slurm_view(scheduler_job_id, _expected_name(run_dir))
         if seen is None:
             return None
-        source, raw = seen
-        if source == "unreachable":
+        where, raw = seen
+        if where == "unreachable" and not raw:
             log.warning("SLURM does not answer (squeue/sacct): job %s treated as still running", scheduler_job_id)
             return State.RUNNING
         state = map_state(raw)
-        if not state.terminal:
-            return state
-        return State.KILLED if state is State.KILLED else None
+        if where == "ended" or state.terminal:
+            return State.KILLED if state is State.KILLED else None
+        return state
 
     def logs(self, run_dir: Path, scheduler_job_id: str) -> dict[str, str]:
         return read_rank_logs(run_dir / "logs")
 
     def cancel(self, run_dir: Path, scheduler_job_id: str) -> None:
         seen = slurm_view(scheduler_job_id, _expected_name(run_dir))
-        if seen is None or (seen[0] != "unreachable" and map_state(seen[1]).terminal):
+        if seen is None or seen[0] == "ended" or (seen[1] and map_state(seen[1]).terminal):
             return  # gone, already over, or the id is someone else's job now
         res = _run("scancel", scheduler_job_id)
-        if res.returncode != 0:
+        over = ("already completing or completed", "Invalid job id")
+        if res.returncode != 0 and not any(s in res.stderr for s in over):
             raise UserError.single("RUN_ID", f"scancel {scheduler_job_id} failed: {res.stderr.strip()}",
                                    "is the SLURM controller reachable from here?")
 
@@ -306,17 +308,21 @@ def _rank_zero_ended_otherwise() -> str | None:
 
 
 def _await_requeue(grace_s: float) -> bool:
-    """Wait (up to grace_s) for the SIGTERM that rank 0's `scontrol requeue` sends every task. True if it came."""
+    """Wait (up to grace_s) for the SIGTERM that SLURM sends every task when the job is requeued (by rank 0),
+    preempted, cancelled or killed at its limit. True if one came (also before this call) or rank 0 ended
+    the attempt without a requeue."""
+    from trainctl.worker.signals import STOP
+
     got: list[int] = []
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
         signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM,))
     deadline = time.monotonic() + grace_s
-    while not got and time.monotonic() < deadline:
-        if _rank_zero_ended_otherwise():
+    while time.monotonic() < deadline:
+        if got or "SIGTERM" in STOP.events or _rank_zero_ended_otherwise():  # STOP heard those before
             return True
         time.sleep(0.2)
-    return bool(got)
+    return False
 
 
 def _leave(code: int, message: str) -> NoReturn:
@@ -330,11 +336,12 @@ def requeue_self(rank: RankInfo) -> NoReturn:
     """Requeue this job under the same id (`scontrol requeue`), then leave without a result file.
 
     Any rank may requeue (global rank 0 may be on a dead node); a second `scontrol requeue` fails harmlessly.
-    Global rank 0 requeues at once, after it has recorded the verdict and closed the MLflow run. After an
-    agreed stop (a signal) the other ranks first leave rank 0 up to PEER_GRACE_S to do so, because the requeue
-    SIGTERMs every task and SIGKILLs it KillWait seconds later; after a crash they requeue at once (rank 0
-    may be stuck in a collective waiting for them). Nobody requeues a cancelled job: `scontrol requeue`
-    would bring a scancelled job back.
+    Global rank 0 requeues as soon as it has recorded the verdict and closed the MLflow run. A requeue
+    SIGTERMs every task and SIGKILLs it KillWait seconds later, so after an agreed stop (a signal) the other
+    ranks do not requeue first: they wait up to PEER_GRACE_S for that SIGTERM (or leave at once if one came
+    already: SLURM is ending the attempt), and requeue only if none comes (rank 0 is gone). After a crash
+    they requeue at once (rank 0 may be stuck in a collective waiting for them). Nobody requeues a cancelled
+    job (`scontrol requeue` would bring a scancelled job back), nor an attempt rank 0 ended otherwise.
     """
     from trainctl.worker.signals import STOP
 
@@ -343,13 +350,11 @@ def requeue_self(rank: RankInfo) -> NoReturn:
     job_id = os.environ.get("SLURM_JOB_ID", "")
     if not job_id:
         _leave(REQUEUE_EXIT_CODE, "requeue wanted but SLURM_JOB_ID is not set")
-    why_not = _cancelled(job_id)
-    if why_not:
-        _leave(1, f"not requeueing: {why_not}")
     if rank.global_rank != 0 and STOP.requested and _await_requeue(PEER_GRACE_S):
         why_not = _rank_zero_ended_otherwise()
-        _leave(1 if why_not else REQUEUE_EXIT_CODE, why_not or "rank 0 requeued the job")
-    why_not = _rank_zero_ended_otherwise() if rank.global_rank != 0 else None
+        _leave(1 if why_not else REQUEUE_EXIT_CODE, why_not or "SLURM is ending this attempt (SIGTERM): "
+                                                                "rank 0 requeues it if SLURM does not")
+    why_not = (_rank_zero_ended_otherwise() if rank.global_rank != 0 else None) or _cancelled(job_id)
     if why_not:
         _leave(1, f"not requeueing: {why_not}")
     res = _run("scontrol", "requeue", job_id, timeout=60)

@@ -32,12 +32,15 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
     drain = make(DrainImpl, ns.pl.Callback)
     built.callbacks.append(drain)
     world = spec.resources.nodes * spec.resources.devices_per_node
+    plugins: list[Any] = []
     if strategy is None and world == 1:
         # One rank: DDP would only add bucket copies and a one-rank all-reduce (≈ 3 % of a GPU step).
         import torch
 
         device = torch.device("cuda", 0) if acc == "gpu" else torch.device("cpu")
         strategy = ns.pl.strategies.SingleDeviceStrategy(device=device, checkpoint_io=built.checkpoint_io)
+        # Named, or Lightning auto-selects SLURMEnvironment in a SLURM task (and its SIGUSR1 auto-requeue).
+        plugins.append(ns.fabric.plugins.environments.LightningEnvironment())
     elif strategy is None:
         strategy = ns.pl.strategies.DDPStrategy(
             process_group_backend="nccl" if acc == "gpu" else "gloo",
@@ -50,6 +53,8 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
         strategy.checkpoint_io = built.checkpoint_io
     trainer_args: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": False}
     trainer_args.update(spec.trainer)
+    if plugins:
+        trainer_args.setdefault("plugins", plugins)
     trainer = ns.pl.Trainer(
         **trainer_args,
         accelerator=acc,

@@ -8,12 +8,13 @@ its own SIGUSR1 auto-requeue, a second owner of preemption. Ray Train sets these
 Why Lightning does not pick SLURMEnvironment on SLURM (checked in Lightning 2.6, both namespaces): the
 accelerator connector auto-detects a cluster environment (TorchElastic, then SLURMEnvironment when SLURM_NTASKS
 is set and the job is not named bash/interactive, …) only when none was given. worker/build.py passes
-`DDPStrategy(cluster_environment=LightningEnvironment())`; `_check_config_and_set_final_flags` takes the
-strategy's environment as the cluster-environment flag and `_choose_and_init_cluster_environment` returns it
-as is. The signal connector installs its SIGUSR1 auto-requeue handler only for `isinstance(env,
-SLURMEnvironment) and env.auto_requeue`, so none is installed; its SIGTERM notifier is taken back by
-callbacks/preemption.py. (Lightning's `hpc_ckpt_*.ckpt` auto-resume still looks when SLURM_NTASKS is set, but
-trainctl never writes such files.) LightningEnvironment reads MASTER_ADDR/PORT, LOCAL_RANK and NODE_RANK.
+`DDPStrategy(cluster_environment=LightningEnvironment())`, or `plugins=[LightningEnvironment()]` with its one-rank
+SingleDeviceStrategy (which has no environment of its own); `_check_config_and_set_final_flags` takes either as
+the cluster-environment flag and `_choose_and_init_cluster_environment` returns it as is. The signal connector
+installs its SIGUSR1 auto-requeue handler only for `isinstance(env, SLURMEnvironment) and env.auto_requeue`, so
+none is installed; its SIGTERM notifier is taken back by callbacks/preemption.py. (Lightning's
+`hpc_ckpt_*.ckpt` auto-resume still looks when SLURM_NTASKS is set, but trainctl never writes such files.)
+LightningEnvironment reads MASTER_ADDR/PORT, LOCAL_RANK and NODE_RANK.
 """
 
 from __future__ import annotations
