@@ -1,0 +1,510 @@
+"""The Ray job's driver, and what each Ray Train worker runs.
+
+    python -m trainctl.worker.ray_driver <run dir>          (the Jobs API entrypoint; launchers/ray.py)
+
+The driver checks the cluster (same Ray version, room for the workers: an impossible request would leave
+Ray Train waiting forever), then runs Ray Train's TorchTrainer with `train_loop` on nodes × devices_per_node
+workers and FailureConfig(max_failures=fault_tolerance.max_restarts). When fit() is over it makes sure the
+run has a final state: the workers' own verdict when rank 0 recorded one, else FAILED with Ray's error
+(retries used up, a worker dead at every try). A SIGTERM (`ray job stop`, `trainctl cancel`) marks the run
+KILLED and leaves; Ray ends the job's workers with it.
+
+Each worker runs the one trainctl worker, `entrypoint.train`, with
+- its rank from Ray Train's context (Ray exports RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/PORT and has already
+  created the process group: TorchConfig(init_method="env"));
+- a DDPStrategy of the *user's* Lightning namespace (pytorch_lightning or lightning.pytorch) whose cluster
+  environment reads Ray's context, the equivalent of Ray's RayDDPStrategy + RayLightningEnvironment, which
+  exist in one namespace only;
+- trainctl's checkpoints in the run directory: a restarted group resumes from `latest_good(run_dir)`, like a
+  requeued SLURM job. Nothing is reported to Ray Train per epoch: Ray's RayTrainReportCallback writes and
+  reports a checkpoint every epoch, a cost (and a second copy) trainctl does not need. The switch
+  TRAINCTL_RAY_REPORT_EVERY_EPOCH=1 puts that cost back, for bench/ray_overhead.py.
+A verdict of "requeue" is raised (launchers/ray.py requeue_self): Ray Train restarts the group. "failed" and
+"killed" return normally, so that Ray does not retry; the driver then ends the job with the run's state.
+
+Signals: Ray runs the train function in a thread, where no handler can be installed, and a Ray worker's main
+thread turns SIGTERM into an exit. `setup_worker_process` (runtime_env worker_process_setup_hook, run in the
+worker's main thread) installs trainctl's flag-setting SIGUSR2 handler, so a warning signal leads to the
+agreed stop: every rank checkpoints the same step and the group is restarted from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from trainctl import tracking
+from trainctl.callbacks.binding import bind, make
+from trainctl.rundir import Attempts, JobFile
+from trainctl.spec import Spec, spec_from_dict
+from trainctl.tracking import State
+from trainctl.worker.env import RankInfo
+from trainctl.worker.signals import STOP, WARNING_SIGNAL
+
+log = logging.getLogger("trainctl.ray_driver")
+MODULE = "trainctl.worker.ray_driver"  # this module's name even when it runs as __main__ (the driver)
+
+
+# ---------------------------------------------------------------- worker process
+
+
+def setup_worker_process() -> None:
+    """runtime_env worker_process_setup_hook: runs in the main thread of every worker process of the job.
+
+    Only SIGUSR2: Ray's main loop installs its own SIGTERM handler after this hook (SIGTERM ends a Ray worker;
+    Ray's preemption path is node draining, not signals).
+    """
+    signal.signal(WARNING_SIGNAL, STOP.handler)
+
+
+def _context() -> Any:
+    import ray.train
+
+    return ray.train.get_context()
+
+
+class RayEnvironmentImpl:
+    """Lightning cluster environment (bound to LightningEnvironment of the user's namespace): ranks from Ray."""
+
+    @property
+    def creates_processes_externally(self) -> bool:
+        return True
+
+    def world_size(self) -> int:
+        return _context().get_world_size()
+
+    def global_rank(self) -> int:
+        return _context().get_world_rank()
+
+    def local_rank(self) -> int:
+        return _context().get_local_rank()
+
+    def node_rank(self) -> int:
+        return _context().get_node_rank()
+
+    def set_world_size(self, size: int) -> None:
+        """Ray decides the world size."""
+
+    def set_global_rank(self, rank: int) -> None:
+        """Ray decides the ranks."""
+
+    def teardown(self) -> None:
+        """Ray owns the process group and the environment variables."""
+
+
+class RayDDPImpl:
+    """DDPStrategy (bound to the user's namespace) on the process group Ray Train created: Ray's device."""
+
+    @property
+    def root_device(self) -> Any:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int]:
+        return {"num_replicas": self.world_size, "rank": self.global_rank}  # type: ignore[attr-defined]
+
+
+def ray_strategy(ns: Any, spec: Spec, world_size: int) -> Any:
+    """None for one worker (trainctl's single-device fast path); else DDP over Ray's process group."""
+    if world_size == 1:
+        return None
+    env = make(RayEnvironmentImpl, ns.fabric.plugins.environments.LightningEnvironment)
+    gpu = spec.resources.accelerator.value == "gpu"
+    return make(RayDDPImpl, ns.pl.strategies.DDPStrategy, cluster_environment=env,
+                process_group_backend="nccl" if gpu else "gloo",
+                timeout=timedelta(seconds=spec.fault_tolerance.collective_timeout_s), gradient_as_bucket_view=True)
+
+
+class ReportEveryEpochImpl:
+    """What Ray's RayTrainReportCallback does at every epoch end: checkpoint to a temp dir, report it to Ray
+    Train (which copies it to Ray storage), barrier. Only with TRAINCTL_RAY_REPORT_EVERY_EPOCH=1: trainctl's
+    resume needs none of it (bench/ray_overhead.py measures what it costs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = Path(tempfile.gettempdir(), f"trainctl-ray-report-{os.getpid()}")
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        import shutil
+
+        import ray.train
+
+        tmpdir = self.prefix / str(trainer.current_epoch)
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        metrics = {k: float(v.item()) for k, v in trainer.callback_metrics.items()}
+        metrics.update(epoch=trainer.current_epoch, step=trainer.global_step)
+        path = tmpdir / "checkpoint.ckpt"
+        trainer.save_checkpoint(path, weights_only=False)
+        io = trainer.strategy.checkpoint_io
+        if hasattr(io, "wait"):
+            io.wait(path)  # trainctl's IO writes in the background; Ray copies the directory now
+        ray.train.report(metrics=metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmpdir)))
+        trainer.strategy.barrier()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def __getattr__(name: str) -> Any:
+    """`ReportEveryEpoch` (pytorch_lightning) / `ReportEveryEpochLightning` (lightning.pytorch), made on demand
+    so that importing this module imports neither."""
+    if name in ("ReportEveryEpoch", "ReportEveryEpochLightning"):
+        from trainctl.components import namespace_named
+
+        ns = namespace_named("pytorch_lightning" if name == "ReportEveryEpoch" else "lightning.pytorch")
+        return bind(ReportEveryEpochImpl, ns.pl.Callback)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _rank_info(ctx: Any, sid: str) -> RankInfo:
+    world, local_world = ctx.get_world_size(), max(1, ctx.get_local_world_size())
+    return RankInfo(global_rank=ctx.get_world_rank(), local_rank=ctx.get_local_rank(), world_size=world,
+                    node_rank=ctx.get_node_rank(), num_nodes=max(1, -(-world // local_world)), host=_node_name(),
+                    scheduler_job_id=sid)
+
+
+@contextlib.contextmanager
+def _quiet_errors() -> Any:
+    try:
+        yield
+    except Exception as exc:  # best effort: a label, a tag
+        log.debug("ignored: %r", exc)
+
+
+def _node_name() -> str:
+    """The Ray node's name (local nodes share one hostname); the hostname when Ray has none."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    with _quiet_errors():
+        for n in ray.nodes():
+            if n.get("NodeID") == node_id and n.get("NodeName"):
+                return str(n["NodeName"])
+    return socket.gethostname()
+
+
+class _Tee:
+    """Copy this process's fds 1 and 2 into <log dir>/<submission id>_<rank>_log.out|err (what the other backends
+    keep per rank, and what `trainctl submit --wait` follows and the run uploads), while Ray still gets them."""
+
+    def __init__(self, log_dir: Path, sid: str, rank: int) -> None:
+        self.targets = [(1, log_dir / f"{sid}_{rank}_log.out"), (2, log_dir / f"{sid}_{rank}_log.err")]
+        self.saved: list[tuple[int, int]] = []
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> _Tee:
+        with _quiet_errors():
+            for fd, path in self.targets:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                out = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by the pump thread
+                read, write = os.pipe()
+                saved = os.dup(fd)
+                (sys.stdout if fd == 1 else sys.stderr).flush()
+                os.dup2(write, fd)
+                os.close(write)
+                self.saved.append((fd, saved))
+                t = threading.Thread(target=self._pump, args=(read, saved, out), daemon=True,
+                                     name=f"trainctl-tee-{fd}")
+                t.start()
+                self.threads.append(t)
+        return self
+
+    @staticmethod
+    def _pump(read: int, original: int, out: Any) -> None:
+        try:
+            while chunk := os.read(read, 65536):
+                with contextlib.suppress(OSError):
+                    os.write(original, chunk)
+                with contextlib.suppress(OSError, ValueError):
+                    out.write(chunk)
+        finally:
+            os.close(read)
+            out.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        for fd, saved in self.saved:
+            os.dup2(saved, fd)  # the pipe's last writer is gone: its pump reads EOF
+            os.close(saved)
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+def _gather(rank: RankInfo, run_dir: Path) -> tuple[list[str], int]:
+    """Every rank's node name (rank order) and the number of attempts recorded before this one (rank 0's view)."""
+    import torch.distributed as dist
+
+    mine = (rank.host, len(Attempts(run_dir).all()) if rank.global_rank == 0 else -1)
+    if not dist.is_available() or not dist.is_initialized() or rank.world_size == 1:
+        return [rank.host], mine[1]
+    everyone: list[Any] = [None] * rank.world_size
+    dist.all_gather_object(everyone, mine)
+    return [e[0] for e in everyone], everyone[0][1]
+
+
+def _await_attempt(run_dir: Path, number: int, wait_s: float = 60.0) -> None:
+    """Ranks > 0: wait until rank 0 has recorded attempt `number`, so that attempt.begin() picks this attempt and
+    not the still-open record of a group that was killed (its rank 0 never closed it)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if any(a.number >= number for a in Attempts(run_dir).all()):
+            return
+        time.sleep(0.05)
+
+
+def _close_killed_attempt(run_dir: Path) -> None:
+    """Rank 0 of a restarted group: the previous group died before its rank 0 recorded a verdict (a worker was
+    killed and Ray ended the others). Close that attempt as the requeue it was; the new attempt's cause and the
+    restart count are what they would be for an open one (attempt.py)."""
+    from trainctl.worker import attempt as attempts
+
+    last = Attempts(run_dir).all()[-1:]
+    if last and last[0].ended is None:
+        folder = attempts.rank_file(run_dir, last[0], 0, "start").parent
+        started = sorted(p.name.split(".")[0] for p in folder.glob("rank-*.start.json"))
+        silent = [r for r in started if not (folder / f"{r}.end.json").exists()]
+        why = f"{len(silent)} of {len(started)} ranks ended without a verdict"
+        attempts.end(run_dir, last[0], attempts.Verdict(attempts.Outcome.requeue, f"killed-without-verdict: {why}; "
+                                                        "Ray Train restarted the worker group"), None)
+
+
+def _rank_zero_verdict(run_dir: Path, number: int, wait_s: float) -> str | None:
+    """Rank 0's recorded outcome of attempt `number` (waiting up to wait_s for it), None if there is none."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = [a for a in Attempts(run_dir).all() if a.number == number and a.ended is not None]
+        if found or time.monotonic() > deadline:
+            return found[0].outcome if found else None
+        time.sleep(0.2)
+
+
+def _with_report_every_epoch(job: JobFile, ns: Any) -> JobFile:
+    import dataclasses
+
+    name = "ReportEveryEpochLightning" if ns.name == "lightning.pytorch" else "ReportEveryEpoch"
+    spec = json.loads(json.dumps(job.spec))
+    spec["callbacks"] = [*spec.get("callbacks", []), {"class_path": f"{MODULE}.{name}", "init_args": {}}]
+    return dataclasses.replace(job, spec=spec)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train's train_loop_per_worker: the trainctl worker on this rank."""
+    from trainctl.components import import_class, namespace_of
+    from trainctl.launchers.ray import REPORT_EVERY_EPOCH_ENV, SUBMISSION_ENV, requeue_self
+    from trainctl.worker.entrypoint import train
+
+    run_dir = Path(config["run_dir"])
+    ctx = _context()
+    sid = os.environ.get(SUBMISSION_ENV, "ray")
+    rank = _rank_info(ctx, sid)
+    tee = _Tee(run_dir / "logs", sid, rank.global_rank).start()
+    try:
+        import ray
+
+        sys.stderr.write(f"trainctl: rank {rank.global_rank}/{rank.world_size} on node {rank.host} (ray job {sid}, "
+                         f"node {ray.get_runtime_context().get_node_id()[:12]}, pid {os.getpid()})\n")
+        sys.stderr.flush()
+        job = JobFile.read(run_dir)
+        nodes, before = _gather(rank, run_dir)
+        if rank.global_rank == 0:
+            _close_killed_attempt(run_dir)
+            with _quiet_errors():
+                tracking.client(job.tracking_uri).set_tag(job.run_id, "trainctl.ray.nodes", ",".join(nodes))
+        else:
+            _await_attempt(run_dir, before + 1)
+        spec = spec_from_dict(job.spec)
+        ns = namespace_of(import_class(spec.model.class_path))
+        if os.environ.get(REPORT_EVERY_EPOCH_ENV) == "1":
+            job = _with_report_every_epoch(job, ns)
+        verdict = train(run_dir, job, rank, strategy=ray_strategy(ns, spec, rank.world_size))
+        if verdict.outcome.value != "requeue":
+            if verdict.outcome.value != "finished":  # Ray must not retry: the driver ends the job
+                sys.stderr.write(f"trainctl: attempt ended {verdict.outcome.value}: {verdict.reason}\n")
+            return
+        if rank.global_rank != 0:
+            # Rank 0 records the verdict; if it ended the attempt otherwise (or the run was cancelled), stop here.
+            outcome = _rank_zero_verdict(run_dir, before + 1, wait_s=30.0)
+            if outcome is not None and outcome != "requeue":
+                return
+        with _quiet_errors():
+            if tracking.current_state(job.tracking_uri, job.run_id) is State.KILLED:
+                return
+        requeue_self(rank)
+    finally:
+        tee.stop()
+
+
+# ---------------------------------------------------------------- driver
+
+
+class _Stopped(BaseException):
+    """SIGTERM on the driver: `ray job stop` (trainctl cancel, or someone else)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends us the ordinary way
+    raise _Stopped()
+
+
+def _set_state(job: JobFile, state: State, reason: str) -> None:
+    """The run's final state, unless it is already final (a user's cancel, or the workers' verdict, wins)."""
+    from trainctl.worker.entrypoint import _with_retries
+
+    def record() -> None:
+        if not tracking.current_state(job.tracking_uri, job.run_id).terminal:
+            tracking.set_state(job.tracking_uri, job.run_id, state, reason=reason)
+
+    try:
+        _with_retries(record, total_s=60.0)
+    except Exception:
+        log.exception("could not record %s in MLflow", state.value)
+
+
+def _close_attempt(run_dir: Path, outcome: str, reason: str) -> None:
+    """Close the newest attempt if no rank 0 did (its group was killed): the attempt log stays complete."""
+    from trainctl.worker import attempt as attempts
+
+    last = Attempts(run_dir).all()[-1:]
+    if last and last[0].ended is None:
+        attempts.end(run_dir, last[0], attempts.Verdict(attempts.Outcome(outcome), reason), None)
+
+
+def _cluster_problem(spec: Spec) -> str | None:
+    import ray
+
+    from trainctl.launchers.ray import infeasible, scaling
+
+    sc = scaling(spec)
+    alive = [{k: float(v) for k, v in n.get("Resources", {}).items()} for n in ray.nodes() if n.get("Alive")]
+    return infeasible(alive, sc["resources_per_worker"], sc["num_workers"])
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:1500]
+
+
+def run(run_dir: Path) -> int:
+    """The driver: fit on the Ray cluster, then the run's final state. Returns the process's exit code."""
+    from trainctl.launchers.ray import SUBMISSION_ENV, VERSION_ENV, run_config, scaling, torch_config
+
+    job = JobFile.read(run_dir)
+    spec = spec_from_dict(job.spec)
+    sid = os.environ.get(SUBMISSION_ENV, "")
+    error: BaseException | None = None
+    try:
+        import ray
+
+        wanted = os.environ.get(VERSION_ENV)
+        if wanted and ray.__version__ != wanted:
+            reason = f"the submitter runs Ray {wanted}, this driver Ray {ray.__version__}: versions must match"
+            _set_state(job, State.FAILED, reason)
+            log.error(reason)
+            return 1
+        ray.init(logging_level=logging.WARNING)
+        signal.signal(signal.SIGTERM, _on_sigterm)  # after ray.init: Ray's own failure handler would print and die
+        problem = _cluster_problem(spec)
+        if problem:
+            reason = f"the Ray cluster cannot run this job: it {problem}"
+            _set_state(job, State.FAILED, reason)
+            log.error(reason)
+            return 1
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        rc = run_config(spec, run_dir, sid or f"trainctl-{run_dir.name}")
+        from trainctl.worker.ray_driver import train_loop  # by reference: `__main__.train_loop` would be pickled
+
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"run_dir": str(run_dir)},
+            scaling_config=ScalingConfig(**scaling(spec)),
+            torch_config=TorchConfig(**torch_config(spec)),
+            run_config=RunConfig(name=rc["name"], storage_path=rc["storage_path"],
+                                 failure_config=FailureConfig(max_failures=rc["max_failures"])),
+        )
+        error = _fit(trainer)
+    except _Stopped:
+        reason = f"Ray job {sid} stopped (ray job stop / trainctl cancel)"
+        _close_attempt(run_dir, "killed", reason)
+        _set_state(job, State.KILLED, reason)
+        sys.stderr.write(f"trainctl: {reason}\n")
+        sys.stderr.flush()
+        os._exit(1)  # Ray ends the controller and workers of this job when its driver is gone
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return _finish(job, run_dir, spec, error)
+
+
+def _fit(trainer: Any) -> BaseException | None:
+    """trainer.fit() in a thread: the main thread stays in Python, where a SIGTERM handler runs at once (a main
+    thread blocked in ray.get would only see it after `ray job stop`'s 3 s grace, when SIGKILL comes)."""
+    outcome: list[BaseException | None] = []
+    t0 = time.monotonic()
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+            outcome.append(None)
+        except BaseException as exc:  # TrainingFailedError: retries used up, or a non-retryable controller error
+            log.error("Ray Train ended with an error after %.0f s:\n%s", time.monotonic() - t0,
+                      traceback.format_exc())
+            outcome.append(exc)
+
+    thread = threading.Thread(target=fit, name="trainctl-ray-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.2)
+    return outcome[0] if outcome else RuntimeError("Ray Train's fit() ended without a result")
+
+
+def _finish(job: JobFile, run_dir: Path, spec: Spec, error: BaseException | None) -> int:
+    """The run's final state after fit(): rank 0's verdict if it recorded one, else FAILED with Ray's error."""
+    last = Attempts(run_dir).all()[-1:]
+    if error is not None:
+        reason = (f"Ray Train gave up (FailureConfig(max_failures={spec.fault_tolerance.max_restarts})): "
+                  f"{_error_text(error)}")
+        if last and last[0].reason and last[0].outcome == "requeue":
+            reason = f"{reason}; last attempt: {last[0].reason}"
+        _close_attempt(run_dir, "failed", reason)
+        _set_state(job, State.FAILED, reason)
+    elif last and last[0].outcome in ("finished", "failed", "killed"):
+        state = {"finished": State.FINISHED, "failed": State.FAILED, "killed": State.KILLED}[last[0].outcome]
+        _set_state(job, state, last[0].reason or last[0].outcome)  # only if rank 0 could not
+    else:
+        _close_attempt(run_dir, "failed", "the workers ended without a verdict")
+        _set_state(job, State.FAILED, "the workers ended without a verdict")
+    try:
+        final = tracking.current_state(job.tracking_uri, job.run_id)
+    except Exception:
+        final = State.FINISHED if last and last[0].outcome == "finished" and error is None else State.FAILED
+    sys.stderr.write(f"trainctl: run {job.run_id} {final.value}\n")
+    return 0 if final is State.FINISHED else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m trainctl.worker.ray_driver RUN_DIR\n")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="[driver] %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    return run(Path(args[0]).absolute())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
