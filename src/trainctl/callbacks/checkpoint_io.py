@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 log = logging.getLogger("trainctl.checkpoint")
 MANIFEST_SUFFIX = ".manifest.json"
@@ -28,15 +28,28 @@ def manifest_path(path: str | Path) -> Path:
     return Path(f"{path}{MANIFEST_SUFFIX}")
 
 
-def snapshot(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """A copy that later training steps cannot change: tensors cloned to host memory."""
+def snapshot(checkpoint: dict[str, Any], reuse: list[torch.Tensor] | None = None) -> tuple[Any, list[torch.Tensor]]:
+    """A copy that later training steps cannot change: tensors copied to host memory.
 
-    def copy(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            return x.detach().to("cpu", copy=True)
-        return x
-
-    return tree_map(copy, checkpoint)
+    With `reuse` (the buffers of the previous snapshot, whose write has finished) tensors of the same shape and
+    dtype are copied into those buffers: a fresh 1 GB allocation costs more in page faults than the copy itself.
+    """
+    leaves, spec = tree_flatten(checkpoint)
+    old = iter(reuse or [])
+    buffers: list[torch.Tensor] = []
+    out = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            src = leaf.detach()
+            buf = next(old, None)
+            if buf is None or buf.shape != src.shape or buf.dtype != src.dtype or src.is_sparse:
+                buf = torch.empty_like(src, device="cpu")
+            buf.copy_(src)
+            buffers.append(buf)
+            out.append(buf)
+        else:
+            out.append(leaf)
+    return tree_unflatten(out, spec), buffers
 
 
 class _HashingWriter:
@@ -127,7 +140,8 @@ class AtomicCheckpointIOImpl:
             write_atomic(checkpoint, path)
             self.blocked_s.append(time.perf_counter() - t0)
             return
-        frozen = snapshot(checkpoint)
+        self.wait()  # the previous write still reads the buffers about to be reused
+        frozen, self.buffers = snapshot(checkpoint, getattr(self, "buffers", None))
         if self.pool is None:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainctl-ckpt")
         future = self.pool.submit(write_atomic, frozen, path)
