@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,15 @@ import yaml
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
-    ROOT, bench_spec, free_port, intervals_after_warmup, median, python_env, run_json, worker,
+from bench.common import (
+    ROOT,
+    bench_spec,
+    free_port,
+    intervals_after_warmup,
+    median,
+    python_env,
+    run_json,
+    worker,
 )
 
 ANCHOR = ROOT.parent / "shared" / "baselines" / "cpu_ddp_anchor.py"
@@ -53,7 +61,7 @@ def _raw_rank(rank: int, port: int, hidden: int, batch: int, epochs: int, out: s
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=120))
     ds = digits()
     sampler = torch.utils.data.distributed.DistributedSampler(ds, seed=0)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler)
@@ -74,7 +82,9 @@ def _raw_rank(rank: int, port: int, hidden: int, batch: int, epochs: int, out: s
     if rank == 0:
         ts = intervals_after_warmup(ends, first)
         Path(out).write_text(json.dumps({"step_s": median(ts), "steps": len(ts), "intervals": ts,
-                                         "max_rss_mb": peak_rss_mb(), "final_loss": float(loss)}))
+                                         "max_rss_mb": peak_rss_mb(), "final_loss": loss.item()}))
+    else:
+        Path(f"{out}.rank{rank}").write_text(json.dumps({"max_rss_mb": peak_rss_mb()}))
     dist.destroy_process_group()
 
 
@@ -83,8 +93,10 @@ def run_raw(hidden: int, batch: int, epochs: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "raw.json")
-        mp.spawn(_raw_rank, args=(free_port(), hidden, batch, epochs, out), nprocs=2)
-        return json.loads(Path(out).read_text())
+        mp.start_processes(_raw_rank, args=(free_port(), hidden, batch, epochs, out), nprocs=2, start_method="fork")
+        result = json.loads(Path(out).read_text())
+        result["max_rss_mb_ranks"] = [result["max_rss_mb"], json.loads(Path(f"{out}.rank1").read_text())["max_rss_mb"]]
+        return result
 
 
 # ======================================================================== trainctl through `trainctl submit`
@@ -100,7 +112,8 @@ def submit(spec: dict[str, Any], tmp: Path, backend: str | None = None, timeout:
     if backend:
         cmd += ["--backend", backend, "--wait"]
     t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=python_env(), cwd=ROOT)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=python_env(0), cwd=ROOT,
+                         stdin=subprocess.DEVNULL)
     t_end = time.time()
     clock = Path(spec["callbacks"][0]["init_args"]["out"])
     if res.returncode != 0 or not clock.is_file():
@@ -111,14 +124,17 @@ def submit(spec: dict[str, Any], tmp: Path, backend: str | None = None, timeout:
     return data
 
 
-def run_trainctl(hidden: int, batch: int, epochs: int, tmp: Path, **extra: Any) -> dict[str, Any]:
+def run_trainctl(hidden: int, batch: int, epochs: int, tmp: Path, rss_every: int = 0, **extra: Any) -> dict[str, Any]:
     clock_out = str(tmp / f"clock-{time.time_ns()}.json")
-    spec = bench_spec(f"cpu-ddp-h{hidden}", hidden, batch, epochs, str(tmp / "runs"), clock_out, **extra)
+    spec = bench_spec(f"cpu-ddp-h{hidden}", hidden, batch, epochs, str(tmp / "runs"), clock_out, rss_every=rss_every,
+                      **extra)
     data = submit(spec, tmp)
     first = data["epoch_ends"][0] if data["epoch_ends"] else 0
     ts = intervals_after_warmup(data["ends"], first)
+    ranks = [data["max_rss_mb"]] + [json.loads(p.read_text())["max_rss_mb"]
+                                    for p in sorted(Path(clock_out).parent.glob(Path(clock_out).name + ".rank*"))]
     return {"step_s": median(ts), "steps": len(ts), "intervals": ts, "threads": data["threads"],
-            "max_rss_mb": data["max_rss_mb"]}
+            "max_rss_mb": data["max_rss_mb"], "max_rss_mb_ranks": ranks, "rss": data.get("rss", [])}
 
 
 # ======================================================================== anchor and plain Lightning (references)
@@ -151,9 +167,10 @@ def run_variant(variant: str, hidden: int, batch: int, epochs: int, tmp: Path) -
     raise ValueError(variant)
 
 
-def measure(workload: str, reps: int, epochs: int, tmp: Path, variants: list[str], log: Any = print
-            ) -> dict[str, Any]:
-    """Alternate the variants (A B C …, then … C B A) `reps` times; medians of the per-run medians."""
+def measure(workload: str, reps: int, epochs: int, tmp: Path, variants: list[str], log: Any = print,
+            baseline_variant: str = "trainctl") -> dict[str, Any]:
+    """Alternate the variants (A B C …, then … C B A) `reps` times; medians of the per-run medians.
+    The ratio is `baseline_variant` (trainctl's path) ÷ raw."""
     hidden, batch = WORKLOADS[workload]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for rep in range(reps):
@@ -169,9 +186,12 @@ def measure(workload: str, reps: int, epochs: int, tmp: Path, variants: list[str
         "step_ms": {v: 1e3 * m for v, m in med.items()},
         "step_ms_runs": {v: [round(1e3 * r["step_s"], 4) for r in rs] for v, rs in runs.items()},
         "steps_timed": {v: rs[0].get("steps") for v, rs in runs.items()},
-        "ratio": med["trainctl"] / med["raw"],
-        "added_ms": 1e3 * (med["trainctl"] - med["raw"]),
-        "trainctl_threads": runs["trainctl"][0].get("threads"),
+        "trainctl_variant": baseline_variant,
+        "ratio": med[baseline_variant] / med["raw"],
+        "added_ms": 1e3 * (med[baseline_variant] - med["raw"]),
+        "trainctl_threads": runs[baseline_variant][0].get("threads"),
+        "max_rss_mb_ranks": {v: [median([r["max_rss_mb_ranks"][i] for r in rs]) for i in range(2)]
+                             for v, rs in runs.items() if all("max_rss_mb_ranks" in r for r in rs)},
         "load_avg_1m": [r["load_avg_1m"] for rs in runs.values() for r in rs],
     }
     if "anchor" in med:

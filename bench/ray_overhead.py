@@ -24,7 +24,9 @@ test, shutdown). first step = first train/loss point in MLflow - submit.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -43,6 +45,7 @@ MODES = {
     "local": ["backend.kind=local", "resources.nodes=1", "resources.devices_per_node=2"],
     "ray-report": ['backend.ray.env_vars={"TRAINCTL_RAY_REPORT_EVERY_EPOCH": "1"}'],
     "ray": [],
+    "ray-nice0": ['backend.ray.env_vars={"TRAINCTL_RAY_WORKER_NICENESS": "0"}'],
 }
 
 
@@ -79,15 +82,18 @@ def run_once(mode: str, epochs: int, uri: str, workdir: Path) -> dict[str, Any]:
         raise RuntimeError(f"{mode}: submit failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     epochs_seen = [json.loads(line) for line in (Path(run_dir.group(1)) / CLOCK_FILE).read_text().splitlines()]
     ends = [e["t"] for e in epochs_seen]
-    gaps = [b - a for a, b in zip(ends, ends[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(ends)]
     per_epoch = statistics.median(gaps)
-    step_gaps = [b - a for e in epochs_seen[1:] for a, b in zip(e["steps"], e["steps"][1:])]
-    between = [b["steps"][0] - a["steps"][-1] for a, b in zip(epochs_seen, epochs_seen[1:]) if a["steps"] and b["steps"]]
+    step_gaps = [b - a for e in epochs_seen[1:] for a, b in itertools.pairwise(e["steps"])]
+    between = [b["steps"][0] - a["steps"][-1] for a, b in itertools.pairwise(epochs_seen) if a["steps"] and b["steps"]]
     from mlflow import MlflowClient
 
     history = MlflowClient(tracking_uri=uri).get_metric_history(run_id.group(1), "train/loss")
     first = min(m.timestamp for m in history) / 1000 - t0
+    attempt = json.loads((Path(run_dir.group(1)) / "attempts" / "0001.json").read_text())
     return {"mode": mode, "run_id": run_id.group(1), "wall_s": wall, "first_step_s": first,
+            "to_rank0_train_s": attempt["started"] - t0, "after_last_epoch_s": t0 + wall - ends[-1],
+            "load_1min": os.getloadavg()[0],
             "per_epoch_s": per_epoch, "epoch_gaps_s": gaps, "fixed_s": wall - epochs * per_epoch,
             "train_s": ends[-1] - ends[0] + per_epoch, "steps": len(history),
             "step_s": statistics.median(step_gaps) if step_gaps else None,
@@ -113,21 +119,25 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_once(mode, args.epochs, args.uri, Path(tmp) / f"{mode}-{i}")
                 runs.append(r)
                 print(f"{mode:10} run {i + 1}: wall {r['wall_s']:5.1f} s  first step {r['first_step_s']:5.1f} s  "
-                      f"per epoch {r['per_epoch_s']:.3f} s  fixed {r['fixed_s']:5.1f} s  step {r['step_s']:.4f} s  "
-                      f"epoch boundary {r['epoch_boundary_s']:.3f} s  ({r['steps']} steps; gaps "
+                      f"per epoch {r['per_epoch_s']:.3f} s  fixed {r['fixed_s']:5.1f} s (rank 0 in train() at "
+                      f"{r['to_rank0_train_s']:.1f} s, after the last epoch {r['after_last_epoch_s']:.1f} s)  "
+                      f"step {r['step_s']:.4f} s  "
+                      f"epoch boundary {r['epoch_boundary_s']:.3f} s  load {r['load_1min']:.1f}  "
+                      f"({r['steps']} steps; gaps "
                       + " ".join(f"{g:.2f}" for g in r["epoch_gaps_s"]) + ")", flush=True)
     print(f"\n{args.epochs} epochs x 20 steps, 2 gloo ranks; medians of {args.repeat} run(s) per mode")
-    print(f"{'mode':10} {'wall s':>7} {'first step s':>12} {'per epoch s':>11} {'fixed s':>8} {'epoch vs local':>14}")
+    keys = ("wall_s", "first_step_s", "to_rank0_train_s", "per_epoch_s", "step_s", "fixed_s")
+    print(f"{'mode':10} {'wall s':>7} {'1st step s':>10} {'train() s':>9} {'epoch s':>8} {'step ms':>8} "
+          f"{'fixed s':>8} {'epoch/local':>11}")
     table: dict[str, dict[str, float]] = {}
     for mode in modes:
         mine = [r for r in runs if r["mode"] == mode]
-        table[mode] = {k: statistics.median(r[k] for r in mine) for k in ("wall_s", "first_step_s", "per_epoch_s",
-                                                                          "fixed_s")}
+        table[mode] = {k: statistics.median(r[k] for r in mine) for k in keys}
     base = table.get("local", {}).get("per_epoch_s")
     for mode, t in table.items():
         ratio = f"{t['per_epoch_s'] / base:.2f}x" if base else "-"
-        print(f"{mode:10} {t['wall_s']:7.1f} {t['first_step_s']:12.1f} {t['per_epoch_s']:11.3f} {t['fixed_s']:8.1f} "
-              f"{ratio:>14}")
+        print(f"{mode:10} {t['wall_s']:7.1f} {t['first_step_s']:10.1f} {t['to_rank0_train_s']:9.1f} "
+              f"{t['per_epoch_s']:8.3f} {1000 * t['step_s']:8.1f} {t['fixed_s']:8.1f} {ratio:>11}")
     if args.json:
         Path(args.json).write_text(json.dumps({"epochs": args.epochs, "runs": runs, "medians": table}, indent=2))
     return 0

@@ -11,7 +11,7 @@ The request (`request()`; the dry run prints it as JSON):
     metadata     run id, run dir; submission_id `trainctl-<name>-<run id[:8]>-<random>` (a resume submits anew)
     entrypoint_num_cpus 0: the driver (and Ray Train's controller) take no CPU from the training workers
 
-The driver (worker/ray_driver.py) runs Ray Train's TorchTrainer: workers = nodes × devices_per_node, each
+The driver (worker/ray_driver.py) runs Ray Train's TorchTrainer: workers = nodes x devices_per_node, each
 {CPU: cpus_per_worker, GPU: 1 when accelerator is gpu, memory: mem_gb / devices_per_node}, SPREAD (or PACK),
 FailureConfig(max_failures=fault_tolerance.max_restarts), storage under the run directory. Each worker runs
 the one trainctl worker (entrypoint.train), so checkpoints, resume, callbacks and the MLflow run are the same
@@ -37,6 +37,7 @@ import secrets
 import shlex
 import sys
 import sysconfig
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -44,7 +45,7 @@ from typing import Any, NoReturn
 from trainctl.errors import UserError
 from trainctl.launchers.base import Submission, read_rank_logs
 from trainctl.rundir import JobFile, atomic_write_text
-from trainctl.spec import Accelerator, Spec, env_refs
+from trainctl.spec import Accelerator, Spec, env_refs, resolve_env
 from trainctl.tracking import SECRET_NAME, State
 from trainctl.worker.env import RankInfo
 
@@ -128,7 +129,7 @@ def infeasible(nodes: list[dict[str, float]], per_worker: dict[str, float], work
     for key, each in per_worker.items():
         need, have = each * workers, sum(n.get(key, 0.0) for n in nodes)
         if need > have + 1e-9:
-            short.append(f"{_amount(key, need)} {key} in all ({workers} × {_amount(key, each)}), the cluster has "
+            short.append(f"{_amount(key, need)} {key} in all ({workers} x {_amount(key, each)}), the cluster has "
                          f"{_amount(key, have)}")
     detail = "; ".join(short) if short else (
         f"the totals suffice but no placement fits: {fits} of {workers} workers fit on the nodes")
@@ -203,7 +204,7 @@ def environment(spec: Spec, sid: str) -> dict[str, str]:
     for name in dict.fromkeys([*FORWARDED_ENV, *env_refs(spec.to_dict())]):
         if name in os.environ:
             env[name] = os.environ[name]
-    env.update(spec.backend.ray.env_vars)
+    env.update(resolve_env(spec.backend.ray.env_vars))  # ${env:NAME} in a value: this client's value
     env.update({
         VERSION_ENV: ray_version(),
         SUBMISSION_ENV: sid,
@@ -315,7 +316,7 @@ def check_cluster(spec: Spec, address: str) -> None:
         raise UserError.single(
             "resources", f"the Ray cluster at {address} can never run this job: it {why} "
             f"(alive nodes: {_nodes_text(nodes) or 'none'})",
-            f"ask for less (resources.nodes × devices_per_node = {res.nodes} × {res.devices_per_node} workers, "
+            f"ask for less (resources.nodes x devices_per_node = {res.nodes} x {res.devices_per_node} workers, "
             f"resources.accelerator, cpus_per_task / backend.ray.cpus_per_worker, mem_gb per node) or add nodes")
 
 
@@ -415,10 +416,21 @@ def split_logs(text: str, sid: str) -> dict[str, str]:
 # ---------------------------------------------------------------- inside the job
 
 
+TRAIN_THREAD: int | None = None  # the thread running Ray Train's train function (worker/ray_driver.train_loop)
+
+
 def requeue_self(rank: RankInfo) -> NoReturn:
-    """Raise: Ray Train counts the worker error against FailureConfig(max_failures) and restarts the group."""
+    """Raise: Ray Train counts the worker error against FailureConfig(max_failures) and restarts the group.
+
+    Off the train function's thread (the watchdog's stall path) an exception would end only that thread: the
+    process leaves instead, and Ray restarts the group for its dead worker just the same.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
+    if TRAIN_THREAD is not None and threading.get_ident() != TRAIN_THREAD:
+        sys.stderr.write(f"trainctl: rank {rank.global_rank} leaves for Ray Train to restart the worker group\n")
+        sys.stderr.flush()
+        os._exit(1)
     raise RestartRequested(f"rank {rank.global_rank}: trainctl's verdict is requeue; Ray Train restarts the "
                            f"worker group, which resumes from the newest good checkpoint")
 

@@ -3,7 +3,7 @@
     python -m trainctl.worker.ray_driver <run dir>          (the Jobs API entrypoint; launchers/ray.py)
 
 The driver checks the cluster (same Ray version, room for the workers: an impossible request would leave
-Ray Train waiting forever), then runs Ray Train's TorchTrainer with `train_loop` on nodes × devices_per_node
+Ray Train waiting forever), then runs Ray Train's TorchTrainer with `train_loop` on nodes x devices_per_node
 workers and FailureConfig(max_failures=fault_tolerance.max_restarts). When fit() is over it makes sure the
 run has a final state: the workers' own verdict when rank 0 recorded one, else FAILED with Ray's error
 (retries used up, a worker dead at every try). A SIGTERM (`ray job stop`, `trainctl cancel`) marks the run
@@ -67,6 +67,10 @@ def setup_worker_process() -> None:
     Ray's preemption path is node draining, not signals).
     """
     signal.signal(WARNING_SIGNAL, STOP.handler)
+    wanted = os.environ.get("TRAINCTL_RAY_WORKER_NICENESS")
+    if wanted is not None:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, int(wanted))
 
 
 def _context() -> Any:
@@ -244,16 +248,39 @@ class _Tee:
             t.join(timeout=5)
 
 
-def _gather(rank: RankInfo, run_dir: Path) -> tuple[list[str], int]:
-    """Every rank's node name (rank order) and the number of attempts recorded before this one (rank 0's view)."""
+def _gather(rank: RankInfo, run_dir: Path, job: JobFile) -> tuple[list[str], int, str]:
+    """Every rank's node name (rank order), and rank 0's view of the run: the number of attempts recorded before
+    this one, and why this group must not train (empty: it must)."""
+    import torch
     import torch.distributed as dist
 
-    mine = (rank.host, len(Attempts(run_dir).all()) if rank.global_rank == 0 else -1)
+    mine = (rank.host, *(_rank_zero_view(run_dir, job) if rank.global_rank == 0 else (-1, "")))
     if not dist.is_available() or not dist.is_initialized() or rank.world_size == 1:
-        return [rank.host], mine[1]
+        return [rank.host], mine[1], mine[2]
+    if dist.get_backend() == "nccl" and torch.cuda.is_available():
+        import ray.train.torch
+
+        torch.cuda.set_device(ray.train.torch.get_device())  # all_gather_object stages on the current device
     everyone: list[Any] = [None] * rank.world_size
     dist.all_gather_object(everyone, mine)
-    return [e[0] for e in everyone], everyone[0][1]
+    return [e[0] for e in everyone], everyone[0][1], everyone[0][2]
+
+
+def _rank_zero_view(run_dir: Path, job: JobFile) -> tuple[int, str]:
+    """(attempts recorded so far, why not to train). A group must not train when the run already ended: a rank
+    whose verdict was "failed" can still leave by exiting (the watchdog's stall path), and Ray counts any dead
+    worker as a failure to retry; a cancelled run (KILLED) is not retried either. `trainctl resume` leaves a
+    cause marker: then the run goes on."""
+    from trainctl.worker.attempt import CAUSE_FILE
+
+    previous = Attempts(run_dir).all()
+    why = ""
+    if previous and previous[-1].outcome in ("failed", "killed") and not (run_dir / "attempts" / CAUSE_FILE).exists():
+        why = f"attempt {previous[-1].number} already ended the run {previous[-1].outcome}: {previous[-1].reason}"
+    with _quiet_errors():
+        if tracking.current_state(job.tracking_uri, job.run_id) is State.KILLED:
+            why = "the run is KILLED (cancelled)"
+    return len(previous), why
 
 
 def _await_attempt(run_dir: Path, number: int, wait_s: float = 60.0) -> None:
@@ -304,9 +331,11 @@ def _with_report_every_epoch(job: JobFile, ns: Any) -> JobFile:
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: the trainctl worker on this rank."""
     from trainctl.components import import_class, namespace_of
+    from trainctl.launchers import ray as launcher
     from trainctl.launchers.ray import REPORT_EVERY_EPOCH_ENV, SUBMISSION_ENV, requeue_self
     from trainctl.worker.entrypoint import train
 
+    launcher.TRAIN_THREAD = threading.get_ident()
     run_dir = Path(config["run_dir"])
     ctx = _context()
     sid = os.environ.get(SUBMISSION_ENV, "ray")
@@ -319,7 +348,10 @@ def train_loop(config: dict[str, Any]) -> None:
                          f"node {ray.get_runtime_context().get_node_id()[:12]}, pid {os.getpid()})\n")
         sys.stderr.flush()
         job = JobFile.read(run_dir)
-        nodes, before = _gather(rank, run_dir)
+        nodes, before, skip = _gather(rank, run_dir, job)
+        if skip:  # every rank got rank 0's decision: return, so that Ray does not retry; the driver ends the job
+            sys.stderr.write(f"trainctl: not training: {skip}\n")
+            return
         if rank.global_rank == 0:
             _close_killed_attempt(run_dir)
             with _quiet_errors():

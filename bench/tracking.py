@@ -1,0 +1,147 @@
+"""Tracking overhead: step time while logging every step to a real local MLflow server ÷ the same job, no logger.
+
+    python -m bench.tracking [--quick] [--reps 3] [--workloads tiny,wide] [--out bench/results/tracking.json]
+
+A real, lean MLflow server (trainctl.mlflow_server: uvicorn, one worker, sqlite store) is started here. Both
+variants run trainctl's worker path on 2 gloo ranks (bench.common.run_worker: build_trainer, every trainctl
+callback, the data path, the watchdog):
+  mlflow     rank 0 feeds trainctl's MetricsSink (a daemon thread, batches of ≤ 1000 points) bound to a run on
+             that server; train/loss and grad/norm every step (tracking.log_every_n_steps = 1, the default).
+  no_logger  the same job with the Trainer's loggers removed: Lightning never builds or converts a metrics dict.
+Alternated A B, B A, …; the ratio is of the medians. Each mlflow run's points are counted on the server.
+Note: on a 2-core machine the server process shares the cores with the two ranks, so its CPU time is charged
+to the training step; on a cluster it runs elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import free_port, median, worker
+
+WORKLOADS = {"tiny": (64, 32), "wide": (1024, 256)}
+
+
+def _healthy(uri: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def mlflow_server(workdir: Path, timeout_s: float = 120) -> Iterator[str]:
+    """A real MLflow server on a free port, as `make mlflow` starts it; stopped on exit."""
+    from trainctl.mlflow_server import start
+
+    port = free_port()
+    proc = start(port, workdir, workdir / "server.log")
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(uri):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log = (workdir / "server.log").read_text()[-2000:] if (workdir / "server.log").exists() else ""
+                raise RuntimeError(f"MLflow server did not start: {log}")
+            time.sleep(0.25)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except Exception:
+            proc.kill()
+
+
+def new_run(uri: str, name: str) -> str:
+    from mlflow import MlflowClient
+
+    cl = MlflowClient(tracking_uri=uri)
+    exp = cl.get_experiment_by_name("trainctl-bench")
+    exp_id = exp.experiment_id if exp else cl.create_experiment("trainctl-bench")
+    return cl.create_run(exp_id, run_name=name).info.run_id
+
+
+def points_on_server(uri: str, run_id: str) -> dict[str, int]:
+    from mlflow import MlflowClient
+
+    cl = MlflowClient(tracking_uri=uri)
+    keys = cl.get_run(run_id).data.metrics.keys()
+    return {k: len(cl.get_metric_history(run_id, k)) for k in keys}
+
+
+def measure(uri: str, workload: str, reps: int, epochs: int, log: Any = print, rss_every: int = 0) -> dict[str, Any]:
+    hidden, batch = WORKLOADS[workload]
+    runs: dict[str, list[dict[str, Any]]] = {"mlflow": [], "no_logger": []}
+    for rep in range(reps):
+        order = ["mlflow", "no_logger"] if rep % 2 == 0 else ["no_logger", "mlflow"]
+        for variant in order:
+            cfg: dict[str, Any] = {"hidden": hidden, "batch": batch, "epochs": epochs, "rss_every": rss_every}
+            if variant == "mlflow":
+                cfg.update(logger="mlflow", tracking_uri=uri, run_id=new_run(uri, f"bench-tracking-{workload}"))
+            else:
+                cfg["logger"] = "none"
+            r = worker(cfg)
+            r["load_avg_1m"] = os.getloadavg()[0]
+            if variant == "mlflow":
+                r["points"] = points_on_server(uri, cfg["run_id"])
+            runs[variant].append(r)
+            log(f"  tracking {workload} rep {rep} {variant:9} step {1e3 * r['step_s']:7.3f} ms "
+                f"(load {r['load_avg_1m']:.2f})" + (f" points {r['points']}" if variant == "mlflow" else ""))
+    med = {v: median([r["step_s"] for r in rs]) for v, rs in runs.items()}
+    last = runs["mlflow"][-1]
+    total_steps = len(last.get("epoch_ends", [])) and last["epoch_ends"][-1]
+    return {
+        "hidden": hidden, "batch": batch, "epochs": epochs, "reps": reps,
+        "step_ms": {v: 1e3 * m for v, m in med.items()},
+        "step_ms_runs": {v: [round(1e3 * r["step_s"], 4) for r in rs] for v, rs in runs.items()},
+        "ratio": med["mlflow"] / med["no_logger"],
+        "points_per_run": last.get("points"),
+        "steps_per_run": total_steps,
+        "all_points_delivered": all(min((r.get("points") or {"": 0}).values()) >= total_steps for r in runs["mlflow"]),
+        "sink": last.get("sink"),
+        "rss_samples": last.get("rss", []),
+        "load_avg_1m": [r["load_avg_1m"] for rs in runs.values() for r in rs],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one repetition of the tiny workload, two epochs")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--workloads", default="tiny,wide")
+    p.add_argument("--uri", help="use this MLflow server instead of starting one")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    workloads = ["tiny"] if args.quick else args.workloads.split(",")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
+        server = contextlib.nullcontext(args.uri) if args.uri else mlflow_server(Path(tmp))
+        with server as uri:
+            for w in workloads:
+                results[w] = measure(uri, w, 1 if args.quick else args.reps, 2 if args.quick else args.epochs)
+    text = json.dumps(results, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
