@@ -33,9 +33,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.common import median, worker
 
 

@@ -177,15 +177,49 @@ def python_env(threads: int = 1) -> dict[str, str]:
 
 
 def run_json(args: list[str], timeout: float = 600, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run a child Python module; its last stdout line starting with `{` is the result."""
-    res = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                         stdin=subprocess.DEVNULL,
-                         env=env or python_env(), cwd=ROOT)
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
-    if res.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(args)} failed (rc {res.returncode}):\n{res.stdout[-3000:]}\n"
-                           f"{res.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    """Run a child Python module; its last stdout line starting with `{` is the result.
+
+    The child runs in a session of its own. Once it has printed its result it gets 30 s to exit; then its whole
+    process group is killed: a rank can deadlock in its own teardown (ProcessGroupGloo's destructor joins a gloo
+    thread that waits for the GIL the destructor holds, seen with torch 2.13), and the figure is already out.
+    """
+    import signal
+    import threading
+
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env or python_env(), cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    timer = threading.Timer(timeout, lambda: _killpg(proc.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("{"):
+                break
+        try:
+            proc.wait(timeout=max(1.0, min(30.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            _killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    finally:
+        timer.cancel()
+    reader.join(timeout=5)
+    result = [ln for ln in lines if ln.startswith("{")]
+    if not result:
+        raise RuntimeError(f"{' '.join(args)} failed (rc {proc.returncode}):\n{''.join(lines)[-3000:]}\n"
+                           f"{''.join(err)[-3000:]}")
+    return json.loads(result[-1])
+
+
+def _killpg(pid: int, sig: int) -> None:
+    import contextlib
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 def load_now() -> float:
@@ -300,8 +334,10 @@ def _worker_rank(rank: int, port: int, cfg: dict[str, Any]) -> None:
     run_dir = Path(cfg.get("run_dir") or tmp / "run")
     sink = None
     if rank == 0 and cfg.get("logger") == "mlflow":
+        from trainctl import tracking
         from trainctl.metrics import MetricsSink
 
+        tracking.current_state(cfg["tracking_uri"], cfg["run_id"])  # as the worker's _attach: mlflow imported
         sink = MetricsSink(cfg["tracking_uri"], cfg["run_id"], run_dir / "spool")
     wd = Watchdog(spec.fault_tolerance.collective_timeout_s, run_dir / "failures", rank, 1, on_stall=lambda w: None)
     trainer, built = build_trainer(ns, spec, run_dir, cfg.get("run_id", "bench"), sink,
@@ -369,10 +405,9 @@ def _worker_rank(rank: int, port: int, cfg: dict[str, Any]) -> None:
                                               sorted(durations.items(), key=lambda kv: -sum(kv[1]))
                                               if len(d) >= steps // 2}
         (tmp / "extra.json").write_text(json.dumps(extra_out))
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # no interpreter teardown: see run_json (a gloo destructor can deadlock)
 
 
 def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:

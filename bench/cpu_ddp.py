@@ -31,9 +31,6 @@ from typing import Any
 
 import yaml
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.common import (
     ROOT,
     bench_spec,
@@ -85,7 +82,11 @@ def _raw_rank(rank: int, port: int, hidden: int, batch: int, epochs: int, out: s
                                          "max_rss_mb": peak_rss_mb(), "final_loss": loss.item()}))
     else:
         Path(f"{out}.rank{rank}").write_text(json.dumps({"max_rss_mb": peak_rss_mb()}))
-    dist.destroy_process_group()
+    dist.barrier()
+    # No teardown: freeing DDP's reducer can deadlock in ProcessGroupGloo's destructor (torch 2.13; see
+    # bench.common.run_json). Both ranks' results are written.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def run_raw(hidden: int, batch: int, epochs: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 """Flagship benchmark: trainctl's worker path against a raw PyTorch loop, same model, same batches, one device.
 
     python bench/gpu_flagship.py --device cuda --out bench/results/gpu_flagship.json      # one GPU
+    PYTHONPATH=src python3 bench/gpu_flagship.py --device cuda ...      # a GPU machine without trainctl installed
     python bench/gpu_flagship.py --smoke --device cpu --out /tmp/flagship.json           # CPU smoke (tests)
 
 Workload: `jobs/gpt-small.yaml` (GPT-2-124M shape, bf16, fused AdamW, SDPA attention, optional torch.compile;
@@ -54,8 +55,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "src") not in sys.path:  # the GPU machine runs from a copy of the tree, trainctl not installed
-    sys.path.insert(0, str(ROOT / "src"))
 
 TIMED = ("raw", "trainctl", "trainctl_fast", "trainctl_ddp_async", "trainctl_ddp_nosplit", "lightning")
 DIAGNOSTIC = ("trainctl_hooks", "profile", "probe_attention")

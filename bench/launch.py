@@ -34,9 +34,6 @@ from typing import Any
 
 import yaml
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.common import ROOT, bench_spec, median, python_env
 
 IMPORTS = {

@@ -45,7 +45,6 @@ MODES = {
     "local": ["backend.kind=local", "resources.nodes=1", "resources.devices_per_node=2"],
     "ray-report": ['backend.ray.env_vars={"TRAINCTL_RAY_REPORT_EVERY_EPOCH": "1"}'],
     "ray": [],
-    "ray-nice0": ['backend.ray.env_vars={"TRAINCTL_RAY_WORKER_NICENESS": "0"}'],
 }
 
 

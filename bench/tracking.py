@@ -27,9 +27,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.common import free_port, median, worker
 
 WORKLOADS = {"tiny": (64, 32), "wide": (1024, 256)}

@@ -47,7 +47,11 @@ class MetricsSink:
             self.pending.append((key, float(value), int(step), now))
 
     def nudge(self) -> None:
-        self.wake.set()
+        """Deliver now if a full batch is waiting; otherwise the delivery thread's timer (flush_every_s) sends it.
+        Lightning calls the logger's save() after every step: waking the thread each time turned batching into
+        one HTTP request per step, whose client-side work competes with the training thread."""
+        if len(self.pending) >= BATCH:
+            self.wake.set()
 
     # ---- delivery thread
     def _loop(self) -> None:

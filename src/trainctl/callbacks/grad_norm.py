@@ -13,6 +13,9 @@ class GradNormLogger:
     def __init__(self, every_n_steps: int = 1) -> None:
         super().__init__()
         self.every_n_steps = every_n_steps
+        # worker.fast_path.AsyncStepMetrics when build_trainer wires it: the norm joins the step's metrics on
+        # their way to the loggers, skipping `self.log`'s result-collection bookkeeping (≈ 0.1 ms a step on a CPU).
+        self.step_metrics: Any = None
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
         if trainer.global_step % self.every_n_steps:
@@ -22,4 +25,7 @@ class GradNormLogger:
             return
         norms = torch._foreach_norm(grads, 2.0)
         total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
-        pl_module.log("grad/norm", total, on_step=True, on_epoch=False, batch_size=1)
+        if self.step_metrics is not None:
+            self.step_metrics.stage("grad/norm", total)
+        else:
+            pl_module.log("grad/norm", total, on_step=True, on_epoch=False, batch_size=1)

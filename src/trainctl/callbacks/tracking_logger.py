@@ -46,4 +46,4 @@ class TrackingLoggerImpl:
 
     def finalize(self, status: str) -> None:
         if self.sink is not None:
-            self.sink.nudge()
+            self.sink.wake.set()  # the end of a stage: deliver what is pending now

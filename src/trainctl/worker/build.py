@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from trainctl.callbacks import Built, build_callbacks
 from trainctl.callbacks.binding import make
+from trainctl.callbacks.grad_norm import GradNormLogger
 from trainctl.callbacks.tracking_logger import TrackingLoggerImpl
 from trainctl.components import LightningNamespace, instantiate
 from trainctl.metrics import MetricsSink
@@ -29,6 +31,12 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
     user_callbacks = [instantiate(resolve_env(c), ns.pl.Callback) for c in spec.callbacks]  # type: ignore[arg-type]
     built = build_callbacks(ns, spec, run_dir, [*user_callbacks, *extra_callbacks])
     acc = accelerator(spec)
+    if acc == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        # resources.cpus_per_task is the rank's share of the cores; torch would start one thread per visible core
+        # in every rank (2 ranks on 2 cores: 4 busy threads fighting over 2 cores).
+        torch.set_num_threads(spec.resources.cpus_per_task)
     drain = make(DrainImpl, ns.pl.Callback)
     built.callbacks.append(drain)
     world = spec.resources.nodes * spec.resources.devices_per_node
@@ -70,4 +78,7 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
     )
     drain.metrics = AsyncStepMetrics(trainer).install(ns)
     built.step_metrics = drain.metrics
+    for callback in built.callbacks:
+        if isinstance(callback, GradNormLogger):
+            callback.step_metrics = drain.metrics
     return trainer, built

@@ -23,6 +23,7 @@ class AsyncStepMetrics:
         self.connector = trainer._logger_connector
         self.original = self.connector.log_metrics
         self.pending: collections.deque[tuple[Any, dict[str, Any], int]] = collections.deque()
+        self.staged: dict[str, Any] = {}  # values handed in by trainctl's callbacks, logged with the next step
 
     def install(self, ns: Any) -> AsyncStepMetrics:
         self.connector.log_metrics = self.log_metrics
@@ -31,7 +32,14 @@ class AsyncStepMetrics:
             self._drop_prog_bar()
         return self
 
+    def stage(self, key: str, value: Any) -> None:
+        """Log `value` with the step's metrics, without `self.log` (grad/norm: callbacks/grad_norm.py)."""
+        self.staged[key] = value.detach() if isinstance(value, torch.Tensor) else value
+
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if self.staged:
+            metrics = {**metrics, **self.staged}
+            self.staged = {}
         on_device = any(isinstance(v, torch.Tensor) and v.device.type == "cuda" for v in metrics.values())
         if not on_device or not self.trainer.loggers:
             self.drain(block=True)  # keep the order of points

@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 from trainctl import tracking
-from trainctl.callbacks.binding import bind, make
 from trainctl.rundir import Attempts, JobFile
 from trainctl.spec import Spec, spec_from_dict
 from trainctl.tracking import State
@@ -64,13 +63,11 @@ def setup_worker_process() -> None:
     """runtime_env worker_process_setup_hook: runs in the main thread of every worker process of the job.
 
     Only SIGUSR2: Ray's main loop installs its own SIGTERM handler after this hook (SIGTERM ends a Ray worker;
-    Ray's preemption path is node draining, not signals).
+    Ray's preemption path is node draining, not signals). Keep this module's imports light: the hook runs in
+    every process of the job (Ray Train's controller and helper actors too), and importing torch here, before
+    Ray sets OMP_NUM_THREADS for the actor, would size torch's OpenMP pool to every core of the node.
     """
     signal.signal(WARNING_SIGNAL, STOP.handler)
-    wanted = os.environ.get("TRAINCTL_RAY_WORKER_NICENESS")
-    if wanted is not None:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, int(wanted))
 
 
 def _context() -> Any:
@@ -124,6 +121,8 @@ class RayDDPImpl:
 
 def ray_strategy(ns: Any, spec: Spec, world_size: int) -> Any:
     """None for one worker (trainctl's single-device fast path); else DDP over Ray's process group."""
+    from trainctl.callbacks.binding import make
+
     if world_size == 1:
         return None
     env = make(RayEnvironmentImpl, ns.fabric.plugins.environments.LightningEnvironment)
@@ -165,6 +164,7 @@ def __getattr__(name: str) -> Any:
     """`ReportEveryEpoch` (pytorch_lightning) / `ReportEveryEpochLightning` (lightning.pytorch), made on demand
     so that importing this module imports neither."""
     if name in ("ReportEveryEpoch", "ReportEveryEpochLightning"):
+        from trainctl.callbacks.binding import bind
         from trainctl.components import namespace_named
 
         ns = namespace_named("pytorch_lightning" if name == "ReportEveryEpoch" else "lightning.pytorch")
@@ -319,6 +319,22 @@ def _rank_zero_verdict(run_dir: Path, number: int, wait_s: float) -> str | None:
         time.sleep(0.2)
 
 
+def _threads(spec: Spec) -> None:
+    """torch's CPU threads on this training thread: the worker's CPU share, as worker/build.py gives a local rank.
+
+    An OpenMP thread count is per thread and fixed when OpenMP starts: Ray's OMP_NUM_THREADS only reaches torch
+    if nothing imported torch before Ray set it, and a count of every core per worker (2 workers on 2 cores:
+    4 threads spinning at OpenMP barriers) made a digits step 5-20x slower.
+    """
+    import torch
+
+    from trainctl.launchers.ray import scaling
+
+    if spec.resources.accelerator.value != "gpu":
+        cpus = scaling(spec)["resources_per_worker"]["CPU"]
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or cpus)))
+
+
 def _with_report_every_epoch(job: JobFile, ns: Any) -> JobFile:
     import dataclasses
 
@@ -359,6 +375,7 @@ def train_loop(config: dict[str, Any]) -> None:
         else:
             _await_attempt(run_dir, before + 1)
         spec = spec_from_dict(job.spec)
+        _threads(spec)
         ns = namespace_of(import_class(spec.model.class_path))
         if os.environ.get(REPORT_EVERY_EPOCH_ENV) == "1":
             job = _with_report_every_epoch(job, ns)
@@ -470,6 +487,7 @@ def run(run_dir: Path) -> int:
                                  failure_config=FailureConfig(max_failures=rc["max_failures"])),
         )
         error = _fit(trainer)
+        log.info("Ray Train's fit() returned%s", f" an error: {_error_text(error)[:200]}" if error else "")
     except _Stopped:
         reason = f"Ray job {sid} stopped (ray job stop / trainctl cancel)"
         _close_attempt(run_dir, "killed", reason)
@@ -532,10 +550,27 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         sys.stderr.write("usage: python -m trainctl.worker.ray_driver RUN_DIR\n")
         return 2
-    logging.basicConfig(level=logging.INFO, format="[driver] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="[driver %(asctime)s] %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    return run(Path(args[0]).absolute())
+    code = run(Path(args[0]).absolute())
+    _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown (torch's and MLflow's finalizers: ≈ 2 s here), so that the Ray job
+    ends as soon as the run has: the run's state is recorded and Ray's connection closed by now."""
+    t0 = time.monotonic()
+    with contextlib.suppress(Exception):
+        import ray
+
+        ray.shutdown()  # flushes the workers' last forwarded lines and tells the GCS this driver is done
+    log.info("driver done (ray.shutdown %.1f s)", time.monotonic() - t0)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
