@@ -135,7 +135,7 @@ def cancel(ref: RunRef) -> None:
     registry.load(ref.backend).LAUNCHER.cancel(ref.run_dir, ref.scheduler_job_id)
 
 
-def watch(ref: RunRef, emit: Callable[[str], Any], poll_s: float = 0.5) -> RunRef:
+def watch(ref: RunRef, emit: Callable[[str], Any]) -> RunRef:
     """Stream rank 0's new log lines until the job ends; return the reconciled run."""
     launcher = registry.load(ref.backend).LAUNCHER
     offsets: dict[Path, int] = {}
@@ -143,10 +143,9 @@ def watch(ref: RunRef, emit: Callable[[str], Any], poll_s: float = 0.5) -> RunRe
         _emit_new_lines(ref.run_dir / "logs", offsets, emit)
         seen = launcher.status(ref.run_dir, ref.scheduler_job_id)
         if seen is None or seen.terminal:
-            time.sleep(poll_s)
-            _emit_new_lines(ref.run_dir / "logs", offsets, emit)
+            _emit_new_lines(ref.run_dir / "logs", offsets, emit)  # the job is gone: its logs are complete
             return reconcile(find_run(ref.run_id, ref.uri))
-        time.sleep(poll_s)
+        time.sleep(launcher.poll_s)
 
 
 def _emit_new_lines(log_dir: Path, offsets: dict[Path, int], emit: Callable[[str], Any]) -> None:

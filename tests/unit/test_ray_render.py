@@ -35,7 +35,7 @@ def test_request_is_a_quoted_driver_command_with_the_runtime_env() -> None:
     env = req["runtime_env"]["env_vars"]
     assert env["TRAINCTL_RAY_VERSION"] == rl.ray_version() == "2.60.0"  # the pin in pyproject
     assert env["TRAINCTL_RAY_SUBMISSION_ID"] == req["submission_id"] and env["RAY_DEDUP_LOGS"] == "0"
-    assert req["runtime_env"]["worker_process_setup_hook"] == "trainctl.worker.ray_driver.setup_worker_process"
+    assert req["runtime_env"]["worker_process_setup_hook"] == "trainctl.worker.ray_worker.setup_worker_process"
     assert "py_modules" not in req["runtime_env"], "trainctl's own example is installed on every node"
     assert req["metadata"]["trainctl.run_dir"] == str(odd)
 
@@ -189,7 +189,7 @@ def test_cluster_with_another_ray_version_is_refused(monkeypatch: pytest.MonkeyP
 
 def test_ray_strategy_in_either_lightning_namespace() -> None:
     from trainctl.components import namespace_named
-    from trainctl.worker.ray_driver import ray_strategy
+    from trainctl.worker.ray_worker import ray_strategy
 
     for name in ("pytorch_lightning", "lightning.pytorch"):
         ns = namespace_named(name)
@@ -203,17 +203,17 @@ def test_ray_strategy_in_either_lightning_namespace() -> None:
 
 def test_report_every_epoch_callback_binds_to_each_namespace() -> None:
     from trainctl.components import namespace_named
-    from trainctl.worker import ray_driver
+    from trainctl.worker import ray_worker
 
-    assert issubclass(ray_driver.ReportEveryEpoch, namespace_named("pytorch_lightning").pl.Callback)
-    assert issubclass(ray_driver.ReportEveryEpochLightning, namespace_named("lightning.pytorch").pl.Callback)
+    assert issubclass(ray_worker.ReportEveryEpoch, namespace_named("pytorch_lightning").pl.Callback)
+    assert issubclass(ray_worker.ReportEveryEpochLightning, namespace_named("lightning.pytorch").pl.Callback)
 
 
 def test_driver_final_state(tmp_path: Path) -> None:
     """After fit(): the workers' verdict when recorded; else FAILED with Ray's error; a final state is kept."""
     from trainctl import tracking
     from trainctl.rundir import Attempt, Attempts, JobFile
-    from trainctl.worker import ray_driver
+    from trainctl.worker import ray_driver, ray_worker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = _spec(f"workdir={tmp_path}")  # the job file, not the spec, says where the workers report
@@ -243,18 +243,18 @@ def test_driver_final_state(tmp_path: Path) -> None:
     assert ray_driver._finish(job, rdir, spec, RuntimeError("killed")) == 1
     assert tracking.current_state(uri, job.run_id) is State.KILLED
     rdir, job = run(None)  # a killed group: the next group's rank 0 closes the attempt as a requeue
-    assert ray_driver._rank_zero_view(rdir, job) == (1, "")
-    ray_driver._close_killed_attempt(rdir)
+    assert ray_worker._rank_zero_view(rdir, job) == (1, "")
+    ray_worker._close_killed_attempt(rdir)
     last = Attempts(rdir).all()[-1]
     assert last.outcome == "requeue" and last.reason.startswith("killed-without-verdict:")
     # A group Ray restarts after the run already ended (a stalled rank left after a "failed" verdict) or was
     # cancelled does not train; `trainctl resume` (its cause marker) does.
     rdir, job = run("failed")
-    assert "already ended the run failed" in ray_driver._rank_zero_view(rdir, job)[1]
+    assert "already ended the run failed" in ray_worker._rank_zero_view(rdir, job)[1]
     (rdir / "attempts" / "next-cause").write_text("resume")
-    assert ray_driver._rank_zero_view(rdir, job) == (1, "")
+    assert ray_worker._rank_zero_view(rdir, job) == (1, "")
     rdir, job = run("requeue", State.KILLED)
-    assert ray_driver._rank_zero_view(rdir, job)[1] == "the run is KILLED (cancelled)"
+    assert ray_worker._rank_zero_view(rdir, job)[1] == "the run is KILLED (cancelled)"
 
 
 def test_dry_run_through_the_cli_writes_nothing(tmp_path: Path) -> None:
@@ -268,7 +268,7 @@ def test_dry_run_through_the_cli_writes_nothing(tmp_path: Path) -> None:
 def test_setup_hook_module_does_not_import_torch() -> None:
     """The setup hook runs in every process of the job before Ray sets OMP_NUM_THREADS: importing torch there
     sized each worker's OpenMP pool to every core of the node (a 5-20x slower digits step on 2 cores)."""
-    code = ("import sys, trainctl.worker.ray_driver as d; d.setup_worker_process(); "
+    code = ("import sys, trainctl.worker.ray_worker as d; d.setup_worker_process(); "
             "print(sorted(m for m in ('torch', 'mlflow', 'pytorch_lightning', 'ray') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -278,15 +278,15 @@ def test_setup_hook_module_does_not_import_torch() -> None:
 def test_training_thread_gets_the_workers_cpu_share(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from trainctl.worker import ray_driver
+    from trainctl.worker import ray_worker
 
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        ray_driver._threads(_spec("backend.ray.cpus_per_worker=3"))
+        ray_worker._threads(_spec("backend.ray.cpus_per_worker=3"))
         assert torch.get_num_threads() == 3
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets for a 1-CPU actor
-        ray_driver._threads(_spec("backend.ray.cpus_per_worker=3"))
+        ray_worker._threads(_spec("backend.ray.cpus_per_worker=3"))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -19,6 +19,7 @@ class Submission:
 
 class Launcher(Protocol):
     kind: str
+    poll_s: float  # how often `submit --wait` asks status(): cheap locally, gentler on a shared scheduler
 
     def dry_run(self, spec: Spec, run_dir: Path) -> str:
         """The exact request that submit would send (an sbatch script, a Ray job request, executor settings)."""

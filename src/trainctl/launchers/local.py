@@ -45,6 +45,7 @@ def executor_parameters(spec: Spec) -> dict[str, object]:
 
 class LocalLauncher:
     kind = "local"
+    poll_s = 0.2  # a pid check
 
     def dry_run(self, spec: Spec, run_dir: Path) -> str:
         params = executor_parameters(spec)

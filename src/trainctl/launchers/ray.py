@@ -7,15 +7,15 @@ The request (`request()`; the dry run prints it as JSON):
                  distribution provides; trainctl and its dependencies must be installed on every node);
                  env_vars: backend.ray.env_vars, the ${env:NAME} the spec references and MLflow credentials
                  (taken from the submitter's environment, as SLURM would export them), the pinned Ray version;
-                 worker_process_setup_hook: worker/ray_driver.setup_worker_process (SIGUSR2 → trainctl's stop flag)
+                 worker_process_setup_hook: worker/ray_worker.setup_worker_process (SIGUSR2 → trainctl's stop flag)
     metadata     run id, run dir; submission_id `trainctl-<name>-<run id[:8]>-<random>` (a resume submits anew)
     entrypoint_num_cpus 0: the driver (and Ray Train's controller) take no CPU from the training workers
 
 The driver (worker/ray_driver.py) runs Ray Train's TorchTrainer: workers = nodes x devices_per_node, each
 {CPU: cpus_per_worker, GPU: 1 when accelerator is gpu, memory: mem_gb / devices_per_node}, SPREAD (or PACK),
-FailureConfig(max_failures=fault_tolerance.max_restarts), storage under the run directory. Each worker runs
-the one trainctl worker (entrypoint.train), so checkpoints, resume, callbacks and the MLflow run are the same
-as on every backend.
+FailureConfig(max_failures=fault_tolerance.max_restarts), storage under the run directory. Each worker
+(worker/ray_worker.py) runs the one trainctl worker (entrypoint.train), so checkpoints, resume, callbacks and the
+MLflow run are the same as on every backend.
 
 Before anything is sent the cluster is checked: its Ray version must equal this client's (pinned in
 pyproject), and its alive nodes must be able to hold the workers; Ray Train would otherwise wait for an
@@ -52,7 +52,7 @@ from trainctl.worker.env import RankInfo
 log = logging.getLogger("trainctl.ray")
 
 DRIVER_MODULE = "trainctl.worker.ray_driver"
-SETUP_HOOK = f"{DRIVER_MODULE}.setup_worker_process"
+SETUP_HOOK = "trainctl.worker.ray_worker.setup_worker_process"
 # Passed to the driver and the workers; the driver refuses to run under another Ray.
 VERSION_ENV = "TRAINCTL_RAY_VERSION"
 SUBMISSION_ENV = "TRAINCTL_RAY_SUBMISSION_ID"
@@ -322,6 +322,7 @@ def check_cluster(spec: Spec, address: str) -> None:
 
 class RayLauncher:
     kind = "ray"
+    poll_s = 0.5  # one Jobs API request
 
     def dry_run(self, spec: Spec, run_dir: Path) -> str:
         return render(spec, run_dir)
@@ -416,7 +417,7 @@ def split_logs(text: str, sid: str) -> dict[str, str]:
 # ---------------------------------------------------------------- inside the job
 
 
-TRAIN_THREAD: int | None = None  # the thread running Ray Train's train function (worker/ray_driver.train_loop)
+TRAIN_THREAD: int | None = None  # the thread running Ray Train's train function (worker/ray_worker.train_loop)
 
 
 def requeue_self(rank: RankInfo) -> NoReturn:

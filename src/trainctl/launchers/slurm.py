@@ -219,6 +219,7 @@ def slurm_view(job_id: str, name: str | None = None) -> tuple[str, str] | None:
 
 class SlurmLauncher:
     kind = "slurm"
+    poll_s = 0.5  # squeue/sacct on a shared controller
 
     def dry_run(self, spec: Spec, run_dir: Path) -> str:
         return render(spec, run_dir)

@@ -8,6 +8,7 @@ job's MLflow run, resume from the newest good checkpoint, fit, test, and reach a
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -167,11 +168,15 @@ def _close_run(job: JobFile, run_dir: Path, verdict: attempts.Verdict, sink: Met
     if sink is not None:
         sink.close(timeout_s=30.0)
     uri, run_id = job.tracking_uri, job.run_id
+    uploads = [(p, "logs") for p in sorted((run_dir / "logs").glob("*_log.*"))]
     try:  # artifacts are best effort; the verdict below is not
         if built is not None and _spec_flag(job, "log_checkpoints"):
-            _mirror_checkpoints(uri, run_id, run_dir, built)
-        for log_file in sorted((run_dir / "logs").glob("*_log.*")):
-            tracking.client(uri).log_artifact(run_id, str(log_file), artifact_path="logs")
+            uploads += _checkpoints_to_mirror(run_dir, built)
+        cl = tracking.client(uri)
+        # One request per file: side by side, so that the job's end is not the sum of their round trips.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="trainctl-upload") as pool:
+            for done in [pool.submit(cl.log_artifact, run_id, str(path), where) for path, where in uploads]:
+                done.result()
     except Exception as exc:
         log.warning("could not upload checkpoints/logs to MLflow: %s", exc)
     state = {
@@ -209,18 +214,16 @@ def _spec_flag(job: JobFile, name: str) -> bool:
     return bool(job.spec.get("tracking", {}).get(name, True))
 
 
-def _mirror_checkpoints(uri: str, run_id: str, run_dir: Path, built: Any) -> None:
-    """Best and last checkpoints (with manifests) to the run's artifacts under checkpoints/."""
-    cl = tracking.client(uri)
+def _checkpoints_to_mirror(run_dir: Path, built: Any) -> list[tuple[Path, str]]:
+    """Best and last checkpoints (with manifests), and where they go in the run's artifacts (checkpoints/)."""
+    files: list[tuple[Path, str]] = []
     ckpt, _ = latest_good(run_dir)
     if ckpt is not None and built.save_last:
-        for p in (ckpt, Path(f"{ckpt}.manifest.json")):
-            cl.log_artifact(run_id, str(p), artifact_path="checkpoints/last")
+        files += [(p, "checkpoints/last") for p in (ckpt, Path(f"{ckpt}.manifest.json"))]
     best = getattr(built.top_k, "best_model_path", "") if built.top_k else ""
     if best and Path(best).is_file():
-        for p in (Path(best), Path(f"{best}.manifest.json")):
-            if p.is_file():
-                cl.log_artifact(run_id, str(p), artifact_path="checkpoints/best")
+        files += [(p, "checkpoints/best") for p in (Path(best), Path(f"{best}.manifest.json")) if p.is_file()]
+    return files
 
 
 def _has_test(ns: Any, model: Any, data: Any) -> bool:
