@@ -7,6 +7,7 @@ so any machine that reaches the tracking store can act on it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,12 +16,14 @@ from typing import Any
 
 import yaml
 
-from trainctl import tracking
+from trainctl import mlflow_server, tracking
 from trainctl.errors import UserError
 from trainctl.launchers import registry
 from trainctl.rundir import Attempts, JobFile, atomic_write_text, run_dir_for
 from trainctl.spec import Spec
 from trainctl.tracking import State
+
+log = logging.getLogger("trainctl")
 
 
 @dataclass
@@ -47,7 +50,10 @@ def submit(spec: Spec, dry_run: bool = False) -> tuple[RunRef | None, str]:
     launcher = registry.load(spec.backend.kind.value).LAUNCHER
     if dry_run:
         return None, launcher.dry_run(spec, run_dir_for(spec.workdir, spec.name, "<run-id>"))
-    tracking.wait_for_server(uri)
+    started = mlflow_server.serve_if_missing(uri, Path(spec.workdir))
+    if started:
+        log.warning("%s", started)
+    tracking.wait_for_server(uri, timeout_s=60.0 if started else 30.0)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     run_id = tracking.create_run(spec, uri, launcher.kind)

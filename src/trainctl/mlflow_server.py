@@ -5,6 +5,9 @@ logging call here; one worker starts in ≈6 s, holds 0.5 GB and answers in ≈1
 store the embedded default writes (`<workdir>/mlflow.db`), with artifacts proxied from `<workdir>/mlartifacts`.
 
     python -m trainctl.mlflow_server --port 5000 [--workdir runs]      (make mlflow)
+
+`trainctl submit` starts one itself (`serve_if_missing`) when the spec's tracking.uri names a port on this
+machine where nothing answers: a job for the local Ray or SLURM cluster then works without a second terminal.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ import argparse
 import os
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
+
+LOOPBACK = ("127.0.0.1", "localhost")
 
 
 def command(port: int, workdir: Path, host: str = "127.0.0.1") -> list[str]:
@@ -39,6 +46,27 @@ def start(port: int, workdir: Path, log_path: Path | None = None) -> subprocess.
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     return subprocess.Popen(command(port, workdir), env=environment(), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def answers(uri: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def serve_if_missing(uri: str, workdir: Path) -> str | None:
+    """Start the lean server for an http://127.0.0.1:PORT (or localhost) tracking.uri where none answers, in its
+    own session so it outlives this command, serving `<workdir>/mlflow.db` like `make mlflow`. Returns what to
+    tell the user, or None when nothing was started (a remote URI, or a server already there)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme != "http" or parsed.hostname not in LOOPBACK or not parsed.port or answers(uri, 1.0):
+        return None
+    log_path = workdir.absolute() / f"mlflow-server-{parsed.port}.log"
+    proc = start(parsed.port, workdir, log_path)
+    return (f"started an MLflow server for {uri} (pid {proc.pid}, store {workdir.absolute() / 'mlflow.db'}, "
+            f"log {log_path}); it keeps running: stop it with `kill {proc.pid}`")
 
 
 def main() -> int:

@@ -14,6 +14,8 @@ import pytest
 from conftest import run_cli
 from helpers import assert_same_training_state, callbacks, final_checkpoint, run_dir, run_info, steps, submit
 
+from trainctl.callbacks.preemption import MAX_AGREE_STEPS
+
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 
 # 2 epochs x 20 steps, loader workers, shuffling, dropout and a StepLR in play.
@@ -47,7 +49,8 @@ def test_preemption_at_any_step_resumes_bit_exactly(mlflow_server: str, referenc
     rdir = run_dir(mlflow_server, run_id)
     first = json.loads((rdir / "attempts" / "0001.json").read_text())
     assert first["outcome"] == "requeue" and first["reason"].startswith("timeout" if sig == "SIGUSR2" else "preempted")
-    assert step <= first["step"] <= step + 2, "stopped at the next step boundary (an epoch end may wait)"
+    # Agreed at the next reduce (launched every ≈ 20 ms of steps, read one step later; an epoch end may wait).
+    assert step <= first["step"] <= step + MAX_AGREE_STEPS + 2, (step, first["step"])
     assert (rdir / "checkpoints" / "resume" / f"step-{first['step']:09d}.ckpt").exists() or first["step"] < 40
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt"] == "2"
@@ -95,13 +98,14 @@ def test_truncated_newest_checkpoint_is_skipped(mlflow_server: str, reference: d
                                                    callbacks(("SignalAtStep", {"step": 24}))])
     assert res.returncode == 1, "max_restarts=0: the preempted job ends FAILED"
     rdir = run_dir(mlflow_server, run_id)
+    stopped = json.loads((rdir / "attempts" / "0001.json").read_text())["step"]  # the agreed stop: 25 or a bit later
     newest = sorted((rdir / "checkpoints" / "resume").glob("step-*.ckpt"))[-1]
-    assert newest.name == "step-000000025.ckpt"
+    assert newest.name == f"step-{stopped:09d}.ckpt" and 25 <= stopped <= 25 + MAX_AGREE_STEPS
     newest.write_bytes(newest.read_bytes()[:4096])  # a half-written file
     res = run_cli("resume", run_id, "--tracking-uri", mlflow_server, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     tags = run_info(mlflow_server, run_id).data.tags
-    assert "step-000000025.ckpt" in tags["trainctl.skipped_checkpoints"]
+    assert newest.name in tags["trainctl.skipped_checkpoints"]
     assert tags["trainctl.state"] == "FINISHED"
     assert_same_training_state(reference, final_checkpoint(rdir))
     _assert_history_once(mlflow_server, run_id)

@@ -187,3 +187,22 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     res = run_cli("submit", "jobs/digits.yaml", "--dry-run", "--set", f"workdir={tmp_path}/w")
     assert res.returncode == 0 and "LocalExecutor" in res.stdout
     assert not (tmp_path / "w").exists()
+
+
+def test_submit_starts_a_missing_local_server(tmp_path: Path) -> None:
+    """tracking.uri on a port of this machine where nothing answers: submit serves it (as `make mlflow` would)."""
+    import re
+
+    from conftest import _free_port, _healthy
+
+    uri = f"http://127.0.0.1:{_free_port()}"
+    res, run_id = submit(tmp_path, uri, [*SHORT, "trainer.max_epochs=1"])
+    started = re.search(r"started an MLflow server for \S+ \(pid (\d+)", res.stderr)
+    try:
+        assert res.returncode == 0 and run_id and started, res.stdout[-2000:] + res.stderr[-2000:]
+        assert _healthy(uri), "the server outlives the command"
+        assert run_info(uri, run_id).data.tags["trainctl.state"] == "FINISHED"
+        assert (tmp_path / "mlflow.db").is_file(), "it serves the workdir's store, like make mlflow"
+    finally:
+        if started:
+            os.killpg(int(started.group(1)), signal.SIGTERM)

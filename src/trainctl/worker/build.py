@@ -14,6 +14,7 @@ from trainctl.callbacks.tracking_logger import TrackingLoggerImpl
 from trainctl.components import LightningNamespace, instantiate
 from trainctl.metrics import MetricsSink
 from trainctl.spec import Accelerator, Spec, resolve_env
+from trainctl.worker import hook_dispatch
 from trainctl.worker.fast_path import AsyncStepMetrics, DrainImpl
 
 
@@ -76,6 +77,7 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
         log_every_n_steps=spec.tracking.log_every_n_steps,
         use_distributed_sampler=True,
     )
+    hook_dispatch.install(ns)
     drain.metrics = AsyncStepMetrics(trainer).install(ns)
     built.step_metrics = drain.metrics
     for callback in built.callbacks:
