@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml constraints.txt
 validate: venv ## Validate a job spec: make validate JOB=jobs/x.yaml
 	$(TRAINCTL) validate $(JOB) $(ARGS)
 
-submit: venv ## Validate and submit a job: make submit JOB=jobs/x.yaml [ARGS='--set trainer.max_epochs=2']
-	$(TRAINCTL) submit $(JOB) $(ARGS)
+submit: venv ## Validate, submit and follow a job to its end (any backend): make submit JOB=jobs/x.yaml [ARGS='--detach']
+	$(TRAINCTL) submit $(JOB) --wait $(ARGS)
 
 resume: venv ## Resume a run by id: make resume RUN=<run_id> [ARGS='--from best']
 	$(TRAINCTL) resume $(RUN) $(ARGS)

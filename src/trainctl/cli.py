@@ -50,7 +50,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     print(f"run id:    {ref.run_id}\nrun dir:   {ref.run_dir}\nbackend:   {ref.backend} ({detail})\n"
           f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri)}")
-    if (args.detach or ref.backend != "local") and not args.wait:
+    if args.detach or (ref.backend != "local" and not args.wait):
         return 0
     return _follow(ref)
 
@@ -172,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
     job_cmd("validate", "check a job spec; report every problem").set_defaults(fn=cmd_validate)
     s = job_cmd("submit", "validate and submit; local jobs are followed until they end")
     s.add_argument("--dry-run", action="store_true", help="print the exact request; submit nothing")
-    s.add_argument("--detach", action="store_true", help="return at once")
+    s.add_argument("--detach", action="store_true", help="return at once (wins over --wait)")
     s.add_argument("--wait", action="store_true", help="follow cluster jobs too")
     s.add_argument("--backend", choices=["local", "slurm", "ray"], help="override backend.kind")
     s.set_defaults(fn=cmd_submit)
