@@ -11,10 +11,8 @@ the resumed run replays those steps exactly, so the history keeps every step onc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -59,10 +57,6 @@ class MetricsSink:
     def _loop(self) -> None:
         from mlflow import MlflowClient
 
-        with contextlib.suppress(AttributeError, OSError):  # Linux: a thread's own niceness
-            # Delivery must never take CPU from training: on a node whose cores the ranks fill, this thread
-            # (JSON, HTTP) runs in the gaps (the tiny CPU benchmark's step was 5 % slower without this).
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         client = MlflowClient(tracking_uri=self.uri)
         backoff = self.flush_every_s
         while True:

@@ -226,8 +226,11 @@ def test_cancel_and_scancel_never_requeue(uri: str, tmp_path: Path) -> None:
         assert "CANCELLED" in sacct and "REQUEUED" not in sacct, sacct
         assert wait_state(uri, run_id, {"KILLED", "FAILED", "FINISHED"}, 60) == "KILLED"
         rdir = run_dir(uri, run_id)
-        assert len(_attempts(rdir)) == 1, "no second attempt"
-        assert "not requeueing" in "".join(p.read_text() for p in (rdir / "logs").glob("*_log.err"))
+        (attempt,) = _attempts(rdir)  # no second attempt
+        # Either a rank reached its verdict and refused to requeue a cancelled job, or SLURM killed the tasks before
+        # any verdict (seen once: srun forced the termination at once); both leave the job cancelled, never requeued.
+        logs = "".join(p.read_text() for p in (rdir / "logs").glob("*_log.err"))
+        assert "not requeueing" in logs or (attempt["ended"] is None and "Killed" in logs), logs[-2000:]
     assert "scheduler" in run_info(uri, b).data.tags["trainctl.reason"], "an outside scancel is reported as such"
 
 
