@@ -33,7 +33,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from bench.common import median, worker
+from bench.common import median, worker, write_json
 
 
 class SyncSaveProbe(pl.Callback):
@@ -150,11 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         out = run(width=1024, layers=2, steps=12, every=4)
     else:
         out = run(args.width, args.layers, args.steps, args.every)
-    text = json.dumps(out, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    write_json(out, args.out)
     return 0
 
 

@@ -161,6 +161,15 @@ def summary(values: list[float]) -> dict[str, float]:
 # ---------------------------------------------------------------- processes and environment
 
 
+def write_json(out: dict[str, Any], path: Path | None) -> None:
+    """A benchmark module's result: printed, and written to --out when given."""
+    text = json.dumps(out, indent=2)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    print(text)
+
+
 def python_env(threads: int = 1) -> dict[str, str]:
     """The environment of every benchmark child: the repository importable; `threads` intra-op threads, or
     (threads=0, for `trainctl submit`) whatever trainctl itself sets from resources.cpus_per_task."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import ROOT, bench_spec, median, python_env
+from bench.common import ROOT, bench_spec, median, python_env, write_json
 
 IMPORTS = {
     # what `trainctl submit` imports before it acts (spec validation imports the model's module)
@@ -163,11 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         out["slurm"] = {"skipped": True, "reason": "--quick"}
     else:
         out = measure(args.backends.split(","), args.reps, args.steps)
-    text = json.dumps(out, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    write_json(out, args.out)
     return 0
 
 

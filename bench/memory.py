@@ -15,14 +15,13 @@ leak   the same trainctl path on the hidden-64 / batch-32 workload for ≥ `--st
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import median, run_json
+from bench.common import median, run_json, write_json
 
 STEPS_PER_EPOCH_TINY = 113  # 7188 samples / 2 ranks / batch 32, rounded up
 
@@ -102,11 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         with server as uri:
             out = {"peak": peak(uri, 1 if args.quick else args.reps, 1 if args.quick else 3, tmp),
                    "leak": leak(uri, 600 if args.quick else args.steps, tmp)}
-    text = json.dumps(out, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    write_json(out, args.out)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, median, worker
+from bench.common import free_port, median, worker, write_json
 
 WORKLOADS = {"tiny": (64, 32), "wide": (1024, 256)}
 
@@ -132,11 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         with server as uri:
             for w in workloads:
                 results[w] = measure(uri, w, 1 if args.quick else args.reps, 2 if args.quick else args.epochs)
-    text = json.dumps(results, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    write_json(results, args.out)
     return 0
 
 
