@@ -44,6 +44,7 @@ from typing import Any, NoReturn
 
 from trainctl.errors import UserError
 from trainctl.launchers.base import Submission, read_rank_logs
+from trainctl.launchers.ray_fit import GIB, bundle_text, infeasible, nodes_text
 from trainctl.rundir import JobFile, atomic_write_text
 from trainctl.spec import Accelerator, Spec, env_refs, resolve_env
 from trainctl.tracking import SECRET_NAME, State
@@ -63,7 +64,6 @@ SUBMISSION_ENV = "TRAINCTL_RAY_SUBMISSION_ID"
 REPORT_EVERY_EPOCH_ENV = "TRAINCTL_RAY_REPORT_EVERY_EPOCH"
 FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                  "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
-GIB = 2**30
 
 # Ray's JobStatus values in trainctl's vocabulary.
 JOB_STATES = {"PENDING": State.PENDING, "RUNNING": State.RUNNING, "STOPPED": State.KILLED,
@@ -113,42 +113,6 @@ def run_config(spec: Spec, run_dir: Path, submission_id: str) -> dict[str, Any]:
     """RunConfig: Ray's own storage lives in the run directory; the retries are the spec's max_restarts."""
     return {"name": submission_id, "storage_path": str(run_dir / "ray"),
             "max_failures": spec.fault_tolerance.max_restarts}
-
-
-def infeasible(nodes: list[dict[str, float]], per_worker: dict[str, float], workers: int) -> str | None:
-    """Why `workers` bundles of `per_worker` can never be placed on these nodes' total resources (None: they can).
-
-    Exact for identical bundles: a node holds floor(min over resources of node / bundle) of them.
-    """
-    fits = 0
-    for node in nodes:
-        fits += min((int(node.get(k, 0.0) / v + 1e-9) for k, v in per_worker.items() if v > 0), default=workers)
-    if fits >= workers:
-        return None
-    short = []
-    for key, each in per_worker.items():
-        need, have = each * workers, sum(n.get(key, 0.0) for n in nodes)
-        if need > have + 1e-9:
-            short.append(f"{_amount(key, need)} {key} in all ({workers} x {_amount(key, each)}), the cluster has "
-                         f"{_amount(key, have)}")
-    detail = "; ".join(short) if short else (
-        f"the totals suffice but no placement fits: {fits} of {workers} workers fit on the nodes")
-    return f"needs {workers} workers of {_bundle(per_worker)}: {detail}"
-
-
-def _amount(key: str, value: float) -> str:
-    if key in ("memory", "object_store_memory"):
-        return f"{value / GIB:.1f} GiB"
-    return f"{value:g}"
-
-
-def _bundle(per_worker: dict[str, float]) -> str:
-    return "{" + ", ".join(f"{k}: {_amount(k, v)}" for k, v in per_worker.items()) + "}"
-
-
-def _nodes_text(nodes: list[tuple[str, dict[str, float]]]) -> str:
-    return ", ".join(f"{name} ({_bundle({k: r.get(k, 0.0) for k in ('CPU', 'GPU', 'memory')})})"
-                     for name, r in nodes)
 
 
 # ---------------------------------------------------------------- the request
@@ -256,7 +220,7 @@ def render(spec: Spec, run_dir: Path, run_id: str = "<run-id>", sid: str = "<sub
         f"failure_config=FailureConfig(max_failures={rc['max_failures']})))",
         f"each worker: trainctl.worker.entrypoint.train({str(run_dir)!r}, <job.json>, <rank from Ray Train>)",
         f"requires: Ray {ray_version()} on the cluster; nodes able to hold {sc['num_workers']} workers of "
-        f"{_bundle(sc['resources_per_worker'])}",
+        f"{bundle_text(sc['resources_per_worker'])}",
     ])
 
 
@@ -315,7 +279,7 @@ def check_cluster(spec: Spec, address: str) -> None:
         res = spec.resources
         raise UserError.single(
             "resources", f"the Ray cluster at {address} can never run this job: it {why} "
-            f"(alive nodes: {_nodes_text(nodes) or 'none'})",
+            f"(alive nodes: {nodes_text(nodes) or 'none'})",
             f"ask for less (resources.nodes x devices_per_node = {res.nodes} x {res.devices_per_node} workers, "
             f"resources.accelerator, cpus_per_task / backend.ray.cpus_per_worker, mem_gb per node) or add nodes")
 
@@ -339,7 +303,7 @@ class RayLauncher:
             "ray_version": ray_version(), "request": _redacted(req)}, indent=2))
         sc = scaling(spec)
         return Submission(got, f"Ray job {got} on {address}: {sc['num_workers']} workers of "
-                          f"{_bundle(sc['resources_per_worker'])}, {sc['placement_strategy']}; "
+                          f"{bundle_text(sc['resources_per_worker'])}, {sc['placement_strategy']}; "
                           f"`ray job logs {got}` or trainctl logs")
 
     def status(self, run_dir: Path, scheduler_job_id: str) -> State | None:

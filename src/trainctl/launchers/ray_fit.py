@@ -1,0 +1,42 @@
+"""Can a Ray cluster ever place a job's workers? Checked before submission: Ray Train would otherwise wait for an
+impossible placement forever (launchers/ray.py check_cluster, worker/ray_driver.py)."""
+
+from __future__ import annotations
+
+GIB = 2**30
+
+
+def infeasible(nodes: list[dict[str, float]], per_worker: dict[str, float], workers: int) -> str | None:
+    """Why `workers` bundles of `per_worker` can never be placed on these nodes' total resources (None: they can).
+
+    Exact for identical bundles: a node holds floor(min over resources of node / bundle) of them.
+    """
+    fits = 0
+    for node in nodes:
+        fits += min((int(node.get(k, 0.0) / v + 1e-9) for k, v in per_worker.items() if v > 0), default=workers)
+    if fits >= workers:
+        return None
+    short = []
+    for key, each in per_worker.items():
+        need, have = each * workers, sum(n.get(key, 0.0) for n in nodes)
+        if need > have + 1e-9:
+            short.append(f"{amount(key, need)} {key} in all ({workers} x {amount(key, each)}), the cluster has "
+                         f"{amount(key, have)}")
+    detail = "; ".join(short) if short else (
+        f"the totals suffice but no placement fits: {fits} of {workers} workers fit on the nodes")
+    return f"needs {workers} workers of {bundle_text(per_worker)}: {detail}"
+
+
+def amount(key: str, value: float) -> str:
+    if key in ("memory", "object_store_memory"):
+        return f"{value / GIB:.1f} GiB"
+    return f"{value:g}"
+
+
+def bundle_text(per_worker: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {amount(k, v)}" for k, v in per_worker.items()) + "}"
+
+
+def nodes_text(nodes: list[tuple[str, dict[str, float]]]) -> str:
+    return ", ".join(f"{name} ({bundle_text({k: r.get(k, 0.0) for k in ('CPU', 'GPU', 'memory')})})"
+                     for name, r in nodes)
