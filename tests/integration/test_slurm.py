@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ import pytest
 from conftest import ROOT, require, run_cli
 from helpers import callbacks, run_dir, run_info, steps, submit, wait_state
 from mlflow import MlflowClient
+
+from trainctl.worker.env import job_master_port
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mlflow, pytest.mark.slow]
 
@@ -118,7 +121,8 @@ def test_ddp_on_one_two_and_three_nodes(uri: str, time_limit_run: Any, tmp_path:
         assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED", _sacct(job)
         tags = run_info(uri, run_id).data.tags
         assert tags["trainctl.backend"] == "slurm" and tags["trainctl.world_size"] == str(n)
-        assert tags["trainctl.scheduler_job_id"] == job and tags["trainctl.attempt"] == "1"
+        assert tags["trainctl.scheduler_job_id"] == job, tags
+        assert tags["trainctl.attempt"] == "1", _attempts(run_dir(uri, run_id))
         nodes = _hosts(tags["trainctl.hosts"])
         assert len(set(nodes)) == n, tags["trainctl.hosts"]
         lines = _rank_lines(run_dir(uri, run_id))
@@ -206,6 +210,24 @@ def test_warning_during_startup_is_held_not_fatal(uri: str, tmp_path: Path) -> N
     first, second = _attempts(rdir)
     assert first["outcome"] == "requeue" and first["reason"].startswith("timeout"), first
     assert second["cause"] == "timeout" and second["outcome"] == "finished"
+    assert steps(uri, run_id) == list(range(20))
+
+
+def test_master_port_taken_heals_in_one_requeue(uri: str, tmp_path: Path) -> None:
+    """Something else listens on the port this job's first attempt derives for its TCPStore (all local nodes
+    share one host, as jobs on a shared node do): that attempt crashes with EADDRINUSE, is requeued, and the
+    next attempt derives another port and finishes."""
+    run_id, job = _submit(tmp_path, uri, [*SHORT, "trainer.max_epochs=1", "backend.slurm.sbatch={hold: true}"])
+    port = job_master_port(job, "0")
+    assert port < 32768, "below Linux's default ephemeral range"
+    with socket.socket() as squatter:
+        squatter.bind(("0.0.0.0", port))
+        squatter.listen()
+        subprocess.run(["scontrol", "release", job], check=True, timeout=30)
+        assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED", _sacct(job)
+    first, second = _attempts(run_dir(uri, run_id))
+    assert first["outcome"] == "requeue" and "EADDRINUSE" in first["reason"] and str(port) in first["reason"], first
+    assert second["cause"] == "crash" and second["outcome"] == "finished", second
     assert steps(uri, run_id) == list(range(20))
 
 

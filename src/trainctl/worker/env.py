@@ -38,12 +38,28 @@ class RankInfo:
     scheduler_job_id: str
 
 
+# Below Linux's default ephemeral range (32768-60999), where any process's outgoing connection or
+# listen(port 0) may already hold the port, and above Ray's worker ports (10002-19999) for Ray-on-SLURM.
+MASTER_PORT_RANGE = range(20000, 32700)
+
+
+def job_master_port(job_id: str, restart: str) -> int:
+    """The TCPStore port of one attempt of a cluster job: the same on every rank without a word exchanged.
+
+    The restart count is part of it, so when the port was taken on the first node (EADDRINUSE: the attempt
+    crashes and is requeued) the next attempt tries another one instead of failing the same way again.
+    """
+    digest = zlib.crc32(f"{job_id}.{restart}".encode())
+    return MASTER_PORT_RANGE.start + digest % len(MASTER_PORT_RANGE)
+
+
 def export_from_submitit(master_port: int = 0) -> RankInfo:
     """Export torch's env:// variables from the submitit job environment (local or SLURM).
 
     On SLURM: MASTER_ADDR is the job's first node (submitit: hostnames[0] of SLURM_JOB_NODELIST) and
-    MASTER_PORT is derived from the job id, so it is the same on every rank and across requeues (a requeue
-    keeps the id). Call it after STOP.install(): it unblocks the signals the SLURM launcher blocked.
+    MASTER_PORT is derived from the job id and the restart count (see job_master_port), so every rank of an
+    attempt computes the same one alone. Call it after STOP.install(): it unblocks the signals the SLURM
+    launcher blocked.
     """
     import submitit
 
@@ -51,8 +67,7 @@ def export_from_submitit(master_port: int = 0) -> RankInfo:
     if master_port:
         os.environ["MASTER_PORT"] = str(master_port)
     elif "MASTER_PORT" not in os.environ:
-        # Same on every rank of the job and stable across its requeues: derived from the job id.
-        os.environ["MASTER_PORT"] = str(20000 + zlib.crc32(str(job.job_id).encode()) % 20000)
+        os.environ["MASTER_PORT"] = str(job_master_port(str(job.job_id), os.environ.get("SLURM_RESTART_COUNT", "0")))
     dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     os.environ["NODE_RANK"] = str(job.node)
     # SLURM: a task's hostname may be shared by several nodes (the local cluster runs them all on one host).
