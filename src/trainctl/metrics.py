@@ -1,7 +1,7 @@
 """Metrics that never block the training step and are never lost.
 
 `MetricsSink` takes points in O(1) on the training thread (a deque append) and a daemon thread delivers
-them in batches with MlflowClient.log_batch, retrying with backoff while the server is down or slow. At the
+them in batches of up to 1000, retrying with backoff while the server is down or slow. At the
 end of an attempt the sink drains for a bounded time; what is still undelivered is spooled to
 `<run_dir>/spool/` as JSON lines, which `trainctl sync` uploads later.
 
@@ -13,15 +13,58 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("trainctl.metrics")
 
 BATCH = 1000  # MLflow's per-request metric limit
+LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
+
+Point = tuple[str, float, int, int]  # key, value, step, timestamp (ms)
+Send = Callable[[str, list[Point]], None]  # (run_id, points); raises when they were not stored
+
+
+def batch_sender(uri: str) -> Send:
+    """How a batch reaches the tracking store.
+
+    A server gets the REST call MlflowClient.log_batch would make, built here as plain JSON: the client's
+    entity → protobuf → JSON conversion costs ≈ 17 ms of CPU per 1000 points, ≈ 3 ms this way, and that CPU is
+    taken (with the GIL) from rank 0's training thread. Credentials, TLS settings and retries are MLflow's own
+    (the same host credentials and http_request). Any other store (sqlite, file) goes through MlflowClient.
+    """
+    if uri.split("://", 1)[0] in ("http", "https"):
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request_safe
+
+        creds = get_default_host_creds(uri)
+
+        def post(run_id: str, points: list[Point]) -> None:
+            metrics = [{"key": k, "value": json_double(v), "timestamp": ts, "step": s} for k, v, s, ts in points]
+            http_request_safe(creds, LOG_BATCH, "POST", json={"run_id": run_id, "metrics": metrics})
+
+        return post
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=uri)
+
+    def log_batch(run_id: str, points: list[Point]) -> None:
+        client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, s, ts in points], synchronous=True)
+
+    return log_batch
+
+
+def json_double(value: float) -> float | str:
+    """A double as protobuf's JSON mapping writes it: NaN and ±inf are strings (bare NaN is not JSON)."""
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
 class MetricsSink:
@@ -30,7 +73,7 @@ class MetricsSink:
         self.uri, self.run_id, self.spool_dir = uri, run_id, spool_dir
         self.flush_every_s = flush_every_s
         self.high_water = dict(high_water or {})
-        self.pending: deque[tuple[str, float, int, int]] = deque()
+        self.pending: deque[Point] = deque()
         self.delivered = 0
         self.failures = 0
         self.wake = threading.Event()
@@ -55,25 +98,20 @@ class MetricsSink:
 
     # ---- delivery thread
     def _loop(self) -> None:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.uri)
+        send = batch_sender(self.uri)
         backoff = self.flush_every_s
         while True:
             self.wake.wait(timeout=backoff)
             self.wake.clear()
-            backoff = self.flush_every_s if self._deliver(client) else min(backoff * 2, 10.0)
+            backoff = self.flush_every_s if self._deliver(send) else min(backoff * 2, 10.0)
             if self.closed and not self.pending:
                 return
 
-    def _deliver(self, client: Any) -> bool:
-        from mlflow.entities import Metric
-
+    def _deliver(self, send: Send) -> bool:
         while self.pending:
             batch = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
             try:
-                client.log_batch(self.run_id, metrics=[Metric(k, v, ts, s) for k, v, s, ts in batch],
-                                 synchronous=True)
+                send(self.run_id, batch)
             except Exception as exc:  # server down or slow: keep the points, retry later
                 self.failures += 1
                 if self.failures in (1, 10) or self.failures % 100 == 0:
@@ -115,16 +153,13 @@ def logged_high_water(uri: str, run_id: str) -> dict[str, int]:
 
 def upload_spool(uri: str, run_id: str, spool_dir: Path) -> int:
     """Upload spooled metric files (oldest first) and delete each once delivered."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    client = MlflowClient(tracking_uri=uri)
+    send = batch_sender(uri)
     sent = 0
     for path in sorted(spool_dir.glob("metrics-*.jsonl")):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        for i in range(0, len(rows), BATCH):
-            chunk = rows[i : i + BATCH]
-            client.log_batch(run_id, metrics=[Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in chunk])
+        points = [(r["key"], float(r["value"]), int(r["step"]), int(r["timestamp"])) for r in rows]
+        for i in range(0, len(points), BATCH):
+            send(run_id, points[i : i + BATCH])
         sent += len(rows)
         path.unlink()
     return sent

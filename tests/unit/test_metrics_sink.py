@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from trainctl.metrics import MetricsSink, upload_spool
+from trainctl.metrics import MetricsSink, json_double, upload_spool
 
 
 @pytest.fixture()
@@ -78,3 +80,30 @@ def test_spool_uploads_later(mlflow_server: str, tmp_path: Path) -> None:
     live.add({"acc": 0.5}, 1)
     assert live.close(timeout_s=10) == 0
     assert client.get_run(run_id).data.metrics["acc"] == 0.5
+
+
+def test_non_finite_values_are_written_as_protobuf_json_strings() -> None:
+    assert [json_double(v) for v in (1.5, math.nan, math.inf, -math.inf)] == [1.5, "NaN", "Infinity", "-Infinity"]
+
+
+@pytest.mark.mlflow
+@pytest.mark.parametrize("store", ["server", "sqlite"])
+def test_every_point_arrives_exactly_as_logged(store: str, mlflow_server: str, tmp_path: Path) -> None:
+    """The REST path (a server) and MlflowClient's path (any other store) store the same points: several full
+    batches, non-finite values, steps and timestamps as given."""
+    from mlflow import MlflowClient
+
+    uri = mlflow_server if store == "server" else f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment(f"sink-{store}-{time.time()}")).info.run_id
+    sink = MetricsSink(uri, run_id, tmp_path / "spool", flush_every_s=0.05)
+    odd = {7: math.nan, 8: math.inf, 9: -math.inf}
+    for step in range(1200):
+        sink.add({"loss": odd.get(step, 1.0 / (step + 1)), "acc": step / 1200}, step)
+    assert sink.close(timeout_s=60) == 0 and sink.delivered == 2400
+    loss = client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in loss) == list(range(1200))
+    values = {m.step: m.value for m in loss}
+    # MLflow's SQL store keeps ±inf as ±DBL_MAX (sanitize_metric_value), whichever way the points came.
+    assert math.isnan(values[7]) and values[8] == sys.float_info.max and values[9] == -sys.float_info.max
+    assert values[3] == 0.25 and len(client.get_metric_history(run_id, "acc")) == 1200
