@@ -121,11 +121,14 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
                     return {"tiny": {"hidden": 64, "batch": 32, "epochs": 2, "reps": 1,
                                      "step_ms": {"mlflow": 1e3 * a["step_s"], "no_logger": 1e3 * b["step_s"]},
                                      "ratio": a["step_s"] / b["step_s"], "points_per_run": a.get("points"),
-                                     "rss_samples": a.get("rss", [])}}
+                                     "rss_samples": a.get("rss", [])},
+                            "delivery": tracking.delivery_cost(uri, batches=3)}
                 # wide: 3 reps of 6 epochs (75 timed steps); tiny: 5 reps of 3 epochs (226 timed steps), its ratio
                 # being the noisier one (a 2.5 ms step on 2 cores shared with the server)
-                return {w: tracking.measure(uri, w, 3 if w == "wide" else 5, 6 if w == "wide" else 3, log=log)
-                        for w in ("wide", "tiny")}
+                out = {w: tracking.measure(uri, w, 3 if w == "wide" else 5, 6 if w == "wide" else 3, log=log)
+                       for w in ("wide", "tiny")}
+                out["delivery"] = tracking.delivery_cost(uri)
+                return out
 
             tr = section("tracking", track)
             if tr:
@@ -135,7 +138,7 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
                 else:
                     ratios["tracking_ratio"] = _skipped("tracking_ratio", "quick: tiny workload only")
                 ratios["tracking_ratio_tiny"] = _entry("tracking_ratio_tiny", tr["tiny"]["ratio"],
-                                                       step_ms=tr["tiny"]["step_ms"])
+                                                       step_ms=tr["tiny"]["step_ms"], delivery=tr.get("delivery"))
 
             # ---- checkpointing
             ck = section("checkpointing", lambda: checkpointing.run(1024, 2, 12, 4) if quick
@@ -271,6 +274,14 @@ def markdown(results: dict[str, Any]) -> str:
             lines += ["", f"Rank 0's hooks under Lightning's SimpleProfiler (its own timers inflate them; step "
                       f"{d.get('profile_step_ms', float('nan')):.3f} ms): " +
                       ", ".join(f"{k} {v:.3f}" for k, v in top[:10])]
+    delivery = (results.get("tracking") or {}).get("delivery")
+    if delivery:
+        server = delivery.get("server_cpu_us_per_point")
+        lines += ["", f"Tracking delivery (batches of {delivery['points_per_batch']} points): CPU in the sending "
+                  f"thread per 1000 points {delivery['client_cpu_ms_per_1000_points_rest']:.1f} ms (trainctl's "
+                  f"REST batch) vs {delivery['client_cpu_ms_per_1000_points_mlflow_client']:.1f} ms "
+                  "(MlflowClient.log_batch)" + (f"; the MLflow server's CPU per point {server:.0f} µs, on the "
+                                                  "same cores as the ranks here" if server else "")]
     if results.get("errors"):
         lines += ["", "Errors:"] + [f"- {k}: {v.splitlines()[0]}" for k, v in results["errors"].items()]
     return "\n".join(lines) + "\n"

@@ -29,6 +29,7 @@ from typing import Any
 from bench.common import free_port, median, worker, write_json
 
 WORKLOADS = {"tiny": (64, 32), "wide": (1024, 256)}
+KEYS = ("train/loss", "grad/norm", "epoch")  # what a step of the benchmark job logs
 
 
 def _healthy(uri: str) -> bool:
@@ -115,6 +116,67 @@ def measure(uri: str, workload: str, reps: int, epochs: int, log: Any = print, r
     }
 
 
+def delivery_cost(uri: str, batches: int = 20, batch: int = 600) -> dict[str, Any]:
+    """CPU that delivering one batch costs, per 1000 points: in the sending thread (what rank 0's training
+    thread competes with for the GIL) for trainctl's REST batch vs MlflowClient.log_batch, and in the server
+    (its whole process tree; None when the server is not on this machine)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from trainctl.metrics import batch_sender
+
+    client = MlflowClient(tracking_uri=uri)
+    rest = batch_sender(uri)
+    port = uri.rsplit(":", 1)[-1]
+    server = _server_pids(port)
+
+    def via_client(run_id: str, points: list[Any]) -> None:
+        client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, s, ts in points], synchronous=True)
+
+    out: dict[str, Any] = {"points_per_batch": batch, "batches": batches}
+    for rep in range(2):
+        for name, send in (("rest", rest), ("mlflow_client", via_client))[:: 1 if rep % 2 == 0 else -1]:
+            run_id = new_run(uri, f"bench-delivery-{name}")
+            step, cpu, server_cpu = 0, [], []
+            for _ in range(batches):
+                now = int(time.time() * 1000)
+                points = [(k, 0.5, step + i, now) for i in range(batch // 3) for k in KEYS]
+                step += batch // 3
+                s0, t0 = _tree_cpu(server), time.thread_time()
+                send(run_id, points)
+                cpu.append(time.thread_time() - t0)
+                server_cpu.append(_tree_cpu(server) - s0)
+            per_1000 = 1e6 * sum(cpu) / (batches * batch)
+            out.setdefault(f"client_cpu_ms_per_1000_points_{name}", []).append(per_1000)
+            if server:
+                out.setdefault("server_cpu_us_per_point", []).append(1e6 * sum(server_cpu) / (batches * batch))
+    for key in [k for k in out if isinstance(out[k], list)]:
+        out[key] = median(out[key])
+    out["client_cpu_ratio_rest_vs_mlflow_client"] = (out["client_cpu_ms_per_1000_points_rest"]
+                                                     / out["client_cpu_ms_per_1000_points_mlflow_client"])
+    return out
+
+
+def _server_pids(port: str) -> list[int]:
+    """The MLflow server listening on port and its worker processes (/proc, this machine only)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if d.name.isdigit() and f"--port\0{port}\0" in (d / "cmdline").read_text():
+                pids.append(int(d.name))
+    return pids
+
+
+def _tree_cpu(pids: list[int]) -> float:
+    """user + system seconds of pids (their threads included)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one repetition of the tiny workload, two epochs")
@@ -131,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         with server as uri:
             for w in workloads:
                 results[w] = measure(uri, w, 1 if args.quick else args.reps, 2 if args.quick else args.epochs)
+            results["delivery"] = delivery_cost(uri, batches=3 if args.quick else 20)
     write_json(results, args.out)
     return 0
 

@@ -65,6 +65,9 @@ def test_sections_hold_their_raw_figures(quick: tuple[subprocess.CompletedProces
     tr = data["tracking"]["tiny"]
     assert tr["step_ms"]["mlflow"] > 0 and tr["step_ms"]["no_logger"] > 0
     assert tr["points_per_run"]["train/loss"] > 0, "the metrics reached the MLflow server"
+    delivery = data["tracking"]["delivery"]
+    assert delivery["client_cpu_ms_per_1000_points_rest"] > 0 and delivery["server_cpu_us_per_point"] >= 0
+    assert data["ratios"]["tracking_ratio_tiny"]["delivery"] == delivery
     ck = data["checkpointing"]
     assert ck["blocked_s"] and ck["sync_save_fsync_s"] and ck["state_gb"] > 0
     assert data["launch"]["slurm"]["skipped"] and data["launch"]["local"]["skipped"]
