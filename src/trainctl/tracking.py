@@ -41,6 +41,10 @@ class State(str, Enum):
         return self in (State.FINISHED, State.FAILED, State.KILLED)
 
 
+# MLflow's own variables: the CLI, the ranks and `trainctl sync` all read them (Ray/SLURM jobs inherit them).
+ACCESS_HINT = ("this server wants a login: export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+               "MLFLOW_TRACKING_TOKEN) for a user with access to the experiment")
+
 def default_tracking_uri(workdir: str) -> str:
     """MLFLOW_TRACKING_URI if set, else the embedded sqlite store in the workdir."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -141,7 +145,10 @@ def create_run(spec: Spec, uri: str, backend: str) -> str:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError.single("tracking.uri", f"cannot reach MLflow at {uri}: {type(exc).__name__}: {exc}",
+        refused = any(code in str(exc) for code in ("error code 401", "error code 403"))
+        what = "MLflow refused access" if refused else "cannot reach MLflow"
+        raise UserError.single("tracking.uri", f"{what} at {uri}: {type(exc).__name__}: {exc}",
+                               ACCESS_HINT if refused else
                                "start it with `make mlflow`, or unset MLFLOW_TRACKING_URI for the embedded store"
                                ) from None
     params = flatten(redact_spec(spec.to_dict(), spec.tracking.redact))
