@@ -249,10 +249,10 @@ def test_cancel_and_scancel_never_requeue(uri: str, tmp_path: Path) -> None:
         assert wait_state(uri, run_id, {"KILLED", "FAILED", "FINISHED"}, 60) == "KILLED"
         rdir = run_dir(uri, run_id)
         (attempt,) = _attempts(rdir)  # no second attempt
-        # Either a rank reached its verdict and refused to requeue a cancelled job, or SLURM killed the tasks before
-        # any verdict (seen once: srun forced the termination at once); both leave the job cancelled, never requeued.
+        # SIGTERM → the ranks agree within a step (0.5 s here, the job still in its first epoch), save, and rank 0
+        # refuses to requeue a cancelled job, all within KillWait (5 s on the local cluster).
         logs = "".join(p.read_text() for p in (rdir / "logs").glob("*_log.err"))
-        assert "not requeueing" in logs or (attempt["ended"] is None and "Killed" in logs), logs[-2000:]
+        assert "not requeueing" in logs and attempt["ended"] is not None, (attempt, logs[-2000:])
     assert "scheduler" in run_info(uri, b).data.tags["trainctl.reason"], "an outside scancel is reported as such"
 
 

@@ -27,7 +27,13 @@ MAX_AGREE_STEPS = 32
 
 
 def agree_every(slowest_step_s: float) -> int:
-    """Steps between two reduces: about AGREE_EVERY_S of training, at least 1, at most MAX_AGREE_STEPS."""
+    """Steps between two reduces: about AGREE_EVERY_S of training, at least 1, at most MAX_AGREE_STEPS.
+
+    0 means no step time yet (every rank's first step): reduce again next step. Reading it as "fast" put the next
+    reduce MAX_AGREE_STEPS steps away, so on slow steps a SIGTERM in the first epoch went unheard past KillWait.
+    """
+    if slowest_step_s <= 0:
+        return 1
     return min(MAX_AGREE_STEPS, max(1, int(AGREE_EVERY_S / max(slowest_step_s, 1e-6))))
 
 
