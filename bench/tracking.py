@@ -21,7 +21,6 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,25 +31,17 @@ WORKLOADS = {"tiny": (64, 32), "wide": (1024, 256)}
 KEYS = ("train/loss", "grad/norm", "epoch")  # what a step of the benchmark job logs
 
 
-def _healthy(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def mlflow_server(workdir: Path, timeout_s: float = 120) -> Iterator[str]:
     """A real MLflow server on a free port, as `make mlflow` starts it; stopped on exit."""
-    from trainctl.mlflow_server import start
+    from trainctl.mlflow_server import answers, start
 
     port = free_port()
     proc = start(port, workdir, workdir / "server.log")
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
-        while not _healthy(uri):
+        while not answers(uri):
             if proc.poll() is not None or time.monotonic() > deadline:
                 log = (workdir / "server.log").read_text()[-2000:] if (workdir / "server.log").exists() else ""
                 raise RuntimeError(f"MLflow server did not start: {log}")
@@ -120,19 +111,10 @@ def delivery_cost(uri: str, batches: int = 20, batch: int = 600) -> dict[str, An
     """CPU that delivering one batch costs, per 1000 points: in the sending thread (what rank 0's training
     thread competes with for the GIL) for trainctl's REST batch vs MlflowClient.log_batch, and in the server
     (its whole process tree; None when the server is not on this machine)."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
+    from trainctl.metrics import batch_sender, client_sender
 
-    from trainctl.metrics import batch_sender
-
-    client = MlflowClient(tracking_uri=uri)
-    rest = batch_sender(uri)
-    port = uri.rsplit(":", 1)[-1]
-    server = _server_pids(port)
-
-    def via_client(run_id: str, points: list[Any]) -> None:
-        client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, s, ts in points], synchronous=True)
-
+    rest, via_client = batch_sender(uri), client_sender(uri)
+    server = _server_pids(uri.rsplit(":", 1)[-1])
     out: dict[str, Any] = {"points_per_batch": batch, "batches": batches}
     for rep in range(2):
         for name, send in (("rest", rest), ("mlflow_client", via_client))[:: 1 if rep % 2 == 0 else -1]:

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,47 +32,47 @@ def require(ok: bool, what: str, hint: str) -> None:
     pytest.skip(message)
 
 
-def _healthy(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """http://127.0.0.1:<port> of a real, lean MLflow server (reused if TRAINCTL_TEST_MLFLOW_URI answers)."""
-    existing = os.environ.get("TRAINCTL_TEST_MLFLOW_URI")
-    if existing and _healthy(existing):
-        yield existing
-        return
-    from trainctl.mlflow_server import start
+def serve_mlflow(workdir: Path, what: str, extra_args: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """trainctl's lean MLflow server (plus extra_args / extra_env) on a free port: yields its URI, then stops it."""
+    from trainctl.mlflow_server import answers, command, environment
 
     port = _free_port()
-    workdir = tmp_path_factory.mktemp("mlflow-server")
-    proc = start(port, workdir, workdir / "server.log")
+    with open(workdir / "server.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([*command(port, workdir), *extra_args], env={**environment(), **(extra_env or {})},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not _healthy(uri) and time.monotonic() < deadline and proc.poll() is None:
+    deadline = time.monotonic() + 90
+    while not answers(uri) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.25)
-    ok = _healthy(uri)
+    ok = answers(uri)
     if not ok:
         proc.kill()
-    log = (workdir / "server.log").read_text()[-2000:] if (workdir / "server.log").exists() else ""
-    require(ok, "an MLflow server", f"it did not start: {log}")
+    require(ok, what, f"it did not start: {(workdir / 'server.log').read_text()[-2000:]}")
     yield uri
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """http://127.0.0.1:<port> of a real, lean MLflow server (reused if TRAINCTL_TEST_MLFLOW_URI answers)."""
+    from trainctl.mlflow_server import answers
+
+    existing = os.environ.get("TRAINCTL_TEST_MLFLOW_URI")
+    if existing and answers(existing):
+        yield existing
+        return
+    yield from serve_mlflow(tmp_path_factory.mktemp("mlflow-server"), "an MLflow server")
 
 
 def _cluster(kind: str, count_env: str, count: str) -> Iterator[None]:

@@ -48,7 +48,11 @@ def batch_sender(uri: str) -> Send:
             http_request_safe(creds, LOG_BATCH, "POST", json={"run_id": run_id, "metrics": metrics})
 
         return post
+    return client_sender(uri)
 
+
+def client_sender(uri: str) -> Send:
+    """MlflowClient.log_batch: any store (the REST path's baseline in bench/tracking.py)."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 

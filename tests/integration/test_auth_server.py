@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require, run_cli
+from conftest import run_cli, serve_mlflow
 from mlflow import MlflowClient
-
-from trainctl import mlflow_server
-from trainctl.launchers.local import free_port
 
 pytestmark = pytest.mark.mlflow
 
@@ -26,35 +21,12 @@ ADMIN, PASSWORD = "admin", "trainctl-Test-pass-1"
 LOGIN = {"MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": PASSWORD}
 
 
-def _health(uri: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("mlflow-auth")
-    port = free_port()
-    env = {**mlflow_server.environment(), "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": "trainctl-test"}
-    log = open(workdir / "server.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([*mlflow_server.command(port, workdir), "--app-name", "basic-auth"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while not _health(uri) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.25)
-    require(_health(uri), "an MLflow server with basic auth", (workdir / "server.log").read_text()[-2000:])
-    yield uri
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    """MLflow's basic-auth app on trainctl's lean server command, with an admin login."""
+    yield from serve_mlflow(tmp_path_factory.mktemp("mlflow-auth"), "an MLflow server with basic auth",
+                            ("--app-name", "basic-auth"),
+                            {"MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": "trainctl-test"})
 
 
 def _submit(workdir: Path, uri: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ import pytest
 
 from trainctl.errors import UserError
 from trainctl.launchers import ray as rl
+from trainctl.launchers import ray_fit
 from trainctl.spec import Spec, load_spec
 from trainctl.tracking import State
 
@@ -88,14 +89,14 @@ def test_submission_id_has_no_underscore() -> None:
 
 def test_infeasible_requests() -> None:
     nodes = [{"CPU": 1.0, "memory": 6.0 * 2**30}, {"CPU": 1.0, "memory": 6.0 * 2**30}]
-    assert rl.infeasible(nodes, {"CPU": 1.0, "memory": 2.0 * 2**30}, 2) is None
-    why = rl.infeasible(nodes, {"CPU": 1.0, "GPU": 1.0}, 2)
+    assert ray_fit.infeasible(nodes, {"CPU": 1.0, "memory": 2.0 * 2**30}, 2) is None
+    why = ray_fit.infeasible(nodes, {"CPU": 1.0, "GPU": 1.0}, 2)
     assert why and "2 GPU in all" in why and "the cluster has 0" in why
-    why = rl.infeasible(nodes, {"CPU": 1.0}, 3)
+    why = ray_fit.infeasible(nodes, {"CPU": 1.0}, 3)
     assert why and "3 CPU in all" in why and "has 2" in why
-    why = rl.infeasible([{"CPU": 1.5}, {"CPU": 1.5}], {"CPU": 1.0}, 3)  # enough in total, not per node
+    why = ray_fit.infeasible([{"CPU": 1.5}, {"CPU": 1.5}], {"CPU": 1.0}, 3)  # enough in total, not per node
     assert why and "no placement fits: 2 of 3" in why
-    assert rl.infeasible([], {"CPU": 1.0}, 1)
+    assert ray_fit.infeasible([], {"CPU": 1.0}, 1)
 
 
 def test_user_code_ships_modules_that_are_not_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

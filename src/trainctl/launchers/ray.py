@@ -44,7 +44,7 @@ from typing import Any, NoReturn
 
 from trainctl.errors import UserError
 from trainctl.launchers.base import Submission, read_rank_logs
-from trainctl.launchers.ray_fit import GIB, bundle_text, infeasible, nodes_text
+from trainctl.launchers.ray_fit import GIB, bundle_text, placement_problem
 from trainctl.rundir import JobFile, atomic_write_text
 from trainctl.spec import Accelerator, Spec, env_refs, resolve_env
 from trainctl.tracking import SECRET_NAME, State
@@ -268,18 +268,12 @@ def check_cluster(spec: Spec, address: str) -> None:
         raise UserError.single("backend.ray.address", f"the Ray cluster at {address} runs Ray {theirs}, this "
                                f"client Ray {ours}", f"Ray must be the same version on every node and client: "
                                f"install ray=={ours} on the cluster (or this client's to match)")
-    from ray.util.state import list_nodes
-
-    nodes = [(n.node_name or n.node_id[:12], dict(n.resources_total or {}))
-             for n in list_nodes(address=address, detail=True, limit=10000, raise_on_missing_output=False)
-             if n.state == "ALIVE"]
     sc = scaling(spec)
-    why = infeasible([r for _, r in nodes], sc["resources_per_worker"], sc["num_workers"])
+    why = placement_problem(address, sc["resources_per_worker"], sc["num_workers"])
     if why:
         res = spec.resources
         raise UserError.single(
-            "resources", f"the Ray cluster at {address} can never run this job: it {why} "
-            f"(alive nodes: {nodes_text(nodes) or 'none'})",
+            "resources", f"the Ray cluster at {address} can never run this job: it {why}",
             f"ask for less (resources.nodes x devices_per_node = {res.nodes} x {res.devices_per_node} workers, "
             f"resources.accelerator, cpus_per_task / backend.ray.cpus_per_worker, mem_gb per node) or add nodes")
 

@@ -6,6 +6,17 @@ from __future__ import annotations
 GIB = 2**30
 
 
+def placement_problem(address: str, per_worker: dict[str, float], workers: int) -> str | None:
+    """infeasible() on the cluster's alive nodes, with those nodes named (None: the workers can be placed)."""
+    from ray.util.state import list_nodes
+
+    nodes = [(n.node_name or n.node_id[:12], dict(n.resources_total or {}))
+             for n in list_nodes(address=address, detail=True, limit=10000, raise_on_missing_output=False)
+             if n.state == "ALIVE"]
+    why = infeasible([r for _, r in nodes], per_worker, workers)
+    return f"{why} (alive nodes: {nodes_text(nodes) or 'none'})" if why else None
+
+
 def infeasible(nodes: list[dict[str, float]], per_worker: dict[str, float], workers: int) -> str | None:
     """Why `workers` bundles of `per_worker` can never be placed on these nodes' total resources (None: they can).
 

@@ -64,7 +64,8 @@ def _close_attempt(run_dir: Path, outcome: str, reason: str) -> None:
 def _cluster_problem(spec: Spec) -> str | None:
     import ray
 
-    from trainctl.launchers.ray import infeasible, scaling
+    from trainctl.launchers.ray import scaling
+    from trainctl.launchers.ray_fit import infeasible
 
     sc = scaling(spec)
     alive = [{k: float(v) for k, v in n.get("Resources", {}).items()} for n in ray.nodes() if n.get("Alive")]
