@@ -130,9 +130,9 @@ def test_truncated_newest_checkpoint_is_skipped(mlflow_server: str, reference: d
 
 def test_tracking_outage_loses_no_metric(tmp_path: Path) -> None:
     """The MLflow server dies for 60 s mid-run: training goes on, every point arrives once it is back."""
-    from conftest import _free_port, _healthy
+    from conftest import _free_port
 
-    from trainctl.mlflow_server import start
+    from trainctl.mlflow_server import answers, start
 
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -141,9 +141,9 @@ def test_tracking_outage_loses_no_metric(tmp_path: Path) -> None:
     def up() -> subprocess.Popen:
         proc = start(port, store, tmp_path / "server.log")
         deadline = time.monotonic() + 60
-        while not _healthy(uri) and time.monotonic() < deadline:
+        while not answers(uri) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _healthy(uri)
+        assert answers(uri)
         return proc
 
     server = up()
