@@ -139,7 +139,8 @@ class MetricsSink:
                     log.warning("MLflow unreachable (%s); hyperparameters kept for later", type(exc).__name__)
                     return False
                 log.error("MLflow refused the hyperparameters %s: %s", sorted(wanted), exc)  # retrying cannot help
-            self.params.popleft()
+            if self.params and self.params[0] is wanted:  # close() may have spooled it meanwhile
+                self.params.popleft()
         return True
 
     def _deliver(self, send: Send) -> bool:
