@@ -117,7 +117,8 @@ class MetricsSink:
         while True:
             self.wake.wait(timeout=backoff)
             self.wake.clear()
-            ok = self._deliver_params() and self._deliver(send)
+            params_ok = self._deliver_params()  # first: a module's hyperparameters precede its metrics
+            ok = self._deliver(send) and params_ok
             backoff = self.flush_every_s if ok else min(backoff * 2, 10.0)
             if self.closed and not self.pending and not self.params:
                 return
