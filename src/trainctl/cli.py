@@ -44,7 +44,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         for s in [*args.set, f"backend.kind={args.backend}"]:
             apply_override(raw, s)
         spec = parse_spec(raw, args.job)
-    ref, detail = control.submit(spec, dry_run=args.dry_run)
+    ref, detail = control.submit(spec, dry_run=args.dry_run, source=args.job)
     if ref is None:
         print(detail)
         return 0

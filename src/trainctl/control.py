@@ -43,8 +43,9 @@ def resolve_uri(spec: Spec) -> str:
     return spec.tracking.uri or tracking.default_tracking_uri(spec.workdir)
 
 
-def submit(spec: Spec, dry_run: bool = False) -> tuple[RunRef | None, str]:
-    """Validate-done spec → (run, text). A dry run writes nothing and returns the exact request."""
+def submit(spec: Spec, dry_run: bool = False, source: str | None = None) -> tuple[RunRef | None, str]:
+    """Validate-done spec → (run, text). A dry run writes nothing and returns the exact request.
+    `source`: the spec file, the run's `mlflow.source.name`."""
     uri = resolve_uri(spec)
     spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, uri=uri))
     launcher = registry.load(spec.backend.kind.value).LAUNCHER
@@ -56,7 +57,7 @@ def submit(spec: Spec, dry_run: bool = False) -> tuple[RunRef | None, str]:
     tracking.wait_for_server(uri, timeout_s=60.0 if started else 30.0)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    run_id = tracking.create_run(spec, uri, launcher.kind)
+    run_id = tracking.create_run(spec, uri, launcher.kind, source=source)
     run_dir = run_dir_for(spec.workdir, spec.name, run_id)
     spec_dict = spec.to_dict()
     job = JobFile(run_id=run_id, tracking_uri=uri, backend=launcher.kind, spec=spec_dict,

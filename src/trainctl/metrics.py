@@ -5,6 +5,9 @@ them in batches of up to 1000, retrying with backoff while the server is down or
 end of an attempt the sink drains for a bounded time; what is still undelivered is spooled to
 `<run_dir>/spool/` as JSON lines, which `trainctl sync` uploads later.
 
+The user's hyperparameters (trainctl.hparams) take the same path: queued on the training thread, logged by the
+delivery thread, spooled (`params-*.json`) when undeliverable.
+
 On a resumed attempt the sink drops points at or below the last step MLflow already holds for that key:
 the resumed run replays those steps exactly, so the history keeps every step once.
 """
@@ -78,6 +81,7 @@ class MetricsSink:
         self.flush_every_s = flush_every_s
         self.high_water = dict(high_water or {})
         self.pending: deque[Point] = deque()
+        self.params: deque[dict[str, str]] = deque()  # hyperparameter calls not yet delivered, in order
         self.delivered = 0
         self.failures = 0
         self.wake = threading.Event()
@@ -93,6 +97,12 @@ class MetricsSink:
                 continue
             self.pending.append((key, float(value), int(step), now))
 
+    def add_params(self, params: dict[str, str]) -> None:
+        """Queue hyperparameters (trainctl.hparams.as_params) and deliver them now; of two values logged for one
+        key, the first is the run's (MLflow params are immutable)."""
+        self.params.append(params)
+        self.wake.set()
+
     def nudge(self) -> None:
         """Deliver now if a full batch is waiting; otherwise the delivery thread's timer (flush_every_s) sends it.
         Lightning calls the logger's save() after every step: waking the thread each time turned batching into
@@ -107,9 +117,32 @@ class MetricsSink:
         while True:
             self.wake.wait(timeout=backoff)
             self.wake.clear()
-            backoff = self.flush_every_s if self._deliver(send) else min(backoff * 2, 10.0)
-            if self.closed and not self.pending:
+            params_ok = self._deliver_params()  # first: a module's hyperparameters precede its metrics
+            ok = self._deliver(send) and params_ok
+            backoff = self.flush_every_s if ok else min(backoff * 2, 10.0)
+            if self.closed and not self.pending and not self.params:
                 return
+
+    def _deliver_params(self) -> bool:
+        if not self.params:
+            return True
+        from mlflow import MlflowClient
+
+        from trainctl import hparams
+
+        while self.params:
+            wanted = self.params[0]
+            try:
+                hparams.log_new(MlflowClient(tracking_uri=self.uri), self.run_id, wanted)
+            except Exception as exc:
+                if getattr(exc, "error_code", None) != "INVALID_PARAMETER_VALUE":  # down or slow: retry later
+                    self.failures += 1
+                    log.warning("MLflow unreachable (%s); hyperparameters kept for later", type(exc).__name__)
+                    return False
+                log.error("MLflow refused the hyperparameters %s: %s", sorted(wanted), exc)  # retrying cannot help
+            if self.params and self.params[0] is wanted:  # close() may have spooled it meanwhile
+                self.params.popleft()
+        return True
 
     def _deliver(self, send: Send) -> bool:
         while self.pending:
@@ -132,6 +165,12 @@ class MetricsSink:
         self.closed = True
         self.wake.set()
         self.thread.join(timeout=timeout_s)
+        if self.params:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            path = self.spool_dir / f"params-{int(time.time() * 1000)}.json"
+            path.write_text(json.dumps(list(self.params)))
+            self.params.clear()
+            log.warning("spooled undelivered hyperparameters to %s (upload: trainctl sync %s)", path, self.run_id)
         if not self.pending:
             return 0
         points = list(self.pending)
@@ -156,7 +195,15 @@ def logged_high_water(uri: str, run_id: str) -> dict[str, int]:
 
 
 def upload_spool(uri: str, run_id: str, spool_dir: Path) -> int:
-    """Upload spooled metric files (oldest first) and delete each once delivered."""
+    """Upload spooled hyperparameters and metric files (oldest first) and delete each once delivered."""
+    from mlflow import MlflowClient
+
+    from trainctl import hparams
+
+    for path in sorted(spool_dir.glob("params-*.json")):
+        for wanted in json.loads(path.read_text()):
+            hparams.log_new(MlflowClient(tracking_uri=uri), run_id, wanted)
+        path.unlink()
     send = batch_sender(uri)
     sent = 0
     for path in sorted(spool_dir.glob("metrics-*.jsonl")):

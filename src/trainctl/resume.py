@@ -44,7 +44,7 @@ def resume(run_id: str, uri: str, source: str, overrides: list[str], backend: st
         run = ref.run_id
         cl = tracking.client(uri)
     else:
-        run = tracking.create_run(spec, uri, launcher.kind)
+        run = tracking.create_run(spec, uri, launcher.kind, source=ref.tags.get("mlflow.source.name"))
         target = run_dir_for(spec.workdir, spec.name, run)
         new_job = JobFile(run_id=run, tracking_uri=job.tracking_uri, backend=launcher.kind, spec=spec.to_dict(),
                           master_port=job.master_port)

@@ -4,9 +4,9 @@
         job.json        the handoff: run id, tracking URI, backend, resolved spec (written once at submit)
         spec.yaml       the resolved spec, for people
         attempts/       one JSON per attempt: start, end, outcome, cause (written by global rank 0)
-        checkpoints/    resume checkpoints (+ manifests) and best/ top-k
+        checkpoints/    resume/ checkpoints (+ manifests), best/ top-k, mirror/ what MLflow holds (last, best)
         logs/           scheduler/submitit output, one file per rank and attempt
-        spool/          metrics that could not be delivered to MLflow (`trainctl sync` uploads them)
+        spool/          metrics and hyperparameters not delivered to MLflow (`trainctl sync` uploads them)
 """
 
 from __future__ import annotations

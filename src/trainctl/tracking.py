@@ -7,6 +7,7 @@ from the environment (${env:NAME}) stay as references, and spec paths listed in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -123,24 +124,45 @@ def git_commit(path: str | Path = ".") -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def create_run(spec: Spec, uri: str, backend: str) -> str:
-    """Create the job's run at submit time and log the params (the flattened, redacted resolved spec)."""
-    from mlflow.entities import Param
+def run_name(spec_name: str, run_id: str) -> str:
+    """`<spec name>-<run id[:8]>`: tells runs of one spec apart in `trainctl ls` and the UI, and is the name of the
+    run's directory (rundir.run_dir_for). The spec's name stays in the tag `trainctl.name`."""
+    return f"{spec_name}-{run_id[:8]}"
+
+
+def standard_tags(source: str | None) -> dict[str, str]:
+    """MLflow's own tags for who ran what: the user, the spec file as the source, the git commit of the code."""
+    import getpass
+
+    tags = {"mlflow.source.type": "LOCAL"}
+    with contextlib.suppress(Exception):
+        tags["mlflow.user"] = getpass.getuser()
+    if source:
+        tags["mlflow.source.name"] = str(Path(source).absolute())
+    # The user's modules are imported from the working directory; a spec kept in its own repository says so.
+    commit = git_commit() or (git_commit(Path(source).absolute().parent) if source else None)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def create_run(spec: Spec, uri: str, backend: str, source: str | None = None) -> str:
+    """Create the job's run at submit time and log the params (the flattened, redacted resolved spec).
+    `source` is the spec file, when there is one (resume forks a stored spec)."""
+    from mlflow.entities import Param, RunTag
 
     cl = client(uri)
     try:
         exp_id = _experiment_id(cl, spec.experiment, uri)
         tags = {
-            "mlflow.runName": spec.name,
+            **standard_tags(source),
+            "trainctl.name": spec.name,
             "trainctl.backend": backend,
             "trainctl.state": State.PENDING.value,
             "trainctl.version": __version__,
             "trainctl.world_size": str(spec.resources.nodes * spec.resources.devices_per_node),
             "trainctl.submit_host": socket.gethostname(),
         }
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
         run = cl.create_run(exp_id, run_name=spec.name, tags=tags)
     except UserError:
         raise
@@ -151,11 +173,13 @@ def create_run(spec: Spec, uri: str, backend: str) -> str:
                                ACCESS_HINT if refused else
                                "start it with `make mlflow`, or unset MLFLOW_TRACKING_URI for the embedded store"
                                ) from None
+    run_id = run.info.run_id
     params = flatten(redact_spec(spec.to_dict(), spec.tracking.redact))
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per request
-        cl.log_batch(run.info.run_id, params=items[i : i + 100])
-    return run.info.run_id
+    for i in range(0, max(len(items), 1), 100):  # MLflow takes at most 100 params per request
+        name = [RunTag("mlflow.runName", run_name(spec.name, run_id))] if i == 0 else []
+        cl.log_batch(run_id, params=items[i : i + 100], tags=name)
+    return run_id
 
 
 def set_state(uri: str, run_id: str, state: State, reason: str | None = None, **tags: str) -> None:

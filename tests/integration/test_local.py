@@ -96,6 +96,15 @@ def test_resume_last_continues_the_same_run(mlflow_server: str, tmp_path: Path) 
     assert after == list(range(after[0], after[-1] + 1)) and len(after) > len(before)
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt.2.cause"] == "resume"
+    # keep_resume (2) counts across attempts: of the saves at steps 20, 40, 60 the two newest stay
+    assert [p.name for p in sorted((run_dir(mlflow_server, run_id) / "checkpoints" / "resume").glob("*.ckpt"))] \
+        == ["step-000000040.ckpt", "step-000000060.ckpt"]
+    # checkpoints/last holds the newest checkpoint only, under a fixed name
+    client = MlflowClient(tracking_uri=mlflow_server)
+    last = {a.path for a in client.list_artifacts(run_id, "checkpoints/last")}
+    assert last == {"checkpoints/last/last.ckpt", "checkpoints/last/last.ckpt.manifest.json"}
+    got = client.download_artifacts(run_id, "checkpoints/last/last.ckpt.manifest.json", str(tmp_path))
+    assert json.loads(Path(got).read_text())["global_step"] == 60
     assert run_cli("resume", run_id, "--from", "/nonexistent.ckpt", "--tracking-uri", mlflow_server).returncode == 2
 
 

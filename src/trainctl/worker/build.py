@@ -13,6 +13,7 @@ from trainctl.callbacks.grad_norm import GradNormLogger
 from trainctl.callbacks.tracking_logger import TrackingLoggerImpl
 from trainctl.components import LightningNamespace, instantiate
 from trainctl.metrics import MetricsSink
+from trainctl.rundir import JobFile
 from trainctl.spec import Accelerator, Spec, resolve_env
 from trainctl.worker import hook_dispatch
 from trainctl.worker.fast_path import AsyncStepMetrics, DrainImpl
@@ -70,7 +71,8 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
         devices=spec.resources.devices_per_node,
         num_nodes=spec.resources.nodes,
         strategy=strategy,
-        logger=make(TrackingLoggerImpl, ns.pl.loggers.Logger, run_id=run_id, save_dir=str(run_dir), sink=sink),
+        logger=make(TrackingLoggerImpl, ns.pl.loggers.Logger, run_id=run_id, save_dir=str(run_dir), sink=sink,
+                    tracking_uri=JobFile.read(run_dir).tracking_uri),
         callbacks=built.callbacks,
         enable_checkpointing=True,
         default_root_dir=str(run_dir),

@@ -215,14 +215,22 @@ def _spec_flag(job: JobFile, name: str) -> bool:
 
 
 def _checkpoints_to_mirror(run_dir: Path, built: Any) -> list[tuple[Path, str]]:
-    """Best and last checkpoints (with manifests), and where they go in the run's artifacts (checkpoints/)."""
+    """Best and last checkpoints (with manifests), and where they go in the run's artifacts (checkpoints/).
+
+    MLflow artifacts only accumulate (nothing deletes one), so each goes up under a fixed name, `last.ckpt` and
+    `best.ckpt`, which every attempt overwrites: checkpoints/last holds the newest checkpoint only. The step is in
+    the manifest beside it. The fixed names are hard links (or copies) staged in checkpoints/mirror/.
+    """
+    from trainctl.callbacks.checkpoint_io import manifest_path, stage_as
+
     files: list[tuple[Path, str]] = []
+    staging = run_dir / "checkpoints" / "mirror"
     ckpt, _ = latest_good(run_dir)
     if ckpt is not None and built.save_last:
-        files += [(p, "checkpoints/last") for p in (ckpt, Path(f"{ckpt}.manifest.json"))]
+        files += [(p, "checkpoints/last") for p in stage_as(ckpt, staging / "last.ckpt")]
     best = getattr(built.top_k, "best_model_path", "") if built.top_k else ""
-    if best and Path(best).is_file():
-        files += [(p, "checkpoints/best") for p in (Path(best), Path(f"{best}.manifest.json")) if p.is_file()]
+    if best and Path(best).is_file() and manifest_path(best).is_file():
+        files += [(p, "checkpoints/best") for p in stage_as(Path(best), staging / "best.ckpt")]
     return files
 
 
