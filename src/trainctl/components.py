@@ -90,7 +90,8 @@ def _import_problem(where: str, path: str) -> tuple[type | None, Problem | None]
     except TypeError as exc:
         return None, Problem(at, str(exc), "give the class itself, e.g. package.module.ClassName")
     except ModuleNotFoundError as exc:
-        hint = "install the package, or run from the directory that holds your module (it must be importable)"
+        hint = ("put the module next to the spec or in the directory you run trainctl from, add its directory to "
+                "PYTHONPATH, or pip install its package")
         return None, Problem(at, f"cannot import {path!r}: {exc}", hint)
     except AttributeError:
         module_name, _, attr = path.rpartition(".")

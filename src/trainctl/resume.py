@@ -41,7 +41,7 @@ def resume(run_id: str, uri: str | None, source: str, overrides: list[str], back
     assignments = overrides + ([f"backend.kind={backend}"] if backend else [])
     for assignment in assignments:
         apply_override(raw, assignment)
-    spec = parse_spec(raw, f"run {run_id}")
+    spec = parse_spec(raw, f"run {run_id}", check_classes=False)
     checkpoint = _pick(ref, source)
     if source == "last" and ref.state is State.FINISHED:
         done = _nothing_to_train(checkpoint, spec)
@@ -51,6 +51,7 @@ def resume(run_id: str, uri: str | None, source: str, overrides: list[str], back
                                    "it would train nothing",
                                    f"raise the limit with --set, e.g. `trainctl resume {ref.run_id[:8]} --set "
                                    f"{more}`")
+    spec = parse_spec(raw, f"run {run_id}")  # the overrides against the classes' signatures too
     launcher = registry.load(spec.backend.kind.value).LAUNCHER
     cl = tracking.client(uri)
     if source == "last":
