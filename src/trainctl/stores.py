@@ -40,7 +40,12 @@ def remembered() -> list[str]:
 
 
 def remember(uri: str) -> None:
-    """Add a store to the index (an append: concurrent submits do not lose each other's lines)."""
+    """Add a store to the index (an append: concurrent submits do not lose each other's lines).
+
+    A URI with a login in it (http://user:password@host) is not written down: give it with --tracking-uri.
+    """
+    if urlsplit(uri).username is not None:
+        return
     lines = _lines()
     if lines[-1:] == [uri]:
         return

@@ -28,6 +28,8 @@ def test_index_is_newest_first_each_store_once(state: Path) -> None:
         stores.remember(uri)
     assert stores.remembered() == ["sqlite:////a/mlflow.db", "http://h:5000"]
     assert stores.index_path().read_text().count("\n") == 3  # the same store twice in a row: one line
+    stores.remember("https://me:secret@h")
+    assert "secret" not in stores.index_path().read_text()
 
 
 def test_index_is_compacted(state: Path) -> None:
