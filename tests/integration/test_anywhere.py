@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
+
+from trainctl.errors import UserError
 
 MODULE = '''
 import pytorch_lightning as pl
@@ -56,6 +59,7 @@ fault_tolerance: {collective_timeout_s: 120, signal_lead_s: 30}
 """
 
 
+@pytest.mark.slow
 def test_user_module_and_runs_from_any_directory(tmp_path: Path) -> None:
     mod, there, elsewhere, state, bin_dir = (tmp_path / d for d in ("mod", "there", "elsewhere", "state", "bin"))
     for d in (mod, there, elsewhere, bin_dir):
@@ -95,3 +99,24 @@ def test_user_module_and_runs_from_any_directory(tmp_path: Path) -> None:
     again = cli("resume", run_id, cwd=elsewhere)  # max_epochs reached: it would train nothing
     assert again.returncode == 2 and "would train nothing" in again.stderr, again.stderr
     assert "--set trainer.max_epochs=4" in again.stderr and "HINT" in again.stderr
+
+
+@pytest.mark.slurm
+def test_a_refused_launch_ends_the_run_failed(slurm_cluster: None, tmp_path: Path) -> None:
+    """submit and resume hand jobs over through control.launch: a backend's refusal never leaves a PENDING run."""
+    from trainctl import control, tracking
+    from trainctl.rundir import JobFile
+    from trainctl.spec import parse_spec, read_yaml
+
+    raw = read_yaml(ROOT / "jobs" / "digits-slurm.yaml")
+    raw["backend"]["slurm"]["partition"] = "no-such-partition"
+    spec = parse_spec(raw, check_classes=False)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = tracking.create_run(spec, store, "slurm")
+    job = JobFile(run_id=run_id, tracking_uri=store, backend="slurm", spec=spec.to_dict())
+    job.write(tmp_path / "run")
+    with pytest.raises(UserError) as info:
+        control.launch(spec, tmp_path / "run", job)
+    assert "backend" in str(info.value) and "HINT" in str(info.value)
+    ref = control.find_run(run_id, store)
+    assert ref.state.value == "FAILED" and ref.tags["trainctl.reason"].startswith("submit failed"), ref.tags
