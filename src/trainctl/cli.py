@@ -8,24 +8,39 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 from typing import Any
 
+from trainctl import __version__
 from trainctl.errors import UserError
 
 EXIT_USAGE = 2
 
 
-def _uri(args: argparse.Namespace) -> str:
+def _uri(args: argparse.Namespace) -> str | None:
+    """The store named by --tracking-uri, MLFLOW_TRACKING_URI or --workdir; None: search (trainctl.stores)."""
     from trainctl.tracking import default_tracking_uri
 
-    return args.tracking_uri or default_tracking_uri(args.workdir)
+    if args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or args.workdir:
+        return args.tracking_uri or default_tracking_uri(args.workdir or "runs")
+    return None
+
+
+def _importable(job: str) -> list[str]:
+    """Make the user's modules next to the spec and in the cwd importable here, as `python train.py` would."""
+    from trainctl.rundir import import_dirs_for, use_import_dirs
+
+    dirs = import_dirs_for(job)
+    use_import_dirs(dirs)
+    return dirs
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from trainctl.spec import load_spec
 
+    _importable(args.job)
     spec = load_spec(args.job, args.set)
     print(f"{args.job}: valid ({spec.backend.kind.value} backend, "
           f"{spec.resources.nodes}x{spec.resources.devices_per_node} ranks)")
@@ -36,6 +51,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from trainctl import control
     from trainctl.spec import load_spec
 
+    dirs = _importable(args.job)
     spec = load_spec(args.job, args.set)
     if args.backend:
         from trainctl.spec import apply_override, parse_spec, read_yaml
@@ -44,7 +60,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         for s in [*args.set, f"backend.kind={args.backend}"]:
             apply_override(raw, s)
         spec = parse_spec(raw, args.job)
-    ref, detail = control.submit(spec, dry_run=args.dry_run, source=args.job)
+    ref, detail = control.submit(spec, dry_run=args.dry_run, source=args.job, import_dirs=dirs)
     if ref is None:
         print(detail)
         return 0
@@ -56,9 +72,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _ui_hint(uri: str) -> str:
+    """A command that serves this run's store from any directory (the store's path is absolute)."""
+    from pathlib import Path
+
+    from trainctl.stores import local_path
+
     if uri.startswith(("http://", "https://")):
         return uri
-    return f"make mlflow (serves {uri} on http://127.0.0.1:5000)"
+    path = local_path(uri)
+    if uri.startswith("sqlite:///") and path is not None and path.name == "mlflow.db":
+        cmd = [sys.executable, "-m", "trainctl.mlflow_server", "--workdir", str(path.parent)]
+    elif path is not None:
+        cmd = [sys.executable, "-m", "mlflow", "ui", "--workers", "1", "--backend-store-uri",
+               uri if uri.startswith(("sqlite:", "file:")) else Path(uri).as_uri()]
+    else:
+        return uri
+    return f"{shlex.join(cmd)}  (then open http://127.0.0.1:5000)"
 
 
 def _follow(ref: Any) -> int:
@@ -121,14 +150,23 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from trainctl import control
+    """One table per store: the one named, else this directory's runs/ store and every store submitted to."""
+    from trainctl import control, stores
 
-    runs = control.list_runs(_uri(args), args.limit)
-    print(f"{'RUN ID':34} {'NAME':20} {'STATE':9} {'BACKEND':8} ATTEMPT")
-    for r in runs:
-        t = r.data.tags
-        print(f"{r.info.run_id:34} {t.get('mlflow.runName', '')[:20]:20} {t.get('trainctl.state', '?'):9} "
-              f"{t.get('trainctl.backend', ''):8} {t.get('trainctl.attempt', '-')}")
+    uri = _uri(args)
+    if uri is not None and not stores.exists(uri):
+        raise UserError.single("--tracking-uri", f"no tracking store at {uri} (none was created)",
+                               "pass the store the runs were submitted to, or drop it to list every store used")
+    searched = [uri] if uri is not None else stores.candidates()
+    if not searched:
+        print(f"no tracking store here (runs/mlflow.db) nor in {stores.index_path()}: nothing submitted yet",
+              file=sys.stderr)
+    for store in searched:
+        print(f"store {store}\n  {'RUN ID':34} {'NAME':20} {'STATE':9} {'BACKEND':8} ATTEMPT")
+        for r in control.list_runs(store, args.limit):
+            t = r.data.tags
+            print(f"  {r.info.run_id:34} {t.get('mlflow.runName', '')[:20]:20} {t.get('trainctl.state', '?'):9} "
+                  f"{t.get('trainctl.backend', ''):8} {t.get('trainctl.attempt', '-')}")
     return 0
 
 
@@ -152,8 +190,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else search the embedded store in ./runs "
+                   "and every store you submitted to")
+    c.add_argument("--workdir", help="search only the embedded store of this workdir (<workdir>/mlflow.db)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trainctl", description="Lightning DDP jobs on SLURM, Ray or this machine.")
+    p.add_argument("--version", action="version", version=f"trainctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def job_cmd(name: str, help_: str) -> argparse.ArgumentParser:
@@ -165,8 +210,7 @@ def parser() -> argparse.ArgumentParser:
     def run_cmd(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
         c.add_argument("run_id", metavar="RUN_ID")
-        c.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else the embedded store")
-        c.add_argument("--workdir", default="runs", help="where the embedded store lives (default: runs)")
+        _store_args(c)
         return c
 
     job_cmd("validate", "check a job spec; report every problem").set_defaults(fn=cmd_validate)
@@ -191,9 +235,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--detach", action="store_true")
     r.set_defaults(fn=cmd_resume)
     ls = sub.add_parser("ls", help="list trainctl runs")
-    ls.add_argument("--tracking-uri")
-    ls.add_argument("--workdir", default="runs")
-    ls.add_argument("--limit", type=int, default=50)
+    _store_args(ls)
+    ls.add_argument("--limit", type=int, default=50, help="runs per store (default: 50)")
     ls.set_defaults(fn=cmd_ls)
     return p
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,14 +17,18 @@ from typing import Any
 
 import yaml
 
-from trainctl import mlflow_server, tracking
+from trainctl import mlflow_server, stores, tracking
 from trainctl.errors import UserError
 from trainctl.launchers import registry
+from trainctl.launchers.base import Submission
 from trainctl.rundir import Attempts, JobFile, atomic_write_text, run_dir_for
 from trainctl.spec import Spec
 from trainctl.tracking import State
 
 log = logging.getLogger("trainctl")
+
+MIN_PREFIX = 6
+RUN_ID = re.compile(rf"^[0-9a-f]{{{MIN_PREFIX},32}}$")
 
 
 @dataclass
@@ -43,9 +48,13 @@ def resolve_uri(spec: Spec) -> str:
     return spec.tracking.uri or tracking.default_tracking_uri(spec.workdir)
 
 
-def submit(spec: Spec, dry_run: bool = False, source: str | None = None) -> tuple[RunRef | None, str]:
+def submit(spec: Spec, dry_run: bool = False, source: str | None = None, import_dirs: list[str] | None = None
+           ) -> tuple[RunRef | None, str]:
     """Validate-done spec → (run, text). A dry run writes nothing and returns the exact request.
-    `source`: the spec file, the run's `mlflow.source.name`."""
+
+    source: the spec file, the run's `mlflow.source.name`. import_dirs: where the spec's classes were importable
+    here (rundir.import_dirs_for); every rank puts them on its sys.path first.
+    """
     uri = resolve_uri(spec)
     spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, uri=uri))
     launcher = registry.load(spec.backend.kind.value).LAUNCHER
@@ -58,27 +67,36 @@ def submit(spec: Spec, dry_run: bool = False, source: str | None = None) -> tupl
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     run_id = tracking.create_run(spec, uri, launcher.kind, source=source)
+    stores.remember(uri)
     run_dir = run_dir_for(spec.workdir, spec.name, run_id)
     spec_dict = spec.to_dict()
     job = JobFile(run_id=run_id, tracking_uri=uri, backend=launcher.kind, spec=spec_dict,
-                  master_port=_local_port(launcher.kind))
+                  master_port=_local_port(launcher.kind), import_dirs=list(import_dirs or []))
     job.write(run_dir)
     redacted = tracking.redact_spec(spec_dict, spec.tracking.redact)
     atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(redacted, sort_keys=False))
     cl = tracking.client(uri)
     cl.log_artifact(run_id, str(run_dir / "spec.yaml"))
     cl.set_tag(run_id, "trainctl.run_dir", str(run_dir))
+    sub = launch(spec, run_dir, job)
+    return find_run(run_id, uri), sub.detail
+
+
+def launch(spec: Spec, run_dir: Path, job: JobFile) -> Submission:
+    """Hand a written job to its backend; a refusal ends the run FAILED (it must not stay PENDING)."""
+    launcher = registry.load(job.backend).LAUNCHER
     try:
         sub = launcher.submit(spec, run_dir, job)
     except UserError as err:
-        tracking.set_state(uri, run_id, State.FAILED, reason=f"submit failed: {err}")
+        tracking.set_state(job.tracking_uri, job.run_id, State.FAILED, reason=f"submit failed: {err}")
         raise
     except Exception as exc:
-        tracking.set_state(uri, run_id, State.FAILED, reason=f"submit failed: {type(exc).__name__}: {exc}")
+        tracking.set_state(job.tracking_uri, job.run_id, State.FAILED,
+                           reason=f"submit failed: {type(exc).__name__}: {exc}")
         raise UserError.single("backend", f"{launcher.kind} refused the job: {exc}",
                                "check the backend's options and that its cluster is up") from None
-    cl.set_tag(run_id, "trainctl.scheduler_job_id", sub.scheduler_job_id)
-    return find_run(run_id, uri), sub.detail
+    tracking.client(job.tracking_uri).set_tag(job.run_id, "trainctl.scheduler_job_id", sub.scheduler_job_id)
+    return sub
 
 
 def _local_port(kind: str) -> int:
@@ -89,27 +107,62 @@ def _local_port(kind: str) -> int:
     return free_port()
 
 
-def find_run(run_id: str, uri: str) -> RunRef:
-    try:
-        run = tracking.client(uri).get_run(_expand_prefix(run_id, uri))
-    except Exception as exc:
-        raise UserError.single("RUN_ID", f"no run {run_id!r} in {uri}: {type(exc).__name__}",
-                               "list runs with `trainctl ls`, or pass --tracking-uri / set MLFLOW_TRACKING_URI"
-                               ) from None
-    tags, run_id = run.data.tags, run.info.run_id
+def find_run(run_id: str, uri: str | None) -> RunRef:
+    """The run with this id (or unique prefix of ≥ 6 characters) in `uri`; with no uri, in the store of the
+    current directory's `runs/`, then in every store this user submitted to (trainctl.stores)."""
+    wanted = run_id.strip().lower()
+    if not RUN_ID.match(wanted):
+        short = len(wanted) < MIN_PREFIX and wanted.isalnum()
+        raise UserError.single("RUN_ID", f"{run_id!r} is too short: a run id prefix needs at least {MIN_PREFIX} "
+                               "characters" if short else f"{run_id!r} is not a run id (32 hex digits)",
+                               "give the run id `submit` printed, or its first 6+ characters; `trainctl ls` "
+                               "lists them")
+    if uri is not None and not stores.exists(uri):
+        raise UserError.single("RUN_ID", f"no run {run_id!r} in {uri}: no tracking store there (none was created)",
+                               "pass the --tracking-uri the run was submitted with, or drop it to search every "
+                               "store you submitted to")
+    searched = [uri] if uri is not None else stores.candidates()
+    found: list[tuple[str, str]] = []
+    problems: list[str] = []
+    for store in searched:
+        try:
+            found += [(store, rid) for rid in _matching_ids(wanted, store)]
+        except Exception as exc:  # one unreadable store must not hide the others
+            problems.append(f"{store}: {type(exc).__name__}")
+        if found and len(wanted) == 32:
+            break
+    if len(found) > 1:
+        listed = ", ".join(rid for _, rid in found[:5])
+        raise UserError.single("RUN_ID", f"{run_id!r} matches {len(found)} runs: {listed}",
+                               "give more characters of the run id")
+    if not found:
+        where = (f"in {', '.join(searched)}" if searched else
+                 f"anywhere: no tracking store in ./runs nor in the index of stores used ({stores.index_path()})")
+        detail = f" ({'; '.join(problems)})" if problems else ""
+        raise UserError.single("RUN_ID", f"no run {run_id!r} {where}{detail}",
+                               "list runs with `trainctl ls`, or pass --tracking-uri / set MLFLOW_TRACKING_URI")
+    store, rid = found[0]
+    run = tracking.client(store).get_run(rid)
+    tags = run.data.tags
     if "trainctl.backend" not in tags:
-        raise UserError.single("RUN_ID", f"run {run_id} was not created by trainctl", "list runs with `trainctl ls`")
-    return RunRef(run_id, uri, Path(tags.get("trainctl.run_dir", "")), tags["trainctl.backend"],
-                  tags.get("trainctl.scheduler_job_id", ""), tracking.current_state(uri, run_id),
+        raise UserError.single("RUN_ID", f"run {rid} was not created by trainctl", "list runs with `trainctl ls`")
+    return RunRef(rid, store, Path(tags.get("trainctl.run_dir", "")), tags["trainctl.backend"],
+                  tags.get("trainctl.scheduler_job_id", ""), tracking.current_state(store, rid),
                   tags.get("mlflow.runName", ""), dict(run.data.metrics), dict(tags))
 
 
-def _expand_prefix(run_id: str, uri: str) -> str:
-    """Accept a unique prefix (≥ 6 characters) of a run id, as printed by `trainctl ls` or the run dir name."""
-    if len(run_id) >= 32 or len(run_id) < 6:
-        return run_id
-    matches = [r.info.run_id for r in list_runs(uri, 1000) if r.info.run_id.startswith(run_id)]
-    return matches[0] if len(matches) == 1 else run_id
+def _matching_ids(wanted: str, uri: str) -> list[str]:
+    """Run ids in one existing store equal to `wanted` (a full id) or starting with it (a prefix)."""
+    if len(wanted) == 32:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return [tracking.client(uri).get_run(wanted).info.run_id]
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return []
+            raise
+    return [r.info.run_id for r in list_runs(uri, None) if r.info.run_id.startswith(wanted)]
 
 
 def reconcile(ref: RunRef) -> RunRef:
@@ -170,10 +223,22 @@ def _emit_new_lines(log_dir: Path, offsets: dict[Path, int], emit: Callable[[str
             emit(line)
 
 
-def list_runs(uri: str, limit: int = 50) -> list[Any]:
+def list_runs(uri: str, limit: int | None = 50) -> list[Any]:
+    """trainctl's runs in one store, newest first (all of them when limit is None); a missing store has none."""
+    if not stores.exists(uri):
+        return []
     cl = tracking.client(uri)
     exps = [e.experiment_id for e in cl.search_experiments()]
     if not exps:
         return []
-    return list(cl.search_runs(exps, filter_string="tags.`trainctl.backend` != ''", max_results=limit,
-                               order_by=["attributes.start_time DESC"]))
+    out: list[Any] = []
+    token = None
+    while limit is None or len(out) < limit:
+        page = cl.search_runs(exps, filter_string="tags.`trainctl.backend` != ''",
+                              max_results=min(1000, limit - len(out)) if limit else 1000,
+                              order_by=["attributes.start_time DESC"], page_token=token)
+        out += list(page)
+        token = page.token
+        if not token:
+            break
+    return out

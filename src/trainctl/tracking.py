@@ -48,9 +48,11 @@ ACCESS_HINT = ("this server wants a login: export MLFLOW_TRACKING_USERNAME and M
 
 def default_tracking_uri(workdir: str) -> str:
     """MLFLOW_TRACKING_URI if set, else the embedded sqlite store in the workdir."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
+    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(workdir)
+
+
+def embedded_uri(workdir: str) -> str:
+    """The embedded store: `<workdir>/mlflow.db`, workdir taken relative to the current directory."""
     return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
 
 

@@ -24,7 +24,7 @@ from trainctl.callbacks.preemption import RequeueRequested
 from trainctl.callbacks.resume_checkpoint import latest_good
 from trainctl.components import import_class, instantiate, namespace_of
 from trainctl.metrics import MetricsSink, logged_high_water
-from trainctl.rundir import JobFile
+from trainctl.rundir import JobFile, use_import_dirs
 from trainctl.spec import Spec, resolve_env, spec_from_dict
 from trainctl.tracking import State
 from trainctl.worker import attempt as attempts
@@ -47,6 +47,7 @@ def run_rank(run_dir: str) -> str:
     """submitit's callable on every rank (local executor or SLURM)."""
     STOP.install()  # replaces submitit's USR2/TERM handlers: trainctl alone owns preemption
     job = JobFile.read(Path(run_dir))
+    use_import_dirs(job.import_dirs)
     rank = export_from_submitit(job.master_port)
     verdict = train(Path(run_dir), job, rank)
     reason = act_on(verdict, job, rank)
