@@ -3,7 +3,9 @@ their children SIGINT ignored), or detached. Real jobs, real signals, a real MLf
 
 After each cancel no process of the job is left (its controller, its ranks, anything in its process group), the
 run is KILLED, the last attempt is closed `killed` at the step the ranks saved, and the logs and that checkpoint
-are in the run's artifacts. The three jobs run side by side to keep the test short.
+are in the run's artifacts. A fourth job, one of whose ranks hangs, shows the escalation: after the grace, SIGTERM
+then SIGKILL of its process group, and the attempt closed `killed` by the cancel itself. The jobs run side by side
+to keep the test short.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ pytestmark = pytest.mark.mlflow
 
 # Long enough that it is still training when cancelled, even on a loaded machine (200 steps of >= 0.5 s).
 SLOW = [*SHORT, "trainer.max_epochs=10", callbacks(("SlowSteps", {"seconds": 0.5}))]
+HUNG = [*SHORT, "trainer.max_epochs=10", callbacks(("HangAtStep", {"step": 4, "rank": 1}))]
 SIGINT_BIT = 1 << (signal.SIGINT - 1)
 
 
-def _submit_line(workdir: Path, uri: str, *extra: str) -> list[str]:
+def _submit_line(workdir: Path, uri: str, *extra: str, sets: list[str] = SLOW) -> list[str]:
     args = [*TRAINCTL, "submit", JOB, "--set", f"workdir={workdir}", "--set", f"tracking.uri={uri}"]
-    for s in SLOW:
+    for s in sets:
         args += ["--set", s]
     return [*args, *extra]
 
@@ -43,7 +46,8 @@ def _start(how: str, workdir: Path, uri: str) -> Path:
     elif how == "background":  # a following submit in the background: `trainctl submit … &`
         line = f"{shlex.join(_submit_line(workdir, uri))} > {out} 2>&1 & echo $! > {workdir / 'submit.pid'}"
     else:
-        line = f"{shlex.join(_submit_line(workdir, uri, '--detach'))} > {out} 2>&1"
+        sets = HUNG if how == "hung" else SLOW
+        line = f"{shlex.join(_submit_line(workdir, uri, '--detach', sets=sets))} > {out} 2>&1"
     subprocess.run(["bash", "-c", line], cwd=ROOT, check=True, timeout=300)
     return out
 
@@ -93,7 +97,7 @@ def _job_pids(rdir: Path) -> tuple[int, list[int]]:
 
 
 def test_cancel_reaches_jobs_from_nohup_background_and_detached(mlflow_server: str, tmp_path: Path) -> None:
-    hows = ("nohup", "background", "detached")
+    hows = ("nohup", "background", "detached", "hung")
     outs = {how: _start(how, tmp_path / how, mlflow_server) for how in hows}
     runs = {how: _run_id(outs[how]) for how in hows}
     for how in hows:
@@ -108,7 +112,8 @@ def test_cancel_reaches_jobs_from_nohup_background_and_detached(mlflow_server: s
         assert not ignored & SIGINT_BIT, f"{how}: the controller inherited SIGINT ignored"
         assert set(ranks) <= set(_group(controller)), f"{how}: the ranks are in the job's group"
     t0 = time.monotonic()
-    cancels = {how: subprocess.Popen([*TRAINCTL, "cancel", runs[how], "--tracking-uri", mlflow_server], cwd=ROOT,
+    cancels = {how: subprocess.Popen([*TRAINCTL, "cancel", runs[how], "--tracking-uri", mlflow_server, "--grace",
+                                      "10" if how == "hung" else "60"], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for how in hows}
     said = {how: proc.communicate(timeout=240)[0] for how, proc in cancels.items()}
     took = time.monotonic() - t0
@@ -124,6 +129,10 @@ def test_cancel_reaches_jobs_from_nohup_background_and_detached(mlflow_server: s
         assert run.info.status == "KILLED" and run.data.tags["trainctl.state"] == "KILLED", how
         (attempt,) = [json.loads(p.read_text()) for p in sorted((rdir / "attempts").glob("*.json"))]
         assert attempt["outcome"] == "killed" and attempt["ended"] is not None, (how, attempt)
+        if how == "hung":  # the stop path cannot finish: the grace runs out, the group is killed, cancel closes
+            assert "after 10 s" in text and "SIGKILL to" in text, text
+            assert attempt["step"] is None and "ended before a verdict" in attempt["reason"], attempt
+            continue
         assert attempt["step"] is not None and attempt["step"] >= 3, (how, attempt)  # the ranks' stop path ran
         assert f"closed killed (checkpoint of step {attempt['step']})" in text, text
         logs = [a.path for a in client.list_artifacts(run_id, "logs")]

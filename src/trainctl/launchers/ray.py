@@ -346,6 +346,7 @@ class RayLauncher:
             now = poll_until(state, lambda s: s.terminal, grace_s, self.poll_s)
         except Exception as exc:
             if "does not exist" in str(exc):
+                report.step(f"Ray job {sid} is unknown to the cluster: nothing of it runs")
                 return report
             raise UserError.single("RUN_ID", f"ray job stop {sid} failed: {exc}",
                                    "is the Ray dashboard reachable from here?") from None
