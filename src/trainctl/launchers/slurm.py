@@ -294,23 +294,27 @@ def _live(seen: tuple[str, str] | None) -> bool:
 
 
 def _cancelled(job_id: str) -> str | None:
-    """Why this job must not be requeued: cancelled in SLURM, or the run marked KILLED (trainctl cancel)."""
+    """Why this job must not be requeued: the run marked KILLED (trainctl cancel), or cancelled in SLURM."""
+    folder = os.environ.get("SUBMITIT_FOLDER")
+    return cancelled(JobFile.read(Path(folder).parent), job_id) if folder else _scancelled(job_id)
+
+
+def _scancelled(job_id: str) -> str | None:
+    """SLURM's accounting calls the job cancelled (scancel): `scontrol requeue` would bring it back."""
     ac = _run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State")
     first = ac.stdout.strip().splitlines()[:1]
     if first and map_state(first[0]) is State.KILLED:
-        # scancel: `scontrol requeue` would bring it back
         return f"cancelled by the scheduler (SLURM job {job_id} is {first[0]})"
-    folder = os.environ.get("SUBMITIT_FOLDER")
-    if not folder:
-        return None
-    job = JobFile.read(Path(folder).parent)
-    return run_killed(job.tracking_uri, job.run_id)  # MLflow down: SLURM's view above already counted
+    return None
 
 
-def cancelled(job: JobFile) -> str | None:
-    """Inside a rank, after a stop signal: why the job ends here instead of requeueing (None: requeue)."""
-    return _cancelled(os.environ.get("SLURM_JOB_ID", "")) if os.environ.get("SLURM_JOB_ID") else \
-        run_killed(job.tracking_uri, job.run_id)
+def cancelled(job: JobFile, job_id: str | None = None) -> str | None:
+    """Inside a rank, after a stop signal: why the job ends here instead of requeueing (None: requeue). SLURM's
+    view first (it answers at once); MLflow's KILLED then names a trainctl cancel, asked only briefly when SLURM
+    already said (KillWait is short) and long enough to ride out a slow server when it did not."""
+    job_id = os.environ.get("SLURM_JOB_ID", "") if job_id is None else job_id
+    in_slurm = _scancelled(job_id) if job_id else None
+    return run_killed(job.tracking_uri, job.run_id, wait_s=2.0 if in_slurm else 10.0) or in_slurm
 
 
 def _rank_zero_ended_otherwise() -> str | None:
