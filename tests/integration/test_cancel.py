@@ -37,8 +37,8 @@ def _submit_line(workdir: Path, uri: str, *extra: str, sets: list[str] = SLOW) -
     return [*args, *extra]
 
 
-def _start(how: str, workdir: Path, uri: str) -> Path:
-    """Start a job the way a user would; returns the file that receives submit's output."""
+def _start(how: str, workdir: Path, uri: str) -> tuple[Path, subprocess.Popen]:
+    """Start a job the way a user would; returns the file that receives submit's output, and the shell."""
     workdir.mkdir(parents=True)
     out = workdir / "submit.out"
     if how == "nohup":
@@ -48,8 +48,7 @@ def _start(how: str, workdir: Path, uri: str) -> Path:
     else:
         sets = HUNG if how == "hung" else SLOW
         line = f"{shlex.join(_submit_line(workdir, uri, '--detach', sets=sets))} > {out} 2>&1"
-    subprocess.run(["bash", "-c", line], cwd=ROOT, check=True, timeout=300)
-    return out
+    return out, subprocess.Popen(["bash", "-c", line], cwd=ROOT)
 
 
 def _run_id(out: Path, timeout: float = 180) -> str:
@@ -98,7 +97,9 @@ def _job_pids(rdir: Path) -> tuple[int, list[int]]:
 
 def test_cancel_reaches_jobs_from_nohup_background_and_detached(mlflow_server: str, tmp_path: Path) -> None:
     hows = ("nohup", "background", "detached", "hung")
-    outs = {how: _start(how, tmp_path / how, mlflow_server) for how in hows}
+    started = {how: _start(how, tmp_path / how, mlflow_server) for how in hows}  # side by side
+    assert all(shell.wait(300) == 0 for _, shell in started.values())
+    outs = {how: out for how, (out, _) in started.items()}
     runs = {how: _run_id(outs[how]) for how in hows}
     for how in hows:
         _wait_steps(mlflow_server, runs[how], 3)
@@ -149,5 +150,5 @@ def test_cancel_reaches_jobs_from_nohup_background_and_detached(mlflow_server: s
     assert again.returncode == 2 and "already ended KILLED" in again.stderr, again.stderr
     bad = run_cli("cancel", runs["detached"], "--tracking-uri", mlflow_server, "--grace", "0")
     assert bad.returncode == 2 and "--grace" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
-    print(f"\nthree cancels side by side: {took:.1f} s\n" + "\n".join(said.values()))
+    print(f"\n{len(hows)} cancels side by side: {took:.1f} s\n" + "\n".join(said.values()))
 

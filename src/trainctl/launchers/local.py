@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from trainctl.launchers.base import CancelReport, Say, Submission, poll_until, read_rank_logs
 from trainctl.launchers.base import cancelled as cancelled  # the rank asks its backend after a stop
-from trainctl.launchers.procs import describe, job_processes, pid_alive, send
+from trainctl.launchers.procs import describe, job_processes, own_group, pid_alive, send
 from trainctl.rundir import JobFile
 from trainctl.spec import Spec
 from trainctl.tracking import State
@@ -115,11 +115,11 @@ class LocalLauncher:
             return report
         report.step(f"after {grace_s:.0f} s {len(left)} processes still run: SIGTERM to each "
                     f"({', '.join(map(str, left))}), SIGKILL in {TERM_GRACE_S:.0f} s")
-        send(left, signal.SIGTERM)
+        send(left, signal.SIGTERM, own_group(leader, left))
         left = _wait_gone(leader, marker, TERM_GRACE_S)
         if left:
             report.step(f"SIGKILL to {len(left)} processes ({', '.join(map(str, left))})")
-            send(left, signal.SIGKILL)
+            send(left, signal.SIGKILL, own_group(leader, left))
             left = _wait_gone(leader, marker, KILL_WAIT_S)
         report.left = [describe(p) for p in left]
         if not left:

@@ -79,7 +79,18 @@ def describe(pid: int) -> str:
     return f"pid {pid} ({cmd[:100]})" if cmd else f"pid {pid}"
 
 
-def send(pids: list[int], sig: int) -> None:
+def send(pids: list[int], sig: int, group: int | None = None) -> None:
+    """Signal each pid; with `group` (a job's own process group, known to be its), also the whole group at once,
+    which reaches a process started after the pids were listed."""
+    if group is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
+
+
+def own_group(leader: int, pids: list[int]) -> int | None:
+    """`leader`'s process group when some of the job's `pids` (from job_processes) are in it, else None."""
+    table = _table()
+    return leader if any(table.get(pid, (0, 0))[1] == leader for pid in pids) else None
