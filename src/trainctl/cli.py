@@ -10,9 +10,12 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from trainctl.errors import UserError
+
+if TYPE_CHECKING:
+    from trainctl.control import Cancelled
 
 EXIT_USAGE = 2
 
@@ -123,11 +126,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return _print_cancelled(done, sys.stdout)
 
 
-def _progress(stream: Any) -> Any:
+def _progress(stream: IO[str]) -> Any:
     return lambda line: print(f"  {line}", file=stream, flush=True)
 
 
-def _print_cancelled(done: Any, stream: Any) -> int:
+def _print_cancelled(done: Cancelled, stream: IO[str]) -> int:
     """The end of a cancel: the last attempt as closed, and plainly what is still running (exit 1 then)."""
     a = done.attempt
     if a is not None:

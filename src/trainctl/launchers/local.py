@@ -138,7 +138,8 @@ def _executor_class(submitit: Any) -> Any:
 
     class Executor(submitit.LocalExecutor):
         def _submit_command(self, command: str) -> Any:
-            # The environment submitit.local.local.start_controller gives its controller (submitit 1.5).
+            # The environment submitit.local.local.start_controller gives its controller (submitit 1.5), except
+            # CUDA_VISIBLE_DEVICES: the spec's GPUs (submitit's rule shows none unless gpus_per_node is set).
             ntasks = self.parameters.get("tasks_per_node", 1)
             env = dict(os.environ)
             env.update(
@@ -150,7 +151,8 @@ def _executor_class(submitit: Any) -> Any:
                 CUDA_VISIBLE_DEVICES=",".join(str(g) for g in self.parameters.get("visible_gpus", ())),
             )
             process = subprocess.Popen([sys.executable, "-S", "-c", CONTROLLER_STUB, "-m", "submitit.local._local",
-                                        str(self.folder)], env=env, start_new_session=True)
+                                        str(self.folder)], env=env, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
             return LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks)))
 
     return Executor
