@@ -11,6 +11,7 @@ to keep the test short.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -97,6 +98,15 @@ def _job_pids(rdir: Path) -> tuple[int, list[int]]:
 
 def test_cancel_reaches_jobs_from_nohup_background_and_detached(mlflow_server: str, tmp_path: Path) -> None:
     hows = ("nohup", "background", "detached", "hung")
+    try:
+        _cancel_four(mlflow_server, tmp_path, hows)
+    finally:  # a failed check must not leave a job training (the hung one for an hour)
+        for sched in tmp_path.glob("*/*/scheduler.json"):
+            if _group(leader := json.loads(sched.read_text())["pid"]):
+                os.killpg(leader, signal.SIGKILL)
+
+
+def _cancel_four(mlflow_server: str, tmp_path: Path, hows: tuple[str, ...]) -> None:
     started = {how: _start(how, tmp_path / how, mlflow_server) for how in hows}  # side by side
     assert all(shell.wait(300) == 0 for _, shell in started.values())
     outs = {how: out for how, (out, _) in started.items()}
