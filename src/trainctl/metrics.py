@@ -76,8 +76,9 @@ def json_double(value: float) -> float | str:
 
 class MetricsSink:
     def __init__(self, uri: str, run_id: str, spool_dir: Path, flush_every_s: float = 0.5,
-                 high_water: dict[str, int] | None = None) -> None:
+                 high_water: dict[str, int] | None = None, spool_tag: str = "") -> None:
         self.uri, self.run_id, self.spool_dir = uri, run_id, spool_dir
+        self.spool_tag = f"-{spool_tag}" if spool_tag else ""  # sinks that may spool at the same ms: apart
         self.flush_every_s = flush_every_s
         self.high_water = dict(high_water or {})
         self.pending: deque[Point] = deque()
@@ -167,7 +168,7 @@ class MetricsSink:
         self.thread.join(timeout=timeout_s)
         if self.params:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
-            path = self.spool_dir / f"params-{int(time.time() * 1000)}.json"
+            path = self.spool_dir / f"params-{int(time.time() * 1000)}{self.spool_tag}.json"
             path.write_text(json.dumps(list(self.params)))
             self.params.clear()
             log.warning("spooled undelivered hyperparameters to %s (upload: trainctl sync %s)", path, self.run_id)
@@ -176,7 +177,7 @@ class MetricsSink:
         points = list(self.pending)
         self.pending.clear()
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spool_dir / f"metrics-{int(time.time() * 1000)}.jsonl"
+        path = self.spool_dir / f"metrics-{int(time.time() * 1000)}{self.spool_tag}.jsonl"
         with open(path, "w") as fh:
             for k, v, s, ts in points:
                 fh.write(json.dumps({"key": k, "value": v, "step": s, "timestamp": ts}) + "\n")
@@ -186,11 +187,13 @@ class MetricsSink:
 
 
 def logged_high_water(uri: str, run_id: str) -> dict[str, int]:
-    """The highest step MLflow holds per metric key of the run."""
+    """The highest step MLflow holds per metric key of the run that training logs. System metrics (`system/`)
+    are left out: their steps are times, so a new attempt cannot repeat one, and reading their histories would
+    slow every resume by a request per node and metric."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    keys = client.get_run(run_id).data.metrics.keys()
+    keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith("system/")]
     return {k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1) for k in keys}
 
 

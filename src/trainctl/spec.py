@@ -111,6 +111,8 @@ class Tracking:
     log_every_n_steps: int = _f(1, lo=1, hi=10**6, doc="step metrics logged every N steps")
     log_grad_norm: bool = _f(True, doc="log the global L2 norm of the gradients (grad/norm)")
     log_checkpoints: bool = _f(True, doc="mirror best/last checkpoints to the MLflow run")
+    system_metrics: float | None = _f(10.0, lo=0, hi=86400, doc="seconds between samples of each node's CPU, "
+                                      "memory, disk, network, GPUs (system/<host>/…); 0 or null = off")
     redact: list[str] = _f(factory=list, doc="spec paths whose values are secret (never sent to MLflow)")
 
 

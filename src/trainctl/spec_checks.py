@@ -112,6 +112,10 @@ def semantic_checks(spec: Spec) -> list[Problem]:
     if tr is not None:
         if tr.uri is not None:
             out += check_uri("tracking.uri", tr.uri)
+        if tr.system_metrics is not None and 0 < tr.system_metrics < 1:
+            out.append(Problem("tracking.system_metrics", f"{tr.system_metrics} s is below the 1 s a system-metric "
+                               "step stands for", "write a number of seconds from 1 (10 is the default), or 0 for "
+                               "none"))
         for i, item in enumerate(tr.redact or []):
             out += _match(f"tracking.redact[{i}]", item, REDACT_PATH, "spec path",
                           "write a dotted spec path, e.g. model.init_args.api_key (list items as .0)")

@@ -14,6 +14,8 @@ from conftest import ROOT, TRAINCTL, run_cli
 from helpers import SHORT, callbacks, final_checkpoint, run_dir, run_info, steps, submit, wait_state
 from mlflow import MlflowClient
 
+from trainctl.worker.system_metrics import key_prefix
+
 pytestmark = pytest.mark.mlflow
 
 
@@ -44,6 +46,9 @@ def test_digits_job_lands_in_mlflow(mlflow_server: str, digits_run: tuple[str, P
     assert metrics["val/acc"] >= 0.95, metrics
     assert metrics["test/acc"] >= 0.9, metrics
     assert "grad/norm" in metrics
+    node = key_prefix(tags["trainctl.hosts"])  # the local backend: one node, this machine; 10 s by default
+    assert {"cpu_utilization_percentage", "system_memory_usage_percentage", "disk_usage_percentage"} <= \
+        {k.removeprefix(node) for k in metrics}, "the node's last sample, at least"
     history = steps(mlflow_server, run_id)
     assert history == list(range(history[0], history[-1] + 1)), "train/loss: every step exactly once"
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -185,11 +190,14 @@ def test_ctrl_c_cancels_and_marks_killed(mlflow_server: str, tmp_path: Path) -> 
 
 def test_lightning_namespace_module(mlflow_server: str, tmp_path: Path) -> None:
     """A module written against `lightning.pytorch` (not `pytorch_lightning`) gets a Trainer of its namespace."""
-    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=1",
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=1", "tracking.system_metrics=0",
                                                    "model.class_path=trainctl.examples.digits_lightning.DigitsClassifier",
                                                    "data.class_path=trainctl.examples.digits_lightning.DigitsDataModule"])
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    assert run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "FINISHED"
+    run = run_info(mlflow_server, run_id)
+    assert run.data.tags["trainctl.state"] == "FINISHED"
+    assert "train/loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("system/")], \
+        "system metrics off: not one sample (on, every node logs at least its last one)"
 
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:

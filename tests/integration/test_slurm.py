@@ -89,6 +89,24 @@ def _gone(job: str, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def _system_series(uri: str, run_id: str) -> dict[str, dict[str, list[Any]]]:
+    """system/<host>/<metric> histories of the run, by host."""
+    client = MlflowClient(tracking_uri=uri)
+    out: dict[str, dict[str, list[Any]]] = {}
+    for key in client.get_run(run_id).data.metrics:
+        if key.startswith("system/"):
+            _, host, name = key.split("/", 2)
+            out.setdefault(host, {})[name] = client.get_metric_history(run_id, key)
+    return out
+
+
+def _no_duplicate_step(series: dict[str, dict[str, list[Any]]]) -> None:
+    for host, metrics in series.items():
+        for name, history in metrics.items():
+            got = [m.step for m in history]
+            assert len(got) == len(set(got)), f"system/{host}/{name}: a step twice: {sorted(got)}"
+
+
 def _contiguous(history: list[int]) -> bool:
     return history == list(range(history[0], history[-1] + 1))
 
@@ -108,7 +126,7 @@ def time_limit_run(uri: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     run_id, job = _submit(tmp_path_factory.mktemp("timelimit"), uri, [
         "trainer.max_epochs=3", "early_stopping=null", "checkpoint.every_n_train_steps=null",
         "resources.time_min=1", "fault_tolerance.signal_lead_s=10", "fault_tolerance.max_restarts=8",
-        callbacks(("SlowSteps", {"seconds": 1.0}))])
+        "tracking.system_metrics=2", callbacks(("SlowSteps", {"seconds": 1.0}))])
     return run_id, job, t0
 
 
@@ -116,7 +134,8 @@ def test_ddp_on_one_two_and_three_nodes(uri: str, time_limit_run: Any, tmp_path:
     """All at once; each rank on its own SLURM node; the run records the world size and the nodes; Lightning's
     SLURMEnvironment (and its SIGUSR1 auto-requeue) is never picked, neither for DDP nor for a single rank."""
     t0 = time.time()
-    runs = {n: _submit(tmp_path / f"n{n}", uri, [*SHORT, f"resources.nodes={n}"]) for n in (1, 2, 3)}
+    runs = {n: _submit(tmp_path / f"n{n}", uri, [*SHORT, f"resources.nodes={n}", "tracking.system_metrics=1"])
+            for n in (1, 2, 3)}
     for n, (run_id, job) in runs.items():
         assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED", _sacct(job)
         tags = run_info(uri, run_id).data.tags
@@ -128,6 +147,12 @@ def test_ddp_on_one_two_and_three_nodes(uri: str, time_limit_run: Any, tmp_path:
         lines = _rank_lines(run_dir(uri, run_id))
         assert sorted(r for r, *_ in lines) == list(range(n)) and {w for _, w, *_ in lines} == {n}
         assert {node for _, _, node, *_ in lines} == set(nodes), "one rank per node, on the job's nodes"
+        system = _system_series(uri, run_id)
+        assert set(system) == set(nodes), f"each node's system metrics under its own host: {sorted(system)}"
+        for host, metrics in system.items():
+            assert {"cpu_utilization_percentage", "system_memory_usage_megabytes", "disk_usage_percentage",
+                    "network_receive_megabytes"} <= set(metrics), (host, sorted(metrics))
+        _no_duplicate_step(system)
         (attempt,) = _attempts(run_dir(uri, run_id))
         per_epoch = math.ceil(math.ceil(1257 / n) / 32)  # DistributedSampler pads to ceil(1257 / ranks)
         assert attempt["step"] == 2 * per_epoch and steps(uri, run_id) == list(range(2 * per_epoch)), \
@@ -161,6 +186,11 @@ def test_time_limit_requeues_and_resumes_exactly(uri: str, time_limit_run: tuple
     assert len(restored) == len(attempts) - 1
     assert attempts[-1]["outcome"] == "finished" and attempts[-1]["step"] == 60
     assert steps(uri, run_id) == list(range(60)), "every step exactly once across the requeues"
+    system = _system_series(uri, run_id)
+    _no_duplicate_step(system)  # the step is seconds since the run's creation: a later attempt logs later steps
+    stamps = [m.timestamp / 1000 for metrics in system.values() for m in metrics["cpu_utilization_percentage"]]
+    for a in attempts:
+        assert any(a["started"] <= t <= (a["ended"] or time.time()) + 5 for t in stamps), f"none from attempt {a}"
     restarts = [r for *_, r in _rank_lines(rdir)]
     assert sorted(set(restarts)) == list(range(len(attempts))), "SLURM_RESTART_COUNT 0, 1, … under one job id"
     _gone(job)

@@ -28,6 +28,7 @@ from trainctl.rundir import JobFile, use_import_dirs
 from trainctl.spec import Spec, resolve_env, spec_from_dict
 from trainctl.tracking import State
 from trainctl.worker import attempt as attempts
+from trainctl.worker import system_metrics
 from trainctl.worker.build import build_trainer
 from trainctl.worker.data import ResumableData
 from trainctl.worker.env import RankInfo, export_from_submitit
@@ -84,6 +85,7 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
         sink = MetricsSink(job.tracking_uri, job.run_id, run_dir / "spool",
                            high_water=logged_high_water(job.tracking_uri, job.run_id)
                            if ckpt_path or attempt.number > 1 else None)  # a restart from scratch replays too
+    monitor = system_metrics.start(spec.tracking.system_metrics, job, rank, run_dir)  # local rank 0: system/<host>/
     kind, detail, step = "crash", "", None
     trainer = built = None
     watchdog = Watchdog(spec.fault_tolerance.collective_timeout_s, run_dir / "failures", rank.global_rank,
@@ -119,6 +121,7 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
                 built.step_metrics.drain(block=True)  # the last steps' metrics, even on a stop or a crash
         if built is not None:
             built.checkpoint_io.teardown()  # every pending checkpoint is on disk before we go
+        monitor.stop()  # a last sample; what MLflow does not take within seconds is spooled
     step = step if step is not None else (trainer.global_step if trainer is not None else None)
     if kind.startswith("stop:"):  # the stop signal may be a cancel's: a cancelled job ends here, never requeued
         from trainctl.launchers import registry
