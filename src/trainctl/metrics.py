@@ -73,10 +73,14 @@ def json_double(value: float) -> float | str:
 
 class MetricsSink:
     def __init__(self, uri: str, run_id: str, spool_dir: Path, flush_every_s: float = 0.5,
-                 high_water: dict[str, int] | None = None) -> None:
+                 high_water: dict[str, int] | Callable[[], dict[str, int]] | None = None) -> None:
+        """high_water: the highest step MLflow holds per key (points at or below are dropped), or a function that
+        asks MLflow for it: called by the delivery thread before its first send, so a server that is down when
+        the attempt starts delays nothing."""
         self.uri, self.run_id, self.spool_dir = uri, run_id, spool_dir
         self.flush_every_s = flush_every_s
-        self.high_water = dict(high_water or {})
+        self.ask_high_water = high_water if callable(high_water) else None
+        self.high_water = {} if callable(high_water) else dict(high_water or {})
         self.pending: deque[Point] = deque()
         self.delivered = 0
         self.failures = 0
@@ -115,7 +119,12 @@ class MetricsSink:
         while self.pending:
             batch = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
             try:
-                send(self.run_id, batch)
+                if self.ask_high_water is not None:
+                    self.high_water = self.ask_high_water()
+                    self.ask_high_water = None
+                fresh = [p for p in batch if p[2] > self.high_water.get(p[0], -1)]
+                if fresh:
+                    send(self.run_id, fresh)
             except Exception as exc:  # server down or slow: keep the points, retry later
                 self.failures += 1
                 if self.failures in (1, 10) or self.failures % 100 == 0:
@@ -156,14 +165,21 @@ def logged_high_water(uri: str, run_id: str) -> dict[str, int]:
 
 
 def upload_spool(uri: str, run_id: str, spool_dir: Path) -> int:
-    """Upload spooled metric files (oldest first) and delete each once delivered."""
+    """Upload spooled metric files (oldest first) and delete each once delivered. Points at or below the step
+    MLflow already holds for their key are dropped: a later attempt replayed and delivered those steps (an
+    attempt that started while the server was down could not ask which steps it held)."""
     send = batch_sender(uri)
     sent = 0
-    for path in sorted(spool_dir.glob("metrics-*.jsonl")):
+    files = sorted(spool_dir.glob("metrics-*.jsonl"))
+    held = logged_high_water(uri, run_id) if files else {}
+    for path in files:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if int(r["step"]) > held.get(r["key"], -1)]
         points = [(r["key"], float(r["value"]), int(r["step"]), int(r["timestamp"])) for r in rows]
         for i in range(0, len(points), BATCH):
             send(run_id, points[i : i + BATCH])
+        for key, _, step, _ in points:
+            held[key] = max(step, held.get(key, -1))  # a later file holds a replay of these steps
         sent += len(rows)
         path.unlink()
     return sent

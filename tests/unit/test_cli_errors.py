@@ -82,3 +82,13 @@ def test_status_of_an_unknown_run(tmp_path: Path) -> None:
     res = trainctl("status", "0123456789abcdef0123456789abcdef", "--tracking-uri", uri, cwd=tmp_path)
     assert_clean_usage_error(res, "RUN_ID", "no run")
     assert res.stdout == ""
+
+
+def test_a_gpu_the_local_machine_cannot_provide_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No visible GPU (as on any machine with CUDA_VISIBLE_DEVICES empty): refused before anything is created."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    for command in ("validate", "submit"):
+        res = trainctl(command, str(ROOT / "jobs" / "digits.yaml"), "--set", "resources.accelerator=gpu",
+                       "--set", f"workdir={tmp_path}", cwd=ROOT)
+        assert_clean_usage_error(res, "resources.accelerator", "no visible GPU", "accelerator: cpu")
+    assert not list(tmp_path.iterdir()), "no run was created"
