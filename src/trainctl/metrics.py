@@ -84,6 +84,7 @@ class MetricsSink:
         self.pending: deque[Point] = deque()
         self.delivered = 0
         self.failures = 0
+        self.failing = False  # the last delivery failed: the server is away
         self.wake = threading.Event()
         self.closed = False
         self.thread = threading.Thread(target=self._loop, name="trainctl-metrics", daemon=True)
@@ -127,10 +128,12 @@ class MetricsSink:
                     send(self.run_id, fresh)
             except Exception as exc:  # server down or slow: keep the points, retry later
                 self.failures += 1
+                self.failing = True
                 if self.failures in (1, 10) or self.failures % 100 == 0:
                     log.warning("MLflow unreachable (%s); %d metric points buffered", type(exc).__name__,
                                 len(self.pending))
                 return False
+            self.failing = False
             for _ in batch:
                 self.pending.popleft()
             self.delivered += len(batch)
@@ -165,21 +168,26 @@ def logged_high_water(uri: str, run_id: str) -> dict[str, int]:
 
 
 def upload_spool(uri: str, run_id: str, spool_dir: Path) -> int:
-    """Upload spooled metric files (oldest first) and delete each once delivered. Points at or below the step
-    MLflow already holds for their key are dropped: a later attempt replayed and delivered those steps (an
-    attempt that started while the server was down could not ask which steps it held)."""
+    """Upload spooled metric files (oldest first) and delete each once delivered. A point whose step MLflow
+    already holds for its key is dropped: a later attempt replayed and delivered that step (an attempt that
+    started while the server was down could not ask which steps it held)."""
+    from mlflow import MlflowClient
+
     send = batch_sender(uri)
+    client = MlflowClient(tracking_uri=uri)
+    held: dict[str, set[int]] = {}
     sent = 0
-    files = sorted(spool_dir.glob("metrics-*.jsonl"))
-    held = logged_high_water(uri, run_id) if files else {}
-    for path in files:
+    for path in sorted(spool_dir.glob("metrics-*.jsonl")):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if int(r["step"]) > held.get(r["key"], -1)]
-        points = [(r["key"], float(r["value"]), int(r["step"]), int(r["timestamp"])) for r in rows]
+        for key in {r["key"] for r in rows} - held.keys():
+            held[key] = {m.step for m in client.get_metric_history(run_id, key)}
+        points = []
+        for r in rows:
+            if int(r["step"]) not in held[r["key"]]:
+                held[r["key"]].add(int(r["step"]))  # a later file may hold a replay of this step
+                points.append((r["key"], float(r["value"]), int(r["step"]), int(r["timestamp"])))
         for i in range(0, len(points), BATCH):
             send(run_id, points[i : i + BATCH])
-        for key, _, step, _ in points:
-            held[key] = max(step, held.get(key, -1))  # a later file holds a replay of these steps
-        sent += len(rows)
+        sent += len(points)
         path.unlink()
     return sent

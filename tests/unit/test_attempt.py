@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 from trainctl.rundir import Attempt, Attempts
 from trainctl.spec import FaultTolerance, OnFailure
-from trainctl.worker.attempt import Outcome, attempt_ending, decide, mark_rank, peer_failure
+from trainctl.worker.attempt import Outcome, attempt_ending, decide, mark_rank, peer_failure, rank_file
 from trainctl.worker.env import RankInfo
 from trainctl.worker.outcome import Cause, Ending
 
@@ -81,11 +82,17 @@ def test_the_rank_that_raised_names_the_attempts_end(tmp_path: Path) -> None:
     assert decide(tmp_path, attempt, FaultTolerance(), seen).outcome is Outcome.failed
 
 
-def test_a_silent_peer_is_the_cause(tmp_path: Path) -> None:
+def test_a_silent_peer_is_the_cause_a_busy_one_is_not(tmp_path: Path) -> None:
     attempt = _attempts(tmp_path, ["first"])
     for r in (0, 1):
         mark_rank(tmp_path, attempt, _rank(r), "start")
     mark_rank(tmp_path, attempt, _rank(0), "end", ending=NETWORK)
+    busy = attempt_ending(tmp_path, attempt, _rank(0), NETWORK, wait_s=0)
+    assert busy == NETWORK, "rank 1's process runs here (blocked in a collective): not silent"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    start = rank_file(tmp_path, attempt, 1, "start")
+    start.write_text(json.dumps({**json.loads(start.read_text()), "pid": gone.pid}))
     seen = attempt_ending(tmp_path, attempt, _rank(0), NETWORK, wait_s=0)
     assert seen.cause is Cause.rank_lost and seen.detail.startswith("rank 1 on ") and "died" in seen.detail
 

@@ -145,10 +145,13 @@ def mark_rank(run_dir: Path, attempt: Attempt, rank: RankInfo, what: str, detail
 def rank_endings(run_dir: Path, attempt: Attempt, world_size: int) -> dict[int, tuple[Ending, float]]:
     """The Ending each rank recorded for this attempt (and when), for the ranks that recorded one."""
     out: dict[int, tuple[Ending, float]] = {}
-    for r in range(world_size):
+    folder = rank_file(run_dir, attempt, 0, "end").parent
+    for path in folder.glob("rank-*.end.json"):  # one listing: cheap on shared storage, polled by every rank
         try:
-            record = json.loads(rank_file(run_dir, attempt, r, "end").read_text())
-            out[r] = Ending(Cause(record["cause"]), record.get("reason", "")), float(record["time"])
+            record = json.loads(path.read_text())
+            ending = Ending(Cause(record["cause"]), record.get("reason", ""))
+            if int(record["rank"]) < world_size:
+                out[int(record["rank"])] = ending, float(record["time"])
         except (OSError, ValueError, KeyError):
             continue
     return out
@@ -183,16 +186,33 @@ def peer_failure(run_dir: Path, attempt: Attempt, rank: RankInfo, grace_s: float
 
 
 def silent_ranks(run_dir: Path, attempt: Attempt, world_size: int, wait_s: float = 5.0) -> list[str]:
-    """Ranks that started this attempt but never reported an end: 'rank R on HOST'."""
+    """Ranks that started this attempt but never reported an end: 'rank R on HOST'. A rank on this host whose
+    process still runs is not silent, only busy (blocked in a collective on a peer that raised)."""
     deadline = time.monotonic() + wait_s
     while True:
         missing = [r for r in range(world_size) if not rank_file(run_dir, attempt, r, "end").exists()]
-        if not missing or time.monotonic() > deadline:
+        gone = [(r, start) for r in missing if not _alive_here(start := _start_record(run_dir, attempt, r))]
+        if not gone or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    out = []
-    for r in missing:
-        start = rank_file(run_dir, attempt, r, "start")
-        host = json.loads(start.read_text())["host"] if start.exists() else "?"
-        out.append(f"rank {r} on {host}")
-    return out
+    return [f"rank {r} on {start.get('host', '?')}" for r, start in gone]
+
+
+def _start_record(run_dir: Path, attempt: Attempt, rank: int) -> dict:
+    try:
+        return json.loads(rank_file(run_dir, attempt, rank, "start").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive_here(start: dict) -> bool:
+    """The rank's process runs on this host (not a zombie)."""
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    if start.get("host") != node or not start.get("pid"):
+        return False
+    try:
+        os.kill(int(start["pid"]), 0)
+        stat = Path(f"/proc/{int(start['pid'])}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

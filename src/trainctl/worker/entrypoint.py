@@ -210,8 +210,8 @@ def _attach(live: _Live, skipped: list[tuple[Path, str]], resumed: bool) -> Metr
 def _close_run(live: _Live, verdict: attempts.Verdict, **tags: str) -> None:
     """Every ending (finished, requeued, failed, killed) uploads the logs and the newest good checkpoint."""
     job, run_dir = live.job, live.run_dir
-    if live.sink is not None:
-        live.sink.close(timeout_s=30.0)
+    if live.sink is not None:  # while the server is away, spool soon: `trainctl sync` uploads the rest
+        live.sink.close(timeout_s=5.0 if live.sink.failing else 30.0)
     uri, run_id = job.tracking_uri, job.run_id
     uploads = [(p, "logs") for p in sorted((run_dir / "logs").glob("*_log.*"))]
     try:  # artifacts are best effort; the verdict below is not
@@ -236,7 +236,7 @@ def _close_run(live: _Live, verdict: attempts.Verdict, **tags: str) -> None:
             tracking.set_state(uri, run_id, state, reason=verdict.reason, **live.unrecorded_tags, **tags)
 
     try:  # a requeued attempt's successor records its own state: it need not wait out a long outage
-        _with_retries(record, total_s=30.0 if state is State.REQUEUED else 180.0)
+        _with_retries(record, total_s=10.0 if state is State.REQUEUED else 180.0)
     except Exception:  # tracking down for good: the verdict is in attempts/, `trainctl status` reconciles
         log.exception("could not record the verdict in MLflow")
 
