@@ -63,6 +63,26 @@ def test_an_exception_in_on_train_end_ends_failed(mlflow_server: str, tmp_path: 
     assert tags["trainctl.reason"].endswith(" in on_train_end)"), "the user's frame"
 
 
+def test_a_rank_failing_before_the_rendezvous_does_not_keep_its_peer_waiting(mlflow_server: str,
+                                                                             tmp_path: Path) -> None:
+    """Rank 0 raises while its objects are built; rank 1 waits for it in the rendezvous, which would time out
+    only after collective_timeout_s (300 s). It reads rank 0's end record and leaves with the same verdict."""
+    t0 = time.monotonic()
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=1",
+                                                   callbacks(("RaiseOnInit", {"rank": 0}))], timeout=300)
+    elapsed = time.monotonic() - t0
+    print(f"rank 0 failed before the rendezvous: submit -> 'ended FAILED' line in {elapsed:.1f} s")
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-2000:]
+    assert elapsed < 200, "rank 1 did not wait out the 300 s rendezvous timeout"
+    rdir = run_dir(mlflow_server, run_id)
+    (only,) = _attempts(rdir)
+    assert only["outcome"] == "failed" and "injected failure while building rank 0" in only["reason"], only
+    assert only["reason"].endswith(" in __init__)"), only["reason"]
+    rank1 = "".join(p.read_text(errors="replace") for p in (rdir / "logs").glob("*_1_log.err"))
+    assert "ending this rank: rank 0: RuntimeError: injected failure while building rank 0" in rank1, rank1[-3000:]
+    assert run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "FAILED"
+
+
 def _wait_for(what: str, check: object, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -114,6 +134,7 @@ def test_tracking_down_when_a_requeued_attempt_starts(tmp_path: Path) -> None:
         assert tags["trainctl.attempt"] == "2" and tags["trainctl.attempt.2.cause"] == "timeout", tags
         sync = run_cli("sync", run_id, "--tracking-uri", uri)
         assert sync.returncode == 0, sync.stderr[-2000:]
+        assert int(sync.stdout.split("uploaded ")[1].split()[0]) > 0, "attempt 1's end spooled what MLflow missed"
         assert steps(uri, run_id) == list(range(20)), "every step exactly once, across the outage and the requeue"
     finally:
         server.terminate()

@@ -72,6 +72,15 @@ class RaiseAtTrainEnd(pl.Callback):
             raise RuntimeError(f"injected failure in on_train_end on rank {trainer.global_rank}")
 
 
+class RaiseOnInit(pl.Callback):
+    """Raise RuntimeError while the job's objects are built on `rank` (before the rendezvous): its peers would
+    wait for it in the rendezvous. Outside a rank (validation at submit) it does nothing."""
+
+    def __init__(self, rank: int = 0) -> None:
+        if os.environ.get("RANK") == str(rank):
+            raise RuntimeError(f"injected failure while building rank {rank}")
+
+
 class HangAtStep(pl.Callback):
     """Stop making progress on `rank` at `step` (a stuck rank), once per run."""
 

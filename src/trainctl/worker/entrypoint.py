@@ -163,19 +163,21 @@ def _end_early(live: _Live, ending: Ending) -> None:
     if not live.ending_claimed.acquire(blocking=False):
         return  # the main thread reached the end first
     run_dir, rank, attempt = live.run_dir, live.rank, live.attempt
-    if ending.cause is Cause.stall:
-        log.error("%s; stacks saved under %s", ending.detail, run_dir / "failures")
-        attempts.mark_rank(run_dir, attempt, rank, "end", ending=ending)
-    else:
-        log.error("ending this rank: %s", ending.detail)
-    verdict = attempts.decide(run_dir, attempt, live.spec.fault_tolerance, ending)
-    if rank.global_rank == 0:
-        attempts.end(run_dir, attempt, verdict, None)
-        failed = {"trainctl.failed_rank": str(rank.global_rank), "trainctl.failed_host": rank.host} \
-            if ending.cause is Cause.stall else {}
-        _close_run(live, verdict, **failed)
-    act_on(verdict, live.job, rank)
-    os._exit(1)
+    try:  # whatever happens here, the process leaves: the main thread waits for it
+        if ending.cause is Cause.stall:
+            log.error("%s; stacks saved under %s", ending.detail, run_dir / "failures")
+            attempts.mark_rank(run_dir, attempt, rank, "end", ending=ending)
+        else:  # no end record of its own: the peer's record is the attempt's cause
+            log.error("ending this rank: %s", ending.detail)
+        verdict = attempts.decide(run_dir, attempt, live.spec.fault_tolerance, ending)
+        if rank.global_rank == 0:
+            attempts.end(run_dir, attempt, verdict, None)
+            failed = {"trainctl.failed_rank": str(rank.global_rank), "trainctl.failed_host": rank.host} \
+                if ending.cause is Cause.stall else {}
+            _close_run(live, verdict, **failed)
+        act_on(verdict, live.job, rank)
+    finally:
+        os._exit(1)
 
 
 def _attach(live: _Live, skipped: list[tuple[Path, str]], resumed: bool) -> MetricsSink:
