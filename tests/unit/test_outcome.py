@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import json
 import sys
@@ -12,6 +13,8 @@ import pytest
 import torch.distributed
 from pytorch_lightning.callbacks import Callback
 
+from trainctl.components import instantiate
+from trainctl.spec import Component
 from trainctl.worker.outcome import Cause, classify, user_frame
 
 
@@ -45,6 +48,26 @@ def test_an_error_inside_a_library_is_named_by_the_users_frame_that_called_it(tm
     exc = _raise_from_user_file(tmp_path, "import torch\ntorch.zeros(2, 3) @ torch.zeros(2, 3)")
     assert classify(exc).cause is Cause.user_error
     assert user_frame(exc).endswith("my_model.py:3 in training_step")
+
+
+def test_a_library_wrapping_the_users_exception_is_seen_through(tmp_path: Path) -> None:
+    """Building the user's objects goes through jsonargparse, which raises its own ValueError while handling the
+    user's exception: the user's exception is the one described. Built on a pool thread, as on a rank, so that
+    no frame of this test file (user code too) is on the outer traceback."""
+    (tmp_path / "my_callbacks.py").write_text(
+        "import pytorch_lightning as pl\n\n\nclass Broken(pl.Callback):\n"
+        "    def __init__(self) -> None:\n        raise RuntimeError('no GPU here')\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            exc = pool.submit(instantiate, Component("my_callbacks.Broken", {}), Callback).exception()
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert exc is not None and not isinstance(exc, RuntimeError), "jsonargparse wraps it"
+    ending = classify(exc)
+    assert ending.cause is Cause.user_error
+    assert ending.detail.startswith("RuntimeError: no GPU here (at "), ending.detail
+    assert ending.detail.endswith("my_callbacks.py:6 in __init__)"), ending.detail
 
 
 def test_library_frames_are_never_the_users(tmp_path: Path) -> None:

@@ -75,10 +75,12 @@ def stop_cause(name: str) -> Cause:
 
 def classify(exc: BaseException) -> Ending:
     """The Ending for an exception caught around the user's objects on one rank."""
-    what = _describe(exc)
     if is_infrastructure(exc):
-        return Ending(Cause.network, what)
-    frame = user_frame(exc)
+        return Ending(Cause.network, _describe(exc))
+    # A library may wrap the user's exception (jsonargparse while building the objects): the one raised in the
+    # user's frame is the one to describe.
+    link, frame = _user_link(exc)
+    what = _describe(link if link is not None else exc)
     return Ending(Cause.user_error, f"{what} (at {frame})" if frame else what)
 
 
@@ -95,12 +97,18 @@ def is_infrastructure(exc: BaseException) -> bool:
 
 def user_frame(exc: BaseException) -> str:
     """'file:line in function' of the innermost frame in the user's files, or '' when none is."""
+    return _user_link(exc)[1]
+
+
+def _user_link(exc: BaseException) -> tuple[BaseException | None, str]:
+    """The first exception of the chain (outermost first) raised through the user's files, and its innermost
+    frame there."""
     roots = _library_roots()
     for link in _chain(exc):
         for fs in reversed(traceback.extract_tb(link.__traceback__)):
             if _is_user_file(fs.filename, roots):
-                return f"{_shown_path(fs.filename)}:{fs.lineno} in {fs.name}"
-    return ""
+                return link, f"{_shown_path(fs.filename)}:{fs.lineno} in {fs.name}"
+    return None, ""
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
