@@ -49,16 +49,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(detail)
         return 0
     print(f"run id:    {ref.run_id}\nrun dir:   {ref.run_dir}\nbackend:   {ref.backend} ({detail})\n"
-          f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri)}")
+          f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri, ref.run_id)}")
     if args.detach or (ref.backend != "local" and not args.wait):
         return 0
     return _follow(ref)
 
 
-def _ui_hint(uri: str) -> str:
+def _ui_hint(uri: str, run_id: str) -> str:
+    from trainctl import tracking
+
+    exp_id = tracking.client(uri).get_run(run_id).info.experiment_id
     if uri.startswith(("http://", "https://")):
-        return uri
-    return f"make mlflow (serves {uri} on http://127.0.0.1:5000)"
+        return tracking.ui_link(uri, exp_id, run_id)
+    return f"make mlflow (serves {uri}), then {tracking.ui_link('http://127.0.0.1:5000', exp_id, run_id)}"
 
 
 def _follow(ref: Any) -> int:
