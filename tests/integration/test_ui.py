@@ -119,8 +119,9 @@ def test_run_page_shows_the_run(page: Any, served: tuple[str, str, list[str]]) -
     _shot(page, "run-overview")
 
     page.get_by_role("tab", name="Model metrics").click()
-    chart = _chart(page, "train/loss", [run.data.tags["mlflow.runName"]])
-    chart.scroll_into_view_if_needed()
+    _chart(page, "train/loss", [run.data.tags["mlflow.runName"]])
+    page.get_by_placeholder("Search metric charts").fill("train/loss")
+    page.locator(CARD).filter(has_text="(grad/norm)").wait_for(state="detached")
     _shot(page, "run-model-metrics")
 
     page.get_by_role("tab", name="Artifacts").click()
@@ -141,7 +142,7 @@ def test_experiment_page_compares_two_runs(page: Any, served: tuple[str, str, li
     _close_assistant(page)
     _training_view(page)
     page.locator("label:has(input[value='CHART'])").click()
-    page.get_by_placeholder("Search metric charts").fill("train/loss")
     _chart(page, "train/loss", names)
-    page.locator(CARD).filter(has_text="(grad/norm)").wait_for(state="detached")  # the search filters by name
+    page.get_by_placeholder("Search metric charts").fill("train/loss")
+    page.locator(CARD).filter(has_text="(grad/norm)").wait_for(state="detached")
     _shot(page, "experiment-compare")
