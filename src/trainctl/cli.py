@@ -33,7 +33,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from trainctl import control
+    from trainctl import control, tracking
     from trainctl.spec import load_spec
 
     spec = load_spec(args.job, args.set)
@@ -49,19 +49,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(detail)
         return 0
     print(f"run id:    {ref.run_id}\nrun dir:   {ref.run_dir}\nbackend:   {ref.backend} ({detail})\n"
-          f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri, ref.run_id)}")
+          f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri)}\nrun page:  {tracking.run_page(ref.uri, ref.run_id)}")
     if args.detach or (ref.backend != "local" and not args.wait):
         return 0
     return _follow(ref)
 
 
-def _ui_hint(uri: str, run_id: str) -> str:
-    from trainctl import tracking
-
-    exp_id = tracking.client(uri).get_run(run_id).info.experiment_id
+def _ui_hint(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
-        return tracking.ui_link(uri, exp_id, run_id)
-    return f"make mlflow (serves {uri}), then {tracking.ui_link('http://127.0.0.1:5000', exp_id, run_id)}"
+        return uri
+    return f"make mlflow (serves {uri} on http://127.0.0.1:5000)"
 
 
 def _follow(ref: Any) -> int:

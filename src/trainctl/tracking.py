@@ -91,6 +91,12 @@ def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
     return f"{page}/runs/{run_id}?{UI_VIEW}" if run_id else f"{page}?{UI_VIEW}"
 
 
+def run_page(uri: str, run_id: str) -> str:
+    """ui_link of a run; a store that is not a server is linked as `make mlflow` serves it."""
+    server = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return ui_link(server, client(uri).get_run(run_id).info.experiment_id, run_id)
+
+
 def description(spec: Spec, backend: str) -> str:
     """The run's description in the UI (MLflow's `mlflow.note.content`): which spec trains what, where."""
     data = f" on `{spec.data.class_path}`" if spec.data else ""

@@ -59,7 +59,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
         b, run_b = submit(workdir, uri, [*sets, "resources.devices_per_node=1", "model.init_args.lr=0.01"],
                           "--detach")
         assert run_a and run_b, a.stdout[-2000:] + a.stderr[-2000:] + b.stdout[-2000:] + b.stderr[-2000:]
-        assert f"MLflow UI: {tracking.ui_link(uri, exp_id, run_a)}" in a.stdout, a.stdout
+        assert f"run page:  {tracking.ui_link(uri, exp_id, run_a)}\n" in a.stdout, a.stdout
         deadline = time.monotonic() + 300
         while {tracking.current_state(uri, r).terminal for r in (run_a, run_b)} != {True}:
             assert time.monotonic() < deadline, "the two jobs did not end within 300 s"

@@ -26,6 +26,8 @@ def test_experiments_are_marked_model_training_unless_a_kind_was_chosen(raw: dic
         note = run.data.tags["mlflow.note.content"]
         assert "**digits** trains `trainctl.examples.digits.DigitsClassifier`" in note, note
         assert "`trainctl.examples.digits.DigitsDataModule`" in note and "local backend" in note, note
+        assert tracking.run_page(uri, run_id) == tracking.ui_link("http://127.0.0.1:5000", run.info.experiment_id,
+                                                                  run_id)  # where `make mlflow` serves the store
 
 
 def test_ui_links_open_the_training_view() -> None:
