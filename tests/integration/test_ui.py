@@ -6,6 +6,7 @@ Two short digits jobs write a fresh store; trainctl's own MLflow server serves i
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from trainctl import tracking
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("TRAINCTL_TEST_CHROMIUM", "/usr/bin/chromium"))  # Debian's package
 OUTPUT = ROOT / "tests" / "output" / "ui"
 # Root needs --no-sandbox; the network is closed, so nothing may call home (updates, sync, first-run pages).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
