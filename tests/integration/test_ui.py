@@ -54,11 +54,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
     workdir = tmp_path_factory.mktemp("ui")
     for uri in serve_mlflow(workdir, "trainctl's MLflow server"):
         exp_id = MlflowClient(tracking_uri=uri).create_experiment(EXPERIMENT)
-        sets = [*SHORT, "trainer.max_epochs=1", f"experiment={EXPERIMENT}"]
-        # Both at once, to keep the test short; b (1 rank, a higher rate) differs from a where the charts can show.
+        # One rank each and both at once keep the test short; b's higher rate sets its train/loss apart from a's.
+        sets = [*SHORT, "trainer.max_epochs=1", "resources.devices_per_node=1", f"experiment={EXPERIMENT}"]
         a, run_a = submit(workdir, uri, sets, "--detach")
-        b, run_b = submit(workdir, uri, [*sets, "resources.devices_per_node=1", "model.init_args.lr=0.01"],
-                          "--detach")
+        b, run_b = submit(workdir, uri, [*sets, "model.init_args.lr=0.01"], "--detach")
         assert run_a and run_b, a.stdout[-2000:] + a.stderr[-2000:] + b.stdout[-2000:] + b.stderr[-2000:]
         assert f"run page:  {tracking.ui_link(uri, exp_id, run_a)}\n" in a.stdout, a.stdout
         deadline = time.monotonic() + 300
