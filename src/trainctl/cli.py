@@ -51,7 +51,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from trainctl import control
+    from trainctl import control, tracking
     from trainctl.spec import load_spec
 
     dirs = _importable(args.job)
@@ -68,7 +68,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(detail)
         return 0
     print(f"run id:    {ref.run_id}\nrun dir:   {ref.run_dir}\nbackend:   {ref.backend} ({detail})\n"
-          f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri)}")
+          f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri)}\nrun page:  {tracking.run_page(ref.uri, ref.run_id)}")
     if args.detach or (ref.backend != "local" and not args.wait):
         return 0
     return _follow(ref)

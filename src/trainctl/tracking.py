@@ -62,20 +62,49 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3 tells GenAI experiments (traces, evaluations) from model-training ones by this experiment tag; its UI
+# also has a global "GenAI / Model training" switch that the query parameter of ui_link sets for the page opened.
+KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+UI_VIEW = "workflowType=machine_learning"
+
+
 def _experiment_id(cl: MlflowClient, name: str, uri: str) -> str:
+    """The experiment's id, creating it when missing; either way it is marked a model-training experiment, unless
+    someone already chose a kind for it."""
     exp = cl.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):  # embedded store: artifacts beside the database
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
-    try:
-        return cl.create_experiment(name, artifact_location=location)
-    except Exception:  # created concurrently by another submit
-        exp = cl.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:///"):  # embedded store: artifacts beside the database
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+        try:
+            return cl.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND_TRAINING})
+        except Exception:  # created concurrently by another submit
+            exp = cl.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if KIND_TAG not in exp.tags:
+        cl.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND_TRAINING)
+    return exp.experiment_id
+
+
+def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment (or one of its runs) served at `uri`, opened in the model-training view."""
+    page = f"{uri.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{page}/runs/{run_id}?{UI_VIEW}" if run_id else f"{page}?{UI_VIEW}"
+
+
+def run_page(uri: str, run_id: str) -> str:
+    """ui_link of a run; a store that is not a server is linked as `make mlflow` serves it."""
+    server = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return ui_link(server, client(uri).get_run(run_id).info.experiment_id, run_id)
+
+
+def description(spec: Spec, backend: str) -> str:
+    """The run's description in the UI (MLflow's `mlflow.note.content`): which spec trains what, where."""
+    data = f" on `{spec.data.class_path}`" if spec.data else ""
+    ranks = spec.resources.nodes * spec.resources.devices_per_node
+    return (f"**{spec.name}** trains `{spec.model.class_path}`{data}: {ranks} rank(s) on the {backend} backend "
+            f"({spec.resources.nodes} node(s) x {spec.resources.devices_per_node}), experiment `{spec.experiment}`.")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -164,6 +193,7 @@ def create_run(spec: Spec, uri: str, backend: str, source: str | None = None) ->
             "trainctl.version": __version__,
             "trainctl.world_size": str(spec.resources.nodes * spec.resources.devices_per_node),
             "trainctl.submit_host": socket.gethostname(),
+            "mlflow.note.content": description(spec, backend),
         }
         run = cl.create_run(exp_id, run_name=spec.name, tags=tags)
     except UserError:

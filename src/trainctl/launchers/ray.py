@@ -46,6 +46,7 @@ from trainctl.errors import UserError
 from trainctl.launchers.base import CancelReport, Say, Submission, poll_until, read_rank_logs
 from trainctl.launchers.base import cancelled as cancelled  # the rank asks its backend after a stop
 from trainctl.launchers.ray_fit import GIB, bundle_text, placement_problem
+from trainctl.launchers.registry import RAY_HINT
 from trainctl.rundir import JobFile, atomic_write_text
 from trainctl.spec import Accelerator, Spec, env_refs, resolve_env
 from trainctl.tracking import SECRET_NAME, State
@@ -81,7 +82,7 @@ def ray_version() -> str:
         return importlib.metadata.version("ray")
     except importlib.metadata.PackageNotFoundError:
         raise UserError.single("backend.kind", "backend 'ray' needs Ray, which is not installed",
-                               "pip install 'trainctl[ray]' (make venv installs it)") from None
+                               RAY_HINT) from None
 
 
 # ---------------------------------------------------------------- what the driver asks Ray Train for
@@ -234,7 +235,11 @@ def _kwargs(d: dict[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _client(address: str) -> Any:
-    from ray.job_submission import JobSubmissionClient
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError as exc:
+        raise UserError.single("backend.kind", f"backend 'ray' is not installed: {exc}",
+                               RAY_HINT) from None
 
     try:
         return JobSubmissionClient(address)  # also checks that a Ray dashboard answers there

@@ -9,6 +9,7 @@ from trainctl.errors import UserError, did_you_mean
 from trainctl.spec import BackendKind
 
 KINDS = [k.value for k in BackendKind]
+RAY_HINT = "make venv-ray (make ray-up installs it too), or pip install 'trainctl[ray]'"
 
 
 def load(kind: str) -> ModuleType:
@@ -19,5 +20,5 @@ def load(kind: str) -> ModuleType:
     try:
         return importlib.import_module(f"trainctl.launchers.{kind}")
     except ImportError as exc:
-        extra = {"ray": "pip install 'trainctl[ray]' (make venv installs it)"}.get(kind, "make venv")
+        extra = {"ray": RAY_HINT}.get(kind, "make venv")
         raise UserError.single("backend.kind", f"backend {kind!r} is not installed: {exc}", extra) from None
