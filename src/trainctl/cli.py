@@ -98,7 +98,7 @@ def _follow(ref: Any) -> int:
 
     signal.signal(signal.SIGINT, on_interrupt)
     try:
-        final = control.watch(ref, lambda line: print(f"  | {line}", flush=True))
+        final = control.watch(ref, lambda line: print(f"  | {line}", flush=True), lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print("\ninterrupted: cancelling the job", file=sys.stderr)
         control.cancel(control.find_run(ref.run_id, ref.uri))

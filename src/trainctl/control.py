@@ -195,17 +195,44 @@ def cancel(ref: RunRef) -> None:
     registry.load(ref.backend).LAUNCHER.cancel(ref.run_dir, ref.scheduler_job_id)
 
 
-def watch(ref: RunRef, emit: Callable[[str], Any]) -> RunRef:
-    """Stream rank 0's new log lines until the job ends; return the reconciled run."""
+def watch(ref: RunRef, emit: Callable[[str], Any], say: Callable[[str], Any] | None = None) -> RunRef:
+    """Stream rank 0's new log lines (emit) and one line per requeued attempt (say) until the job ends; return
+    the reconciled run."""
     launcher = registry.load(ref.backend).LAUNCHER
     offsets: dict[Path, int] = {}
+    told: set[int] = set()
+    say = say or emit
     while True:
         _emit_new_lines(ref.run_dir / "logs", offsets, emit)
+        _say_attempt_ends(ref.run_dir, told, say)
         seen = launcher.status(ref.run_dir, ref.scheduler_job_id)
         if seen is None or seen.terminal:
             _emit_new_lines(ref.run_dir / "logs", offsets, emit)  # the job is gone: its logs are complete
+            _say_attempt_ends(ref.run_dir, told, say)
             return reconcile(find_run(ref.run_id, ref.uri))
         time.sleep(launcher.poll_s)
+
+
+def _say_attempt_ends(run_dir: Path, told: set[int], say: Callable[[str], Any]) -> None:
+    """'attempt 1 ended: network (DistNetworkError: …); requeue 2/4' for each attempt that closed requeued."""
+    history = Attempts(run_dir).all()
+    fresh = [a for a in history if a.outcome == "requeue" and a.number not in told]
+    if not fresh:
+        return
+    try:
+        allowed = 1 + int(JobFile.read(run_dir).spec.get("fault_tolerance", {}).get("max_restarts", 3))
+    except (OSError, ValueError, TypeError):
+        allowed = 0
+    for a in fresh:
+        told.add(a.number)
+        cause, _, detail = (a.reason or "").partition(": ")
+        ordinal = 1  # this attempt's place since the first attempt (or a manual resume)
+        for earlier in history:
+            if earlier.number <= a.number:
+                ordinal = 1 if earlier.cause in ("first", "resume") else ordinal + 1
+        of = f"/{allowed}" if allowed else ""
+        say(f"attempt {a.number} ended: {cause or 'unknown'} ({detail.strip() or 'no detail'}); "
+            f"requeue {ordinal + 1}{of}")
 
 
 def _emit_new_lines(log_dir: Path, offsets: dict[Path, int], emit: Callable[[str], Any]) -> None:

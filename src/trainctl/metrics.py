@@ -76,14 +76,19 @@ def json_double(value: float) -> float | str:
 
 class MetricsSink:
     def __init__(self, uri: str, run_id: str, spool_dir: Path, flush_every_s: float = 0.5,
-                 high_water: dict[str, int] | None = None) -> None:
+                 high_water: dict[str, int] | Callable[[], dict[str, int]] | None = None) -> None:
+        """high_water: the highest step MLflow holds per key (points at or below are dropped), or a function that
+        asks MLflow for it: called by the delivery thread before its first send, so a server that is down when
+        the attempt starts delays nothing."""
         self.uri, self.run_id, self.spool_dir = uri, run_id, spool_dir
         self.flush_every_s = flush_every_s
-        self.high_water = dict(high_water or {})
+        self.ask_high_water = high_water if callable(high_water) else None
+        self.high_water = {} if callable(high_water) else dict(high_water or {})
         self.pending: deque[Point] = deque()
         self.params: deque[dict[str, str]] = deque()  # hyperparameter calls not yet delivered, in order
         self.delivered = 0
         self.failures = 0
+        self.failing = False  # the last delivery failed: the server is away
         self.wake = threading.Event()
         self.closed = False
         self.thread = threading.Thread(target=self._loop, name="trainctl-metrics", daemon=True)
@@ -148,13 +153,20 @@ class MetricsSink:
         while self.pending:
             batch = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
             try:
-                send(self.run_id, batch)
+                if self.ask_high_water is not None:
+                    self.high_water = self.ask_high_water()
+                    self.ask_high_water = None
+                fresh = [p for p in batch if p[2] > self.high_water.get(p[0], -1)]
+                if fresh:
+                    send(self.run_id, fresh)
             except Exception as exc:  # server down or slow: keep the points, retry later
                 self.failures += 1
+                self.failing = True
                 if self.failures in (1, 10) or self.failures % 100 == 0:
                     log.warning("MLflow unreachable (%s); %d metric points buffered", type(exc).__name__,
                                 len(self.pending))
                 return False
+            self.failing = False
             for _ in batch:
                 self.pending.popleft()
             self.delivered += len(batch)
@@ -195,7 +207,9 @@ def logged_high_water(uri: str, run_id: str) -> dict[str, int]:
 
 
 def upload_spool(uri: str, run_id: str, spool_dir: Path) -> int:
-    """Upload spooled hyperparameters and metric files (oldest first) and delete each once delivered."""
+    """Upload spooled hyperparameters and metric files (oldest first) and delete each once delivered. A point whose
+    step MLflow already holds for its key is dropped: a later attempt replayed and delivered that step (an attempt
+    that started while the server was down could not ask which steps it held)."""
     from mlflow import MlflowClient
 
     from trainctl import hparams
@@ -205,12 +219,20 @@ def upload_spool(uri: str, run_id: str, spool_dir: Path) -> int:
             hparams.log_new(MlflowClient(tracking_uri=uri), run_id, wanted)
         path.unlink()
     send = batch_sender(uri)
+    client = MlflowClient(tracking_uri=uri)
+    held: dict[str, set[int]] = {}
     sent = 0
     for path in sorted(spool_dir.glob("metrics-*.jsonl")):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        points = [(r["key"], float(r["value"]), int(r["step"]), int(r["timestamp"])) for r in rows]
+        for key in {r["key"] for r in rows} - held.keys():
+            held[key] = {m.step for m in client.get_metric_history(run_id, key)}
+        points = []
+        for r in rows:
+            if int(r["step"]) not in held[r["key"]]:
+                held[r["key"]].add(int(r["step"]))  # a later file may hold a replay of this step
+                points.append((r["key"], float(r["value"]), int(r["step"]), int(r["timestamp"])))
         for i in range(0, len(points), BATCH):
             send(run_id, points[i : i + BATCH])
-        sent += len(rows)
+        sent += len(points)
         path.unlink()
     return sent

@@ -82,7 +82,7 @@ class Attempt:
     started: float
     host: str
     scheduler_job_id: str
-    cause: str  # why this attempt exists: first, timeout, preempted, crash, requeue, node-failure, resume
+    cause: str  # why this attempt exists: first, resume, or how the one before ended (worker.outcome.Cause)
     ended: float | None = None
     outcome: str | None = None  # finished, requeue, failed, killed
     reason: str | None = None

@@ -192,6 +192,25 @@ def _cross_field(spec: Spec) -> list[Problem]:
     return out
 
 
+def check_devices(spec: Spec) -> list[Problem]:
+    """A local GPU job on a machine without enough visible GPUs would crash on every rank: refuse it here."""
+    res = spec.resources
+    if _kind(spec) != "local" or res is None or getattr(res.accelerator, "value", res.accelerator) != "gpu":
+        return []
+    import torch
+
+    visible = torch.cuda.device_count()  # honours CUDA_VISIBLE_DEVICES
+    if visible == 0:
+        return [Problem("resources.accelerator", "gpu: this machine has no visible GPU (backend.kind is local)",
+                        "set resources.accelerator: cpu (or auto), or submit to a cluster with GPUs "
+                        "(backend.kind: slurm or ray)")]
+    if res.devices_per_node is not None and res.devices_per_node > visible:
+        return [Problem("resources.devices_per_node", f"{res.devices_per_node} GPU ranks, but this machine shows "
+                        f"{visible} GPU{'s' if visible != 1 else ''}",
+                        f"set resources.devices_per_node: {visible} or less, or check CUDA_VISIBLE_DEVICES")]
+    return []
+
+
 def _check_slurm(opts: Any) -> list[Problem]:
     if opts is None:
         return []

@@ -137,12 +137,16 @@ def test_crash_ends_failed_without_hanging(mlflow_server: str, tmp_path: Path) -
 
 
 def test_crash_requeues_and_finishes_in_the_same_run(mlflow_server: str, tmp_path: Path) -> None:
+    """An infrastructure failure (the DistNetworkError of a reset connection) is retried; submit says so."""
     res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "checkpoint.every_n_train_steps=10",
-                                                   callbacks(("RaiseAtStep", {"step": 25, "rank": 0}))], timeout=300)
+                                                   callbacks(("RaiseAtStep", {"step": 25, "rank": 0,
+                                                                              "error": "network"}))], timeout=300)
     assert res.returncode == 0, res.stdout[-3000:]
+    assert "attempt 1 ended: network (DistNetworkError: Connection reset by peer (injected at step 25 on rank 0)); " \
+           "requeue 2/4\n" in res.stdout, res.stdout[-3000:]
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt"] == "2"
-    assert tags["trainctl.attempt.2.cause"] == "crash"
+    assert tags["trainctl.attempt.2.cause"] == "network"
     history = steps(mlflow_server, run_id)
     assert history == list(range(history[0], 60)), "no duplicate and no gap across the requeue"
 

@@ -227,7 +227,7 @@ def test_master_port_taken_heals_in_one_requeue(uri: str, tmp_path: Path) -> Non
         assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED", _sacct(job)
     first, second = _attempts(run_dir(uri, run_id))
     assert first["outcome"] == "requeue" and "EADDRINUSE" in first["reason"] and str(port) in first["reason"], first
-    assert second["cause"] == "crash" and second["outcome"] == "finished", second
+    assert second["cause"] == "network" and second["outcome"] == "finished", second
     assert steps(uri, run_id) == list(range(20))
 
 
@@ -273,7 +273,7 @@ def test_node_crash_requeues_on_the_remaining_nodes(uri: str, tmp_path: Path) ->
     finally:
         subprocess.run(["bash", "cluster/slurm/up.sh", str(wanted)], cwd=ROOT, capture_output=True, timeout=120)
     attempts = _attempts(rdir)
-    assert len(attempts) == 2 and attempts[1]["cause"] in ("crash", "requeue-or-node-failure"), attempts
+    assert len(attempts) == 2 and attempts[1]["cause"] in ("rank-lost", "network", "requeue-or-node-failure"), attempts
     tags = run_info(uri, run_id).data.tags
     assert victim not in _hosts(tags["trainctl.hosts"]) and len(_hosts(tags["trainctl.hosts"])) == 2
     history = steps(uri, run_id)

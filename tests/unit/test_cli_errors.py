@@ -115,3 +115,13 @@ def test_validate_reports_every_section_when_the_model_does_not_import(tmp_path:
     res = trainctl("validate", str(job), cwd=tmp_path)
     assert_clean_usage_error(res, "5 problems found", "model.class_path:", "data.init_args.batch_size:",
                              "data.init_args.shufle:", "trainer.max_epochs:", "trainer.devices:", "PYTHONPATH")
+
+
+def test_a_gpu_the_local_machine_cannot_provide_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No visible GPU (as on any machine with CUDA_VISIBLE_DEVICES empty): refused before anything is created."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    for command in ("validate", "submit"):
+        res = trainctl(command, str(ROOT / "jobs" / "digits.yaml"), "--set", "resources.accelerator=gpu",
+                       "--set", f"workdir={tmp_path}", cwd=ROOT)
+        assert_clean_usage_error(res, "resources.accelerator", "no visible GPU", "accelerator: cpu")
+    assert not list(tmp_path.iterdir()), "no run was created"

@@ -90,6 +90,39 @@ def test_spool_uploads_later(mlflow_server: str, tmp_path: Path, monkeypatch: py
     assert run.data.metrics["acc"] == 0.5 and run.data.params["hparams/note"] == "x"
 
 
+@pytest.mark.mlflow
+def test_a_restart_that_began_without_mlflow_sends_each_step_once(mlflow_server: str, tmp_path: Path) -> None:
+    """Attempt 1 delivered steps 0-4 and spooled 5-14 (server away); attempt 2 resumed from step 9 while the
+    server was still away: it asks for the high-water mark only once the server answers (sends 10-19), and
+    `trainctl sync` then uploads only the spooled steps MLflow lacks (5-9)."""
+    from mlflow import MlflowClient
+
+    from trainctl.metrics import logged_high_water
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run_id = client.create_run(client.create_experiment(f"replay-{time.time()}")).info.run_id
+    first = MetricsSink(mlflow_server, run_id, tmp_path / "spool", flush_every_s=0.05)
+    for step in range(5):
+        first.add({"loss": float(step)}, step)
+    assert first.close(timeout_s=10) == 0
+    away = MetricsSink("http://127.0.0.1:9", run_id, tmp_path / "spool", flush_every_s=0.05)
+    for step in range(5, 15):
+        away.add({"loss": float(step)}, step)
+    assert away.close(timeout_s=0.2) == 10
+    asked: list[int] = []
+
+    def high_water() -> dict[str, int]:
+        asked.append(1)
+        return logged_high_water(mlflow_server, run_id)
+
+    second = MetricsSink(mlflow_server, run_id, tmp_path / "spool2", flush_every_s=0.05, high_water=high_water)
+    for step in range(10, 20):
+        second.add({"loss": float(step)}, step)
+    assert second.close(timeout_s=10) == 0 and asked == [1]
+    assert upload_spool(mlflow_server, run_id, tmp_path / "spool") == 5
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(20)), "each step once"
+
+
 def test_non_finite_values_are_written_as_protobuf_json_strings() -> None:
     assert [json_double(v) for v in (1.5, math.nan, math.inf, -math.inf)] == [1.5, "NaN", "Infinity", "-Infinity"]
 
