@@ -111,13 +111,13 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
     live = _Live(run_dir, job, rank, attempt, spec)
     ending, step = Ending(Cause.user_error, "the attempt ended before training"), None
     trainer = None
+    if zero:  # before the watchdog: importing MLflow's client may take long on a busy node; it never raises
+        live.sink = _attach(live, skipped, resumed=bool(ckpt_path) or attempt.number > 1)
     watchdog = Watchdog(spec.fault_tolerance.collective_timeout_s, run_dir / "failures", rank.global_rank,
                         attempt.number, on_stall=lambda why: _end_early(live, Ending(Cause.stall, why)),
                         peer_failed=lambda: attempts.peer_failure(run_dir, attempt, rank, PEER_GRACE_S),
                         on_peer_failure=lambda peer: _end_early(live, peer)).start()
     try:
-        if zero:
-            live.sink = _attach(live, skipped, resumed=bool(ckpt_path) or attempt.number > 1)
         ns = namespace_of(import_class(spec.model.class_path))
         if spec.seed_everything is not None:
             ns.pl.seed_everything(spec.seed_everything, workers=True, verbose=False)
