@@ -37,7 +37,7 @@ class Renderer:
         elif item.kind == "progress":
             self.console.print(Text(f"  » {text}", style="cyan"))
         else:
-            self.console.print(Text(f"  {gutter} ", style="dim") + Text(text))
+            self.console.print(Text.assemble((f"  {gutter} ", "dim"), text))
 
     def say(self, text: str) -> None:
         if self.console is None:
@@ -48,28 +48,26 @@ class Renderer:
             self.console.print(Text(text, style="yellow"))
 
     def end(self, run_id: str, state: str, reason: str, metrics: dict[str, float], more: list[str]) -> None:
-        """The last words: the state, the final metrics and the commands that look further."""
+        """The last words: the final metrics, the commands that look further, and last the state (one line a
+        script can take with `tail -1`)."""
         head = f"run {run_id} ended {state}" + (f": {reason}" if reason else "")
         shown = {k: v for k, v in sorted(metrics.items()) if k != "epoch"}
         if self.console is None:
-            self._plain(head)
             if shown:
-                self._plain("  final: " + " · ".join(f"{k} {v:.6g}" for k, v in shown.items()))
-            for command in more:
-                self._plain(f"  more:  {command}")
+                self._plain("final: " + " · ".join(f"{k} {v:.6g}" for k, v in shown.items()))
+            self._plain("more:  " + " · ".join(more))
+            self._plain(head)
             return
         from rich.table import Table
         from rich.text import Text
 
-        style = "bold green" if state == "FINISHED" else "bold red"
-        self.console.print(Text(head, style=style))
         if shown:
-            table = Table("metric", "final", box=None, padding=(0, 2))
+            table = Table("final metric", "value", box=None, padding=(0, 2))
             for k, v in shown.items():
                 table.add_row(k, f"{v:.6g}")
             self.console.print(table)
-        for command in more:
-            self.console.print(Text(f"  more:  {command}", style="dim"))
+        self.console.print(Text("more:  " + " · ".join(more), style="dim"))
+        self.console.print(Text(head, style="bold green" if state == "FINISHED" else "bold red"))
 
     def _plain(self, text: str) -> None:
         print(text, file=self.out, flush=True)

@@ -245,9 +245,9 @@ def test_logs_follow_across_a_requeue(mlflow_server: str, tmp_path: Path) -> Non
     assert any(x.startswith("attempt 1 ended: network (") for x in out), "the failfast summary of attempt 1"
     assert sum(x.startswith("  » epoch 3/3 done · step 60/60") for x in out) == 1, follow.stdout[-4000:]
     assert any(" samples/s · " in x and "train/loss" in x for x in out)
-    end = [i for i, x in enumerate(out) if x.startswith(f"run {rid} ended ")]
-    assert len(end) == 1 and out[end[0]].startswith(f"run {rid} ended FINISHED"), follow.stdout[-3000:]
-    assert out[end[0] + 1].startswith("  final: ") and out[-1].startswith("  more:  UI: ")
+    assert out[-1].startswith(f"run {rid} ended FINISHED") and sum(x.startswith(f"run {rid} ended") for x in out) == 1
+    assert out[-3].startswith("final: ") and "val/acc" in out[-3], follow.stdout[-3000:]
+    assert out[-2] == f"more:  trainctl status {rid} · trainctl logs {rid} · UI: {mlflow_server}"
     rdir = run_dir(mlflow_server, rid)
     written = [line for f in sorted((rdir / "logs").glob("*_0_log.out"))
                for line in f.read_bytes().decode().splitlines() if line.startswith("mark ")]

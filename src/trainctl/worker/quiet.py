@@ -2,8 +2,8 @@
 
 Dropped: Lightning's tips (`💡 Tip: …`) and the `srun` warning a host with SLURM installed raises (trainctl
 starts the ranks itself). Shown once per process: the `weights_only` note Lightning logs for every checkpoint it
-loads. A record that reaches two handlers (Lightning's own on `lightning.pytorch` and the root one the worker sets
-up) is written once. The user's prints, warnings and log records pass untouched.
+loads. A record that reaches two handlers (the root one the worker sets up, and Lightning's own on
+`lightning.pytorch` or submitit's) is written once. The user's prints, warnings and log records pass untouched.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 
+OWN_HANDLER = ("submitit",)  # libraries that log through a handler of their own and also propagate to root
 LIGHTNING_LOGGERS = ("lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric", "lightning")
 DROP = ("💡 Tip:",)
 ONCE = ("`weights_only` was not set",)
@@ -47,6 +48,10 @@ def install() -> None:
         handler.addFilter(noise)
     if not root.handlers:
         return
+    for name in OWN_HANDLER:
+        library = logging.getLogger(name)
+        if library.handlers:
+            library.propagate = False  # its own handler writes it already
     for name in LIGHTNING_LOGGERS:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
