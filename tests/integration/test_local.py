@@ -262,4 +262,5 @@ def test_logs_follow_across_a_requeue(mlflow_server: str, tmp_path: Path) -> Non
     assert [h.split(" (")[0] for h in headers] == [
         f"==> attempt {a} · rank {r} · std{s}" for a in (1, 2) for r in (0, 1) for s in ("out", "err")]
     assert whole.stdout.count("UserWarning: user warning: kept ✓") == 1 and "💡 Tip:" not in whole.stdout
+    assert "INFO submitit:" not in whole.stdout, "submitit's records once, through its own handler"
     assert whole.stdout.count("`weights_only` was not set") <= 4, "at most once per attempt and rank"
