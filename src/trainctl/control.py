@@ -204,9 +204,13 @@ def watch(ref: RunRef, emit: Callable[[Line], Any], say: Callable[[str], Any] | 
     follower = follower or Follower(ref.run_dir / "logs", {0})
     told: set[int] = set()
     say = say or (lambda text: None)
+    newest = [0]  # the newest attempt a line was shown of
 
     def drain(final: bool) -> None:
         for line in follower.poll(final):
+            if line.attempt and line.attempt > newest[0]:  # how the attempts before it ended, first
+                newest[0] = line.attempt
+                _say_attempt_ends(ref.run_dir, told, say, before=line.attempt)
             if show(line) and (attempt is None or line.attempt == attempt):
                 emit(line)
 
@@ -221,10 +225,12 @@ def watch(ref: RunRef, emit: Callable[[Line], Any], say: Callable[[str], Any] | 
         time.sleep(launcher.poll_s)
 
 
-def _say_attempt_ends(run_dir: Path, told: set[int], say: Callable[[str], Any]) -> None:
-    """'attempt 1 ended: network (DistNetworkError: …); requeue 2/4' for each attempt that closed requeued."""
+def _say_attempt_ends(run_dir: Path, told: set[int], say: Callable[[str], Any], before: int | None = None) -> None:
+    """'attempt 1 ended: network (DistNetworkError: …); requeue 2/4' for each attempt that closed requeued (only
+    those numbered below `before`)."""
     history = Attempts(run_dir).all()
-    fresh = [a for a in history if a.outcome == "requeue" and a.number not in told]
+    fresh = [a for a in history if a.outcome == "requeue" and a.number not in told
+             and (before is None or a.number < before)]
     if not fresh:
         return
     try:

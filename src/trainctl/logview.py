@@ -183,7 +183,8 @@ class Follower:
             for attempt, lines in splitter.split(tail.rest() if final else tail.read()):
                 number = attempt if attempt is not None else (splitter.last + 1 if splitter.open else splitter.last)
                 out += [Line(f.rank, f.stream, number or None, text) for text in lines]
-        return out
+        # The first poll of an ended run holds every attempt: attempt by attempt, each file's lines in order.
+        return sorted(out, key=lambda line: line.attempt or 0)
 
 
 def show(line: Line) -> bool:

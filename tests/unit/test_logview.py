@@ -109,3 +109,14 @@ def test_progress_helpers() -> None:
     assert [duration(s) for s in (5, 75, 3725)] == ["5s", "1m15s", "1h02m"]
     assert metrics_text({"val/loss": 0.123456, "epoch": 2.0, "train/loss": 1.0, "note": "x"}) == \
         "train/loss 1 · val/loss 0.1235"
+
+
+def test_the_first_poll_of_an_ended_run_reads_attempt_by_attempt(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "7_0_log.out").write_text("\n".join([START, attempt_mark(1, "first", None), "o1", START,
+                                                 attempt_mark(2, "stall", 10), "o2"]) + "\n")
+    (logs / "7_0_log.err").write_text("\n".join([attempt_mark(1, "first", None), "e1",
+                                                 attempt_mark(2, "stall", 10), "e2"]) + "\n")
+    texts = [x.text for x in Follower(logs, {0}).poll(final=True) if show(x) and not x.text.startswith(("sub", "["))]
+    assert texts == ["o1", "e1", "o2", "e2"]
