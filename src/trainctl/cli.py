@@ -93,22 +93,32 @@ def _ui_hint(uri: str) -> str:
     return f"{shlex.join(cmd)}  (then open http://127.0.0.1:5000)"
 
 
-def _follow(ref: Any) -> int:
+def _follow(ref: Any, ranks: set[int] | None = None, attempt: int | None = None, tail: int | None = None) -> int:
+    """Show the job's output (rank 0's by default) until the run ends, across requeues; exit 0 for FINISHED.
+    tail: start with only the last lines already written."""
     from trainctl import control
+    from trainctl.logview import Follower, tail_lines
+    from trainctl.render import Renderer
 
     def on_interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    ranks = ranks if ranks is not None else {0}
+    out = Renderer(rank_prefix=len(ranks) > 1)
+    follower = Follower(ref.run_dir / "logs", ranks)
+    if tail is not None:  # the history so far, cut to its last lines
+        for line in tail_lines([x for x in follower.poll() if attempt is None or x.attempt == attempt], tail):
+            out.line(line)
     signal.signal(signal.SIGINT, on_interrupt)
     try:
-        final = control.watch(ref, lambda line: print(f"  | {line}", flush=True), lambda line: print(line, flush=True))
+        final = control.watch(ref, out.line, out.say, follower=follower, attempt=attempt)
     except KeyboardInterrupt:
         print("\ninterrupted: cancelling the job", file=sys.stderr)
         _print_cancelled(control.cancel(control.find_run(ref.run_id, ref.uri), say=_progress(sys.stderr)),
                          sys.stderr)
         return 130
-    reason = final.tags.get("trainctl.reason", "")
-    print(f"run {final.run_id} ended {final.state.value}" + (f": {reason}" if reason else ""))
+    more = [f"trainctl status {final.run_id}", f"trainctl logs {final.run_id}", f"UI: {_ui_hint(final.uri)}"]
+    out.end(final.run_id, final.state.value, final.tags.get("trainctl.reason", ""), final.metrics, more)
     return 0 if final.state.value == "FINISHED" else 1
 
 
@@ -133,15 +143,50 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    """Every attempt in order, each rank under its own header (rank 0 first); -f follows until the run ends."""
     from trainctl import control
-    from trainctl.launchers import registry
+    from trainctl.logview import sections
 
     ref = control.find_run(args.run_id, _uri(args))
-    for label, text in registry.load(ref.backend).LAUNCHER.logs(ref.run_dir, ref.scheduler_job_id).items():
-        if args.rank is not None and f"rank {args.rank} " not in label:
-            continue
-        print(f"==> {label} <==\n{text}")
+    _check_rank_and_attempt(ref.run_dir, args.rank, args.attempt)
+    if args.follow:
+        return _follow(ref, {args.rank if args.rank is not None else 0}, args.attempt, args.tail)
+    found = sections(ref.run_dir / "logs")
+    for sec in found:
+        if (args.rank is None or sec.rank == args.rank) and (args.attempt is None or sec.attempt == args.attempt):
+            lines = sec.lines if args.tail is None else sec.lines[-args.tail:] if args.tail > 0 else []
+            body = "".join(f"{line}\n" for line in lines)
+            print(f"==> attempt {sec.attempt} · rank {sec.rank} · std{sec.stream} ({sec.path.name}) <==\n{body}")
+    if ref.backend == "ray":  # the driver's log lives in the Jobs API, and the ranks' too where no copy is here
+        from trainctl.launchers import registry
+
+        for label, text in registry.load("ray").LAUNCHER.logs(ref.run_dir, ref.scheduler_job_id).items():
+            mine = args.rank is None or f"rank {args.rank} " in label
+            if ("driver" in label and args.rank is None) or (not found and mine):
+                print(f"==> {label} <==\n{text}")
     return 0
+
+
+def _check_rank_and_attempt(run_dir: Any, rank: int | None, attempt: int | None) -> None:
+    """A rank outside the job or an attempt that never started is an error, not an empty answer."""
+    from trainctl.logview import sections
+    from trainctl.rundir import Attempts, JobFile
+
+    if rank is not None:
+        try:
+            res = JobFile.read(run_dir).spec.get("resources", {})
+            world = int(res.get("nodes", 1)) * int(res.get("devices_per_node", 1))
+        except (OSError, ValueError):
+            world = 1 + max((s.rank for s in sections(run_dir / "logs")), default=0)
+        if not 0 <= rank < world:
+            raise UserError.single("--rank", f"no rank {rank}: the job has ranks 0…{world - 1}",
+                                   "leave --rank out to see every rank")
+    if attempt is not None:
+        known = {a.number for a in Attempts(run_dir).all()} | {s.attempt for s in sections(run_dir / "logs")}
+        if attempt not in known:
+            listed = ", ".join(map(str, sorted(known))) or "none yet"
+            raise UserError.single("--attempt", f"no attempt {attempt} (attempts so far: {listed})",
+                                   "leave --attempt out to see every attempt")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -246,8 +291,12 @@ def parser() -> argparse.ArgumentParser:
     st = run_cmd("status", "the run's state and latest metrics")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
-    lg = run_cmd("logs", "each rank's output")
-    lg.add_argument("--rank", type=int)
+    lg = run_cmd("logs", "each rank's output, every attempt; -f follows until the run ends")
+    lg.add_argument("-f", "--follow", action="store_true", help="follow until the run ends; exit 0 if FINISHED")
+    lg.add_argument("--rank", type=int, help="only this rank (with -f: this one instead of rank 0)")
+    lg.add_argument("--attempt", type=int, help="only this attempt")
+    lg.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each section (with -f: of "
+                    "what was written before)")
     lg.set_defaults(fn=cmd_logs)
     cn = run_cmd("cancel", "end the job: its ranks save their current step; the run ends KILLED")
     cn.add_argument("--grace", type=float, metavar="SECONDS",

@@ -21,6 +21,7 @@ from trainctl import mlflow_server, stores, tracking
 from trainctl.errors import UserError
 from trainctl.launchers import registry
 from trainctl.launchers.base import Submission
+from trainctl.logview import Follower, Line, show
 from trainctl.rundir import Attempt, Attempts, JobFile, atomic_write_text, run_dir_for
 from trainctl.spec import Spec
 from trainctl.tracking import State
@@ -232,28 +233,41 @@ def close_last_attempt(run_dir: Path, why: str) -> Attempt | None:
     return attempt
 
 
-def watch(ref: RunRef, emit: Callable[[str], Any], say: Callable[[str], Any] | None = None) -> RunRef:
-    """Stream rank 0's new log lines (emit) and one line per requeued attempt (say) until the job ends; return
-    the reconciled run."""
+def watch(ref: RunRef, emit: Callable[[Line], Any], say: Callable[[str], Any] | None = None,
+          follower: Follower | None = None, attempt: int | None = None) -> RunRef:
+    """Stream the followed ranks' new lines (emit; rank 0 by default) and one line per requeued attempt (say)
+    until the job ends, across requeues; return the reconciled run. attempt: only that attempt's lines."""
     launcher = registry.load(ref.backend).LAUNCHER
-    offsets: dict[Path, int] = {}
+    follower = follower or Follower(ref.run_dir / "logs", {0})
     told: set[int] = set()
-    say = say or emit
+    say = say or (lambda text: None)
+    newest = [0]  # the newest attempt a line was shown of
+
+    def drain(final: bool) -> None:
+        for line in follower.poll(final):
+            if line.attempt and line.attempt > newest[0]:  # how the attempts before it ended, first
+                newest[0] = line.attempt
+                _say_attempt_ends(ref.run_dir, told, say, before=line.attempt)
+            if show(line) and (attempt is None or line.attempt == attempt):
+                emit(line)
+
     while True:
-        _emit_new_lines(ref.run_dir / "logs", offsets, emit)
+        drain(final=False)
         _say_attempt_ends(ref.run_dir, told, say)
         seen = launcher.status(ref.run_dir, ref.scheduler_job_id)
         if seen is None or seen.terminal:
-            _emit_new_lines(ref.run_dir / "logs", offsets, emit)  # the job is gone: its logs are complete
+            drain(final=True)  # the job is gone: its logs are complete
             _say_attempt_ends(ref.run_dir, told, say)
             return reconcile(find_run(ref.run_id, ref.uri))
         time.sleep(launcher.poll_s)
 
 
-def _say_attempt_ends(run_dir: Path, told: set[int], say: Callable[[str], Any]) -> None:
-    """'attempt 1 ended: network (DistNetworkError: …); requeue 2/4' for each attempt that closed requeued."""
+def _say_attempt_ends(run_dir: Path, told: set[int], say: Callable[[str], Any], before: int | None = None) -> None:
+    """'attempt 1 ended: network (DistNetworkError: …); requeue 2/4' for each attempt that closed requeued (only
+    those numbered below `before`)."""
     history = Attempts(run_dir).all()
-    fresh = [a for a in history if a.outcome == "requeue" and a.number not in told]
+    fresh = [a for a in history if a.outcome == "requeue" and a.number not in told
+             and (before is None or a.number < before)]
     if not fresh:
         return
     try:
@@ -270,21 +284,6 @@ def _say_attempt_ends(run_dir: Path, told: set[int], say: Callable[[str], Any]) 
         of = f"/{allowed}" if allowed else ""
         say(f"attempt {a.number} ended: {cause or 'unknown'} ({detail.strip() or 'no detail'}); "
             f"requeue {ordinal + 1}{of}")
-
-
-def _emit_new_lines(log_dir: Path, offsets: dict[Path, int], emit: Callable[[str], Any]) -> None:
-    for path in sorted(log_dir.glob("*_0_log.*")):
-        start = offsets.get(path, 0)
-        size = path.stat().st_size
-        if size <= start:
-            continue
-        with open(path, errors="replace") as fh:
-            fh.seek(start)
-            chunk = fh.read(size - start)
-        cut = chunk.rfind("\n") + 1
-        offsets[path] = start + cut
-        for line in chunk[:cut].splitlines():
-            emit(line)
 
 
 def list_runs(uri: str, limit: int | None = 50) -> list[Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -229,3 +230,46 @@ def test_submit_starts_a_missing_local_server(tmp_path: Path) -> None:
     finally:
         if started:
             os.killpg(int(started.group(1)), signal.SIGTERM)
+
+
+MARK_LINE = re.compile(r"mark pid=\d+ step=\d+ 💡 █{150} end")
+
+
+def test_logs_follow_across_a_requeue(mlflow_server: str, tmp_path: Path) -> None:
+    """`logs -f` on a job that requeues once: a banner per attempt, progress lines, every line of the user's
+    (multibyte, unflushed) output exactly once and whole, the run's state as exit code; then `logs` in order."""
+    sets = [*SHORT, "checkpoint.every_n_train_steps=10", f"workdir={tmp_path}", f"tracking.uri={mlflow_server}",
+            callbacks(("RaiseAtStep", {"step": 25, "rank": 0, "error": "network"}), ("PrintEveryStep", {}))]
+    res = run_cli("submit", "jobs/digits.yaml", "--detach", *[a for s in sets for a in ("--set", s)],
+                  env={"TRAINCTL_PROGRESS_S": "1"})
+    run_id = re.search(r"run id:\s+([0-9a-f]{32})", res.stdout)
+    assert res.returncode == 0 and run_id, res.stdout + res.stderr
+    rid = run_id.group(1)
+    follow = run_cli("logs", rid, "-f", "--tracking-uri", mlflow_server, timeout=400)
+    assert follow.returncode == 0, follow.stdout[-3000:] + follow.stderr[-2000:]
+    out = follow.stdout.splitlines()
+    assert out.count("── attempt 1 · cause first ──") == 1, follow.stdout[:3000]
+    assert out.count("── attempt 2 · cause network · resumed at step 20 ──") == 1, follow.stdout[-4000:]
+    ended = [i for i, x in enumerate(out) if x.startswith("attempt 1 ended: network (")]
+    assert len(ended) == 1 and ended[0] < out.index("── attempt 2 · cause network · resumed at step 20 ──")
+    assert sum(x.startswith("  » epoch 3/3 done · step 60/60") for x in out) == 1, follow.stdout[-4000:]
+    assert any(" samples/s · " in x and "train/loss" in x for x in out)
+    assert out[-1].startswith(f"run {rid} ended FINISHED") and sum(x.startswith(f"run {rid} ended") for x in out) == 1
+    assert out[-3].startswith("final: ") and "val/acc" in out[-3], follow.stdout[-3000:]
+    assert out[-2] == f"more:  trainctl status {rid} · trainctl logs {rid} · UI: {mlflow_server}"
+    rdir = run_dir(mlflow_server, rid)
+    written = [line for f in sorted((rdir / "logs").glob("*_0_log.out"))
+               for line in f.read_bytes().decode().splitlines() if line.startswith("mark ")]
+    shown = [x.removeprefix("  | ") for x in out if "mark pid=" in x]
+    assert len(written) >= 60 and sorted(shown) == sorted(written), "every line once, none cut"
+    assert len(set(shown)) == len(shown) and all(MARK_LINE.fullmatch(x) for x in shown)
+    for bad in (["--rank", "7"], ["--attempt", "9"]):
+        refused = run_cli("logs", rid, *bad, "--tracking-uri", mlflow_server)
+        assert refused.returncode == 2 and bad[0] in refused.stderr and "HINT" in refused.stderr, refused.stderr
+    whole = run_cli("logs", rid, "--tracking-uri", mlflow_server)
+    headers = [h for h in whole.stdout.splitlines() if h.startswith("==> ")]
+    assert [h.split(" (")[0] for h in headers] == [
+        f"==> attempt {a} · rank {r} · std{s}" for a in (1, 2) for r in (0, 1) for s in ("out", "err")]
+    assert whole.stdout.count("UserWarning: user warning: kept ✓") == 1 and "💡 Tip:" not in whole.stdout
+    assert "INFO submitit:" not in whole.stdout, "submitit's records once, through its own handler"
+    assert whole.stdout.count("`weights_only` was not set") <= 4, "at most once per attempt and rank"

@@ -216,6 +216,10 @@ def test_scontrol_requeue_resumes(uri: str, tmp_path: Path) -> None:
     history = steps(uri, run_id)
     assert len(history) == len(set(history)) and history[-1] == 59, "no duplicate step"
     assert _contiguous(history), "no gap"
+    shown = run_cli("logs", run_id, "--tracking-uri", uri).stdout.splitlines()
+    headers = [h.split(" (")[0] for h in shown if h.startswith("==> ")]
+    wanted = [f"==> attempt {a} · rank {r} · std{s}" for a in (1, 2) for r in (0, 1) for s in ("out", "err")]
+    assert headers == wanted, "the requeue appends to the same files: the markers split them"
     resumed = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "train/loss")
     first_new = min(m.timestamp for m in resumed if m.timestamp / 1000 > attempts[1]["started"])
     print(f"\nscontrol requeue → first resumed step logged: {first_new / 1000 - t_requeue:.1f} s\n{_sacct(job)}")

@@ -47,6 +47,7 @@ class TrackingLoggerImpl:
         self._client: Any = None
         self._experiment_id: str | None = None
         self._epoch_step = -1  # the step of the last `epoch` point
+        self.latest: dict[str, float] = {}  # the newest value of each metric, host numbers (progress lines)
 
     @property
     def name(self) -> str:
@@ -96,7 +97,9 @@ class TrackingLoggerImpl:
                 metrics = {k: v for k, v in metrics.items() if k != "epoch"}
             else:
                 self._epoch_step = step
-        self.sink.add({k: v for k, v in metrics.items() if not isinstance(v, str)}, step)
+        numbers = {k: v for k, v in metrics.items() if not isinstance(v, str)}
+        self.latest.update(numbers)
+        self.sink.add(numbers, step)
 
     def save(self) -> None:
         if self.sink is not None:

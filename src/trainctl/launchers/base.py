@@ -64,12 +64,11 @@ class Launcher(Protocol):
 
 
 def read_rank_logs(log_dir: Path) -> dict[str, str]:
-    """submitit writes <job id>_<task>_log.out/.err; concatenate per file, oldest first."""
-    out: dict[str, str] = {}
-    for path in sorted(log_dir.glob("*_log.*"), key=lambda p: p.stat().st_mtime):
-        job_id, task, _ = path.name.split("_", 2)
-        out[f"job {job_id} rank {task} ({path.suffix[1:]})"] = path.read_text(errors="replace")
-    return out
+    """Each rank's output in the run directory, per attempt (trainctl.logview), in the order a person reads it."""
+    from trainctl.logview import sections
+
+    return {f"attempt {s.attempt} rank {s.rank} (std{s.stream})": "".join(f"{line}\n" for line in s.lines)
+            for s in sections(log_dir)}
 
 
 def poll_until(look: Callable[[], T], over: Callable[[T], bool], timeout_s: float, every_s: float) -> T:

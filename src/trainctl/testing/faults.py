@@ -112,3 +112,20 @@ class StopOnRank(pl.Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step >= self.step and trainer.global_rank == self.rank:
             trainer.should_stop = True
+
+
+class PrintEveryStep(pl.Callback):
+    """The user's own output on `rank`: one long line per step with multibyte characters (💡, █), unflushed, so
+    that the buffered writes cut lines and characters anywhere; and one warning of the user's own."""
+
+    def __init__(self, rank: int = 0, width: int = 150) -> None:
+        self.rank, self.width = rank, width
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_rank != self.rank:
+            return
+        if trainer.global_step == 1:
+            import warnings
+
+            warnings.warn("user warning: kept ✓", UserWarning, stacklevel=1)
+        print(f"mark pid={os.getpid()} step={trainer.global_step} 💡 {'█' * self.width} end")

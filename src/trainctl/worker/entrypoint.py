@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -23,15 +24,17 @@ from typing import Any
 
 from trainctl import tracking
 from trainctl.callbacks.binding import make
+from trainctl.callbacks.checkpoint_io import manifest_path
 from trainctl.callbacks.preemption import RequeueRequested
 from trainctl.callbacks.resume_checkpoint import latest_good
 from trainctl.components import import_class, instantiate, namespace_of
+from trainctl.logview import attempt_mark
 from trainctl.metrics import MetricsSink, logged_high_water
 from trainctl.rundir import JobFile, use_import_dirs
 from trainctl.spec import Spec, resolve_env, spec_from_dict
 from trainctl.tracking import State
 from trainctl.worker import attempt as attempts
-from trainctl.worker import system_metrics
+from trainctl.worker import quiet, system_metrics
 from trainctl.worker.build import build_trainer
 from trainctl.worker.data import ResumableData
 from trainctl.worker.env import RankInfo, export_from_submitit
@@ -103,6 +106,8 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
     attempt = attempts.begin(run_dir, rank)
     attempts.mark_rank(run_dir, attempt, rank, "start")
     ckpt_path, skipped = latest_good(run_dir)
+    _mark_attempt(attempt, ckpt_path)
+    quiet.install()
     live = _Live(run_dir, job, rank, attempt, spec)
     ending, step = Ending(Cause.user_error, "the attempt ended before training"), None
     trainer = None
@@ -164,6 +169,18 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
         attempts.end(run_dir, attempt, verdict, step)
         _close_run(live, verdict)
     return verdict
+
+
+def _mark_attempt(attempt: Any, ckpt_path: Path | None) -> None:
+    """The attempt's first line in both of this rank's streams: it splits the rank's log by attempt (logview) and
+    is the banner a follower shows."""
+    step = None
+    if ckpt_path is not None:
+        with contextlib.suppress(OSError, ValueError):
+            step = json.loads(manifest_path(ckpt_path).read_text()).get("global_step")
+    line = attempt_mark(attempt.number, attempt.cause, step)
+    for stream in (sys.stdout, sys.stderr):
+        print(line, file=stream, flush=True)
 
 
 def _end_early(live: _Live, ending: Ending) -> None:
