@@ -11,10 +11,13 @@ import os
 import shlex
 import signal
 import sys
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from trainctl import __version__
 from trainctl.errors import UserError
+
+if TYPE_CHECKING:
+    from trainctl.control import Cancelled
 
 EXIT_USAGE = 2
 
@@ -101,7 +104,8 @@ def _follow(ref: Any) -> int:
         final = control.watch(ref, lambda line: print(f"  | {line}", flush=True))
     except KeyboardInterrupt:
         print("\ninterrupted: cancelling the job", file=sys.stderr)
-        control.cancel(control.find_run(ref.run_id, ref.uri))
+        _print_cancelled(control.cancel(control.find_run(ref.run_id, ref.uri), say=_progress(sys.stderr)),
+                         sys.stderr)
         return 130
     reason = final.tags.get("trainctl.reason", "")
     print(f"run {final.run_id} ended {final.state.value}" + (f": {reason}" if reason else ""))
@@ -143,9 +147,28 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from trainctl import control
 
-    ref = control.find_run(args.run_id, _uri(args))
-    control.cancel(ref)
-    print(f"run {ref.run_id}: cancelled (KILLED)")
+    grace = control.CANCEL_GRACE_S if args.grace is None else args.grace
+    if not grace > 0:
+        raise UserError.single("--grace", f"{args.grace} is not a number of seconds above 0",
+                               f"the time the ranks get to save their step; default {control.CANCEL_GRACE_S:.0f}")
+    done = control.cancel(control.find_run(args.run_id, _uri(args)), grace, say=_progress(sys.stdout))
+    return _print_cancelled(done, sys.stdout)
+
+
+def _progress(stream: IO[str]) -> Any:
+    return lambda line: print(f"  {line}", file=stream, flush=True)
+
+
+def _print_cancelled(done: Cancelled, stream: IO[str]) -> int:
+    """The end of a cancel: the last attempt as closed, and plainly what is still running (exit 1 then)."""
+    a = done.attempt
+    if a is not None:
+        saved = f"checkpoint of step {a.step}" if a.step is not None else "no checkpoint of its last step"
+        print(f"  attempt {a.number} closed {a.outcome} ({saved}): {a.reason}", file=stream)
+    if done.left:
+        print(f"run {done.run_id}: KILLED, but these are still running: {'; '.join(done.left)}", file=stream)
+        return 1
+    print(f"run {done.run_id}: cancelled (KILLED); no process of the job is left", file=stream)
     return 0
 
 
@@ -226,7 +249,10 @@ def parser() -> argparse.ArgumentParser:
     lg = run_cmd("logs", "each rank's output")
     lg.add_argument("--rank", type=int)
     lg.set_defaults(fn=cmd_logs)
-    run_cmd("cancel", "end the job; the run ends KILLED").set_defaults(fn=cmd_cancel)
+    cn = run_cmd("cancel", "end the job: its ranks save their current step; the run ends KILLED")
+    cn.add_argument("--grace", type=float, metavar="SECONDS",
+                    help="how long the ranks get to save their step and end before SIGTERM, then SIGKILL (default 60)")
+    cn.set_defaults(fn=cmd_cancel)
     run_cmd("sync", "upload metrics spooled while MLflow was unreachable").set_defaults(fn=cmd_sync)
     r = run_cmd("resume", "resubmit a run from a checkpoint")
     r.add_argument("--from", dest="from_", default="last", help="last | best | PATH (default: last)")

@@ -21,7 +21,7 @@ from trainctl import mlflow_server, stores, tracking
 from trainctl.errors import UserError
 from trainctl.launchers import registry
 from trainctl.launchers.base import Submission
-from trainctl.rundir import Attempts, JobFile, atomic_write_text, run_dir_for
+from trainctl.rundir import Attempt, Attempts, JobFile, atomic_write_text, run_dir_for
 from trainctl.spec import Spec
 from trainctl.tracking import State
 
@@ -176,6 +176,7 @@ def reconcile(ref: RunRef) -> RunRef:
     last = Attempts(ref.run_dir).all()[-1:] if ref.run_dir.is_dir() else []
     if seen is State.KILLED:
         state, reason = State.KILLED, "cancelled by the scheduler"
+        close_last_attempt(ref.run_dir, reason)
     elif last and last[0].outcome == "finished":
         state, reason = State.FINISHED, "finished"
     elif last and last[0].outcome and last[0].outcome != "requeue":
@@ -187,12 +188,48 @@ def reconcile(ref: RunRef) -> RunRef:
     return find_run(ref.run_id, ref.uri)
 
 
-def cancel(ref: RunRef) -> None:
-    """Mark KILLED first (so no attempt requeues or overwrites it), then end the job."""
+CANCEL_GRACE_S = 60.0  # how long the ranks get to save their current step and end before harder signals
+
+
+@dataclass
+class Cancelled:
+    """What `cancel` did (in order), what of the job is still there (empty: nothing), and the last attempt."""
+
+    run_id: str
+    done: list[str]
+    left: list[str]
+    attempt: Attempt | None
+
+
+def cancel(ref: RunRef, grace_s: float = CANCEL_GRACE_S, say: Callable[[str], Any] = log.info) -> Cancelled:
+    """Mark KILLED first (so no attempt requeues or overwrites it), then end the job through its launcher: the
+    ranks' stop path, then harder signals. Once nothing of the job is left, its last attempt is closed killed."""
     if ref.state.terminal:
         raise UserError.single("RUN_ID", f"run {ref.run_id} already ended {ref.state.value}", "nothing to cancel")
     tracking.set_state(ref.uri, ref.run_id, State.KILLED, reason="cancelled by the user")
-    registry.load(ref.backend).LAUNCHER.cancel(ref.run_dir, ref.scheduler_job_id)
+    say(f"run {ref.run_id} is KILLED in MLflow: no attempt of it requeues; ending its {ref.backend} job")
+    report = registry.load(ref.backend).LAUNCHER.cancel(ref.run_dir, ref.scheduler_job_id, grace_s, say)
+    attempt = None if report.left else close_last_attempt(ref.run_dir, "cancelled by the user")
+    return Cancelled(ref.run_id, report.done, report.left, attempt)
+
+
+def close_last_attempt(run_dir: Path, why: str) -> Attempt | None:
+    """The job is gone: its last attempt ends `killed`. Rank 0 closed it so when the stop path ran; an attempt
+    still open (the ranks died before a verdict) or closed `requeue` (decided before the cancel; the requeue
+    never came) is closed here."""
+    if not run_dir.is_dir():
+        return None
+    attempts = Attempts(run_dir)
+    last = attempts.all()[-1:]
+    if not last:
+        return None
+    attempt = last[0]
+    if attempt.outcome in (None, "requeue"):
+        before = attempt.reason or "its ranks ended before a verdict"
+        attempt.ended = attempt.ended or time.time()
+        attempt.outcome, attempt.reason = "killed", f"{why}; {before}"[:2000]
+        attempts.save(attempt)
+    return attempt
 
 
 def watch(ref: RunRef, emit: Callable[[str], Any]) -> RunRef:

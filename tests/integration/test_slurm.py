@@ -236,11 +236,10 @@ def test_cancel_and_scancel_never_requeue(uri: str, tmp_path: Path) -> None:
     (a, job_a), (b, job_b) = (_submit(tmp_path / n, uri, [*SHORT, "trainer.max_epochs=5", slow]) for n in "ab")
     _wait_steps(uri, a, 5)
     _wait_steps(uri, b, 5)
-    res = run_cli("cancel", a, "--tracking-uri", uri)
-    assert res.returncode == 0, res.stderr
     subprocess.run(["scancel", job_b], check=True, timeout=30)
-    for job in (job_a, job_b):
-        _gone(job)
+    res = run_cli("cancel", a, "--tracking-uri", uri)  # returns once SLURM holds no process of the job
+    assert res.returncode == 0 and f"SLURM job {job_a} ended" in res.stdout, res.stdout + res.stderr
+    _gone(job_b)
     time.sleep(12)  # a requeue would have the job back by now (cred_expire=10)
     for run_id, job in ((a, job_a), (b, job_b)):
         assert not _sh("squeue", "-h", "-j", job, "-o", "%T").strip(), "the job did not come back"
@@ -249,10 +248,13 @@ def test_cancel_and_scancel_never_requeue(uri: str, tmp_path: Path) -> None:
         assert wait_state(uri, run_id, {"KILLED", "FAILED", "FINISHED"}, 60) == "KILLED"
         rdir = run_dir(uri, run_id)
         (attempt,) = _attempts(rdir)  # no second attempt
-        # SIGTERM → the ranks agree within a step (0.5 s here, the job still in its first epoch), save, and rank 0
-        # refuses to requeue a cancelled job, all within KillWait (5 s on the local cluster).
+        # SIGTERM → the ranks agree within a step (0.5 s here, the job still in its first epoch), save, learn that
+        # the job is cancelled (the run KILLED, or SLURM's CANCELLED) and end it killed, all within KillWait (5 s
+        # on the local cluster).
         logs = "".join(p.read_text() for p in (rdir / "logs").glob("*_log.err"))
-        assert "not requeueing" in logs and attempt["ended"] is not None, (attempt, logs[-2000:])
+        assert "attempt ended killed" in logs, logs[-2000:]
+        assert attempt["outcome"] == "killed" and attempt["ended"] is not None and attempt["step"], attempt
+    assert "trainctl cancel" in _attempts(run_dir(uri, a))[0]["reason"]
     assert "scheduler" in run_info(uri, b).data.tags["trainctl.reason"], "an outside scancel is reported as such"
 
 

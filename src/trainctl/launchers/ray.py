@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from trainctl.errors import UserError
-from trainctl.launchers.base import Submission, read_rank_logs
+from trainctl.launchers.base import CancelReport, Say, Submission, poll_until, read_rank_logs
+from trainctl.launchers.base import cancelled as cancelled  # the rank asks its backend after a stop
 from trainctl.launchers.ray_fit import GIB, bundle_text, placement_problem
 from trainctl.rundir import JobFile, atomic_write_text
 from trainctl.spec import Accelerator, Spec, env_refs, resolve_env
@@ -327,18 +328,33 @@ class RayLauncher:
             return out
         return split_logs(text, scheduler_job_id)
 
-    def cancel(self, run_dir: Path, scheduler_job_id: str) -> None:
-        """`ray job stop`: SIGTERM to the driver (it records KILLED), SIGKILL 3 s later; its workers die with it."""
-        client = _client(_address(run_dir))
+    def cancel(self, run_dir: Path, scheduler_job_id: str, grace_s: float, say: Say) -> CancelReport:
+        """`ray job stop`: SIGTERM to the driver (it closes the attempt killed), SIGKILL 3 s later; Ray ends its
+        workers with it. Then wait (up to grace_s) for the Jobs API to call the job over."""
+        client, report, sid = _client(_address(run_dir)), CancelReport(say), scheduler_job_id
+
+        def state() -> State:
+            return JOB_STATES.get(str(client.get_job_status(sid).value), State.RUNNING)
+
         try:
-            if JOB_STATES.get(str(client.get_job_status(scheduler_job_id).value), State.RUNNING).terminal:
-                return
-            client.stop_job(scheduler_job_id)
+            if state().terminal:
+                report.step(f"Ray job {sid} was no longer running")
+                return report
+            client.stop_job(sid)
+            report.step(f"ray job stop {sid}: SIGTERM to its driver, SIGKILL 3 s later; Ray ends its workers with "
+                        f"it; waiting up to {grace_s:.0f} s for the job to end")
+            now = poll_until(state, lambda s: s.terminal, grace_s, self.poll_s)
         except Exception as exc:
             if "does not exist" in str(exc):
-                return
-            raise UserError.single("RUN_ID", f"ray job stop {scheduler_job_id} failed: {exc}",
+                report.step(f"Ray job {sid} is unknown to the cluster: nothing of it runs")
+                return report
+            raise UserError.single("RUN_ID", f"ray job stop {sid} failed: {exc}",
                                    "is the Ray dashboard reachable from here?") from None
+        if now.terminal:
+            report.step(f"Ray job {sid} ended ({now.value})")
+        else:
+            report.left = [f"Ray job {sid} ({now.value}): see `ray job status {sid}`"]
+        return report
 
 
 # "(RayTrainWorker pid=123, ip=10.0.0.1) text": Ray's prefix on a worker's line in the driver's log.

@@ -12,7 +12,7 @@ KINDS = [k.value for k in BackendKind]
 
 
 def load(kind: str) -> ModuleType:
-    """The backend module; it exposes `LAUNCHER` (a base.Launcher) and `requeue_self(rank)`."""
+    """The backend module; it exposes `LAUNCHER` (a base.Launcher), `requeue_self(rank)` and `cancelled(job)`."""
     if kind not in KINDS:
         raise UserError.single("backend.kind", f"unknown backend {kind!r}; valid: {', '.join(KINDS)}",
                                did_you_mean(kind, KINDS) or "use local, slurm or ray")

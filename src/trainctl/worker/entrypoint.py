@@ -120,6 +120,12 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
         if built is not None:
             built.checkpoint_io.teardown()  # every pending checkpoint is on disk before we go
     step = step if step is not None else (trainer.global_step if trainer is not None else None)
+    if kind.startswith("stop:"):  # the stop signal may be a cancel's: a cancelled job ends here, never requeued
+        from trainctl.launchers import registry
+
+        why = registry.load(job.backend).cancelled(job)
+        if why:
+            kind, detail = "killed", f"{why}; {detail or 'stopped'}"
     attempts.mark_rank(run_dir, attempt, rank, "end", f"{kind} {detail}")
     if zero and kind == "crash":
         silent = attempts.silent_ranks(run_dir, attempt, rank.world_size)
