@@ -52,6 +52,8 @@ def progress_of(metrics: dict[str, float], steps: dict[str, int], max_steps: int
     step = max(steps.values()) if steps else None
     epoch = metrics.get("epoch")
     epoch_n = int(epoch) + 1 if epoch is not None and epoch == epoch else None
+    if epoch_n is not None and max_epochs:  # after fit, Lightning logs the epoch counter past the last epoch
+        epoch_n = min(epoch_n, max_epochs)
     text = []
     if step is not None:
         text.append(f"step {step}" + (f" of {max_steps}" if max_steps else ""))

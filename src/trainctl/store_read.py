@@ -8,7 +8,7 @@
 - any other store (file:, a bare path, databricks, …): MlflowClient.
 
 Every path returns the same `RunRecord`s as MlflowClient (tests/integration/test_fast.py compares them on a real
-server and a real sqlite store). The state tag is written the same way: `write_state`.
+server and a real sqlite store). The job's state (tags + MLflow's status) is written the same ways: `write_state`.
 """
 
 from __future__ import annotations
@@ -166,27 +166,41 @@ def matching_ids(uri: str, wanted: str) -> list[str]:
 
 
 def write_state(uri: str, run_id: str, tags: dict[str, str], status: str | None, end: bool) -> None:
-    """Set tags, then MLflow's status (with the end time when `end`). REST for servers; MlflowClient otherwise
-    (an sqlite store's writes stay MLflow's own)."""
-    if kind(uri) != "rest":
-        from mlflow.entities import RunTag
-
-        from trainctl.tracking import client
-
-        cl = client(uri)
-        cl.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        if end and status:
-            cl.set_terminated(run_id, status=status)
-        elif status and cl.get_run(run_id).info.status != status:
-            cl.update_run(run_id, status=status)
+    """Set tags, then MLflow's status (with the end time when `end`): what MlflowClient's log_batch and
+    set_terminated / update_run do, through REST for a server and in one transaction on MLflow's sqlite tables."""
+    k = kind(uri)
+    if k == "rest":
+        _rest(uri, "runs/log-batch", {"run_id": run_id, "tags": [{"key": n, "value": v} for n, v in tags.items()]},
+              post=True)
+        if status:
+            body: dict[str, Any] = {"run_id": run_id, "status": status}
+            if end:
+                body["end_time"] = int(time.time() * 1000)
+            _rest(uri, "runs/update", body, post=True)
         return
-    _rest(uri, "runs/log-batch", {"run_id": run_id, "tags": [{"key": k, "value": v} for k, v in tags.items()]},
-          post=True)
-    if status:
-        body: dict[str, Any] = {"run_id": run_id, "status": status}
-        if end:
-            body["end_time"] = int(time.time() * 1000)
-        _rest(uri, "runs/update", body, post=True)
+    if k == "sqlite":
+        with _sqlite(uri, write=True) as db, db:  # the inner `db`: one transaction, committed at the end
+            if db.execute("SELECT 1 FROM runs WHERE run_uuid = ? AND lifecycle_stage = 'active'",
+                          (run_id,)).fetchone() is None:
+                raise StoreError(f"no active run {run_id} in {uri}")
+            db.executemany("INSERT OR REPLACE INTO tags (key, value, run_uuid) VALUES (?, ?, ?)",
+                           [(n, v, run_id) for n, v in tags.items()])
+            if status and end:
+                db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
+                           (status, int(time.time() * 1000), run_id))
+            elif status:
+                db.execute("UPDATE runs SET status = ? WHERE run_uuid = ?", (status, run_id))
+        return
+    from mlflow.entities import RunTag
+
+    from trainctl.tracking import client
+
+    cl = client(uri)
+    cl.log_batch(run_id, tags=[RunTag(n, v) for n, v in tags.items()])
+    if end and status:
+        cl.set_terminated(run_id, status=status)
+    elif status and cl.get_run(run_id).info.status != status:
+        cl.update_run(run_id, status=status)
 
 
 # ------------------------------------------------------------------ REST
@@ -196,11 +210,11 @@ def _headers() -> dict[str, str]:
     """MLflow's own login variables, as MlflowClient reads them."""
     env = os.environ
     h = {"Content-Type": "application/json"}
-    if env.get("MLFLOW_TRACKING_TOKEN"):
-        h["Authorization"] = f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"
-    elif env.get("MLFLOW_TRACKING_USERNAME") and env.get("MLFLOW_TRACKING_PASSWORD"):
+    if env.get("MLFLOW_TRACKING_USERNAME") and env.get("MLFLOW_TRACKING_PASSWORD"):  # MLflow's order: basic first
         pair = f"{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}".encode()
         h["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
+    elif env.get("MLFLOW_TRACKING_TOKEN"):
+        h["Authorization"] = f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"
     return h
 
 
@@ -244,13 +258,14 @@ def _int(value: Any) -> int | None:
 
 
 @contextlib.contextmanager
-def _sqlite(uri: str) -> Iterator[sqlite3.Connection]:
-    """Read-only: a read must neither create a store nor migrate one (a missing file is an error here, never
-    handed to MlflowClient, which would create it)."""
+def _sqlite(uri: str, write: bool = False) -> Iterator[sqlite3.Connection]:
+    """Read-only unless writing the state: neither creates a store nor migrates one (a missing file is an error
+    here, never handed to MlflowClient, which would create it)."""
     path = uri.removeprefix("sqlite:///")
     if not Path(path).is_file():
         raise StoreError(f"no sqlite store at {path}")
-    db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, timeout=TIMEOUT_S)
+    mode = "rw" if write else "ro"
+    db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode={mode}", uri=True, timeout=TIMEOUT_S)
     try:
         yield db
     finally:
