@@ -331,27 +331,20 @@ class RayLauncher:
     def cancel(self, run_dir: Path, scheduler_job_id: str, grace_s: float, say: Say) -> CancelReport:
         """`ray job stop`: SIGTERM to the driver (it closes the attempt killed), SIGKILL 3 s later; Ray ends its
         workers with it. Then wait (up to grace_s) for the Jobs API to call the job over."""
-        client, report, sid = _client(_address(run_dir)), CancelReport(say), scheduler_job_id
-
-        def state() -> State:
-            return JOB_STATES.get(str(client.get_job_status(sid).value), State.RUNNING)
-
+        report, sid = CancelReport(say), scheduler_job_id
+        if (seen := self.status(run_dir, sid)) is None or seen.terminal:  # None: the cluster forgot the job
+            report.step(f"Ray job {sid} was no longer running")
+            return report
         try:
-            if state().terminal:
-                report.step(f"Ray job {sid} was no longer running")
-                return report
-            client.stop_job(sid)
-            report.step(f"ray job stop {sid}: SIGTERM to its driver, SIGKILL 3 s later; Ray ends its workers with "
-                        f"it; waiting up to {grace_s:.0f} s for the job to end")
-            now = poll_until(state, lambda s: s.terminal, grace_s, self.poll_s)
+            _client(_address(run_dir)).stop_job(sid)
         except Exception as exc:
-            if "does not exist" in str(exc):
-                report.step(f"Ray job {sid} is unknown to the cluster: nothing of it runs")
-                return report
             raise UserError.single("RUN_ID", f"ray job stop {sid} failed: {exc}",
                                    "is the Ray dashboard reachable from here?") from None
-        if now.terminal:
-            report.step(f"Ray job {sid} ended ({now.value})")
+        report.step(f"ray job stop {sid}: SIGTERM to its driver, SIGKILL 3 s later; Ray ends its workers with it; "
+                    f"waiting up to {grace_s:.0f} s for the job to end")
+        now = poll_until(lambda: self.status(run_dir, sid), lambda s: s is None or s.terminal, grace_s, self.poll_s)
+        if now is None or now.terminal:
+            report.step(f"Ray job {sid} ended ({now.value if now else 'gone'})")
         else:
             report.left = [f"Ray job {sid} ({now.value}): see `ray job status {sid}`"]
         return report
