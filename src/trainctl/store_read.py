@@ -228,17 +228,27 @@ def _tls() -> ssl.SSLContext | None:
 
 
 def _rest(uri: str, endpoint: str, body: dict[str, Any], post: bool = False) -> dict[str, Any]:
+    """One REST call, retried like MlflowClient's (connection errors, 429 and 5xx; MLFLOW_HTTP_REQUEST_MAX_RETRIES
+    times, backing off from 0.5 s): a rank's verdict must survive a server restart."""
     url = f"{uri.rstrip('/')}/api/2.0/mlflow/{endpoint}"
     if post:
         req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=_headers(), method="POST")
     else:
         req = urllib.request.Request(f"{url}?{urllib.parse.urlencode(body)}", headers=_headers())
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT_S, context=_tls()) as resp:
-            return json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        text = exc.read().decode(errors="replace")[:500]
-        raise StoreError(f"{endpoint}: HTTP {exc.code}: {text}") from None
+    retries = int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "") or 5)
+    for attempt in range(retries + 1):
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S, context=_tls()) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode(errors="replace")[:500]
+            if (exc.code != 429 and exc.code < 500) or attempt == retries:
+                raise StoreError(f"{endpoint}: HTTP {exc.code}: {text}") from None
+        except OSError as exc:  # refused, reset, timed out
+            if attempt == retries:
+                raise StoreError(f"{endpoint}: {uri} does not answer: {exc}") from None
+        time.sleep(min(0.5 * 2**attempt, 8.0))
+    raise AssertionError("unreachable")
 
 
 def _rest_record(run: dict[str, Any]) -> RunRecord:
