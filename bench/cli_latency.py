@@ -96,7 +96,11 @@ def pending_run(f: dict[str, Any], tmp: Path) -> str:
 def measure(reps: int = 7, runs: int = 6, log: Any = print) -> dict[str, Any]:
     from bench.tracking import mlflow_server
 
+    import compileall
+
     env = python_env(0)
+    # what `pip install` leaves: compiled modules (the source tree has none when PYTHONDONTWRITEBYTECODE is set)
+    compileall.compile_dir(str(ROOT / "src" / "trainctl"), quiet=1)
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp_s:
         tmp = Path(tmp_s)
         env["TRAINCTL_STATE_DIR"] = str(tmp / "state")

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from trainctl import mlflow_server, store_read, stores, tracking
+from trainctl import store_read, stores, tracking
 from trainctl.errors import UserError
 from trainctl.launchers import registry
 from trainctl.launchers.base import Submission
@@ -63,6 +61,10 @@ def submit(spec: Spec, dry_run: bool = False, source: str | None = None, import_
     launcher = registry.load(spec.backend.kind.value).LAUNCHER
     if dry_run:
         return None, launcher.dry_run(spec, run_dir_for(spec.workdir, spec.name, "<run-id>"))
+    import yaml
+
+    from trainctl import mlflow_server
+
     started = mlflow_server.serve_if_missing(uri, Path(spec.workdir))
     if started:
         log.warning("%s", started)

@@ -13,21 +13,20 @@ server and a real sqlite store). The job's state (tags + MLflow's status) is wri
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import math
 import os
 import sqlite3
-import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ssl
 
 TRAINCTL_TAG = "trainctl.backend"  # every run trainctl created has it
 PAGE = 1000
@@ -208,6 +207,8 @@ def write_state(uri: str, run_id: str, tags: dict[str, str], status: str | None,
 
 def _headers() -> dict[str, str]:
     """MLflow's own login variables, as MlflowClient reads them."""
+    import base64
+
     env = os.environ
     h = {"Content-Type": "application/json"}
     if env.get("MLFLOW_TRACKING_USERNAME") and env.get("MLFLOW_TRACKING_PASSWORD"):  # MLflow's order: basic first
@@ -219,6 +220,8 @@ def _headers() -> dict[str, str]:
 
 
 def _tls() -> ssl.SSLContext | None:
+    import ssl
+
     if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
@@ -230,6 +233,8 @@ def _tls() -> ssl.SSLContext | None:
 def _rest(uri: str, endpoint: str, body: dict[str, Any], post: bool = False) -> dict[str, Any]:
     """One REST call, retried like MlflowClient's (connection errors, 429 and 5xx; MLFLOW_HTTP_REQUEST_MAX_RETRIES
     times, backing off from 0.5 s): a rank's verdict must survive a server restart."""
+    import urllib.error
+    import urllib.request  # here: ≈ 0.1 s of imports the sqlite path does not need
     url = f"{uri.rstrip('/')}/api/2.0/mlflow/{endpoint}"
     if post:
         req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=_headers(), method="POST")
