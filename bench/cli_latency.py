@@ -94,9 +94,9 @@ def pending_run(f: dict[str, Any], tmp: Path) -> str:
 
 
 def measure(reps: int = 7, runs: int = 6, log: Any = print) -> dict[str, Any]:
-    from bench.tracking import mlflow_server
-
     import compileall
+
+    from bench.tracking import mlflow_server
 
     env = python_env(0)
     # what `pip install` leaves: compiled modules (the source tree has none when PYTHONDONTWRITEBYTECODE is set)
