@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import checkpointing, cpu_ddp, launch, memory, system_metrics, tracking
+from bench import checkpointing, cli_latency, cpu_ddp, launch, memory, system_metrics, tracking
 from bench.common import ROOT, machine, median
 
 # key: (goal, unit, "max" = value must be ≤ goal, description)
@@ -33,10 +33,17 @@ GOALS: dict[str, tuple[float | None, str, str]] = {
     "tracking_ratio_tiny": (1.01, "x", "the same on hidden 64, batch 32 (3 points a step, ≈ 1000 points/s)"),
     "checkpoint_blocking_ratio": (0.10, "x", "loop blocked per checkpoint ÷ sync torch.save + fsync (≈ 1 GB)"),
     "checkpoint_write_slowdown": (None, "x", "step time while the background write runs ÷ without"),
-    "launch_local_first_step_s": (5.0, "s", "submit → first step minus import floor (local; < 0: within ≈ 1 s error)"),
+    "launch_local_first_step_s": (None, "s", "submit → first step, wall: the CLI's, controller's and ranks' starts "
+                                "and imports included (local)"),
     "launch_local_end_noticed_s": (2.0, "s", "job end → submit returns (local)"),
-    "launch_slurm_first_step_s": (5.0, "s", "submit → first step minus import floor (SLURM; < 0: within ≈ 1 s error)"),
+    "launch_slurm_first_step_s": (None, "s", "submit → first step, wall: the CLI's, SLURM's and ranks' starts "
+                                "and imports included (SLURM)"),
     "launch_slurm_end_noticed_s": (2.0, "s", "job end → submit returns (SLURM)"),
+    "cli_status_s": (0.5, "s", "`trainctl status RUN` cold, median wall (embedded sqlite store)"),
+    "cli_ls_s": (0.5, "s", "`trainctl ls` cold, median wall (embedded sqlite store)"),
+    "cli_logs_s": (0.5, "s", "`trainctl logs RUN` cold, median wall (embedded sqlite store)"),
+    "cli_cancel_s": (0.5, "s", "`trainctl cancel RUN` of a run whose job has ended, cold, median wall (sqlite)"),
+    "cli_validate_s": (3.0, "s", "`trainctl validate jobs/digits.yaml` cold, median wall (imports Lightning)"),
     "memory_peak_ratio": (None, "x", "peak RSS per rank, trainctl ÷ raw DDP loop"),
     "memory_growth_mb_per_10k_steps": (5.0, "MiB", "RSS slope over the 2nd half of a ≥ 10k-step run (abs)"),
     "system_metrics_ratio": (1.01, "x", "mean step, system metrics every 1 s (10x the default rate) ÷ off, "
@@ -161,10 +168,31 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
             if la:
                 for b in ("local", "slurm"):
                     r = la.get(b, {})
-                    for key, field in ((f"launch_{b}_first_step_s", "first_step_minus_imports_s"),
+                    for key, field in ((f"launch_{b}_first_step_s", "first_step_wall_s"),
                                        (f"launch_{b}_end_noticed_s", "end_noticed_s")):
                         ratios[key] = _skipped(key, r.get("reason", "")) if r.get("skipped") else _entry(
-                            key, r[field], wall_s=r.get("first_step_wall_s"), import_floor_s=r.get("import_floor_s"))
+                            key, r[field], import_floor_s=r.get("import_floor_s"),
+                            first_step_minus_imports_s=r.get("first_step_minus_imports_s"))
+
+            # ---- CLI latency
+            def cli() -> dict[str, Any]:
+                if quick:
+                    return {"skipped": True, "reason": "quick"}
+                return cli_latency.measure(7, 6, log=log)
+
+            cl = section("cli", cli)
+            if cl:
+                for c in ("status", "ls", "logs", "cancel", "validate"):
+                    key = f"cli_{c}_s"
+                    if cl.get("skipped"):
+                        ratios[key] = _skipped(key, cl["reason"])
+                    elif c == "validate":
+                        ratios[key] = _entry(key, cl["validate"]["median_wall_s"], cpu_s=cl["validate"]["median_cpu_s"],
+                                             floor_import_lightning_s=cl["floors_wall_s"]["import pytorch_lightning"])
+                    else:
+                        wall, cpu_s = cl["median_wall_s"], cl["median_cpu_s"]
+                        ratios[key] = _entry(key, wall["sqlite"][c], cpu_s=cpu_s["sqlite"][c],
+                                             server_wall_s=wall["server"][c], server_cpu_s=cpu_s["server"][c])
 
             # ---- memory
             def mem() -> dict[str, Any]:
@@ -344,7 +372,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", help="comma-separated sections: cpu_ddp,tracking,checkpointing,launch,memory,"
+    p.add_argument("--only", help="comma-separated sections: cpu_ddp,tracking,checkpointing,launch,cli,memory,"
                    "system_metrics")
     p.add_argument("--merge", action="store_true", help="with --only: keep the other sections of --out")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json",
@@ -357,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.quick, set(args.only.split(",")) if args.only else None, log)
     if args.merge and args.out.is_file():  # keep the other sections of an earlier run, this run's win
         earlier = json.loads(args.out.read_text())
-        for key in ("cpu_ddp", "tracking", "checkpointing", "launch", "memory", "system_metrics", "seconds"):
+        for key in ("cpu_ddp", "tracking", "checkpointing", "launch", "cli", "memory", "system_metrics", "seconds"):
             if key not in results and key in earlier:
                 results[key] = earlier[key]
         results["ratios"] = {**earlier.get("ratios", {}), **results["ratios"]}

@@ -123,22 +123,19 @@ def _follow(ref: Any, ranks: set[int] | None = None, attempt: int | None = None,
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from trainctl import control
+    from trainctl import control, progress
 
     ref = control.reconcile(control.find_run(args.run_id, _uri(args)))
     out = {
         "run_id": ref.run_id, "name": ref.name, "status": ref.state.value, "backend": ref.backend,
         "scheduler_job_id": ref.scheduler_job_id, "attempt": int(ref.tags.get("trainctl.attempt", "0") or 0),
-        "run_dir": str(ref.run_dir), "reason": ref.tags.get("trainctl.reason", ""), "metrics": ref.metrics,
+        "run_dir": str(ref.run_dir), "reason": ref.tags.get("trainctl.reason", ""),
+        **progress.summary(ref), "metrics": ref.metrics,
     }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        for key, value in out.items():
-            if key != "metrics":
-                print(f"{key:17} {value}")
-        for key, value in sorted(ref.metrics.items()):
-            print(f"  {key:15} {value:.6g}")
+        print(progress.render_status(out))
     return 0
 
 
@@ -219,22 +216,21 @@ def _print_cancelled(done: Cancelled, stream: IO[str]) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """One table per store: the one named, else this directory's runs/ store and every store submitted to."""
-    from trainctl import control, stores
+    from trainctl import control, progress, stores
 
     uri = _uri(args)
     if uri is not None and not stores.exists(uri):
         raise UserError.single("--tracking-uri", f"no tracking store at {uri} (none was created)",
                                "pass the store the runs were submitted to, or drop it to list every store used")
+    if args.limit is not None and args.limit < 1:
+        raise UserError.single("--limit", f"{args.limit} is not a number of runs", "give 1 or more")
     searched = [uri] if uri is not None else stores.candidates()
     if not searched:
         print(f"no tracking store here (runs/mlflow.db) nor in {stores.index_path()}: nothing submitted yet",
               file=sys.stderr)
     for store in searched:
-        print(f"store {store}\n  {'RUN ID':34} {'NAME':20} {'STATE':9} {'BACKEND':8} ATTEMPT")
-        for r in control.list_runs(store, args.limit):
-            t = r.data.tags
-            print(f"  {r.info.run_id:34} {t.get('mlflow.runName', '')[:20]:20} {t.get('trainctl.state', '?'):9} "
-                  f"{t.get('trainctl.backend', ''):8} {t.get('trainctl.attempt', '-')}")
+        refs = control.list_runs(store, args.limit, args.state, args.experiment)
+        print(progress.render_ls(store, refs))
     return 0
 
 
@@ -256,6 +252,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if ref is not None and ref.backend == "local" and not args.detach:
         return _follow(ref)
     return 0
+
+
+def _states() -> list[Any]:
+    from trainctl.tracking import State
+
+    return list(State)
 
 
 def _store_args(c: argparse.ArgumentParser) -> None:
@@ -311,7 +313,10 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_resume)
     ls = sub.add_parser("ls", help="list trainctl runs")
     _store_args(ls)
-    ls.add_argument("--limit", type=int, default=50, help="runs per store (default: 50)")
+    ls.add_argument("--limit", type=int, default=50, help="runs per store, newest first (default: 50)")
+    ls.add_argument("--state", type=str.upper, choices=[s.value for s in _states()],
+                    help="only runs in this state")
+    ls.add_argument("--experiment", help="only runs of this MLflow experiment (its name)")
     ls.set_defaults(fn=cmd_ls)
     return p
 

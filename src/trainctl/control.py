@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from trainctl import mlflow_server, stores, tracking
+from trainctl import store_read, stores, tracking
 from trainctl.errors import UserError
 from trainctl.launchers import registry
 from trainctl.launchers.base import Submission
@@ -43,6 +41,9 @@ class RunRef:
     name: str
     metrics: dict[str, float]
     tags: dict[str, str]
+    start_time: int | None = None  # ms since the epoch (MLflow's)
+    end_time: int | None = None
+    metric_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # the step of each latest metric
 
 
 def resolve_uri(spec: Spec) -> str:
@@ -61,6 +62,10 @@ def submit(spec: Spec, dry_run: bool = False, source: str | None = None, import_
     launcher = registry.load(spec.backend.kind.value).LAUNCHER
     if dry_run:
         return None, launcher.dry_run(spec, run_dir_for(spec.workdir, spec.name, "<run-id>"))
+    import yaml
+
+    from trainctl import mlflow_server
+
     started = mlflow_server.serve_if_missing(uri, Path(spec.workdir))
     if started:
         log.warning("%s", started)
@@ -127,7 +132,7 @@ def find_run(run_id: str, uri: str | None) -> RunRef:
     problems: list[str] = []
     for store in searched:
         try:
-            found += [(store, rid) for rid in _matching_ids(wanted, store)]
+            found += [(store, rid) for rid in store_read.matching_ids(store, wanted)]
         except Exception as exc:  # one unreadable store must not hide the others
             problems.append(f"{store}: {type(exc).__name__}")
         if found and len(wanted) == 32:
@@ -143,27 +148,18 @@ def find_run(run_id: str, uri: str | None) -> RunRef:
         raise UserError.single("RUN_ID", f"no run {run_id!r} {where}{detail}",
                                "list runs with `trainctl ls`, or pass --tracking-uri / set MLFLOW_TRACKING_URI")
     store, rid = found[0]
-    run = tracking.client(store).get_run(rid)
-    tags = run.data.tags
-    if "trainctl.backend" not in tags:
+    rec = store_read.get_run(store, rid)
+    if rec is None or "trainctl.backend" not in rec.tags:
         raise UserError.single("RUN_ID", f"run {rid} was not created by trainctl", "list runs with `trainctl ls`")
-    return RunRef(rid, store, Path(tags.get("trainctl.run_dir", "")), tags["trainctl.backend"],
-                  tags.get("trainctl.scheduler_job_id", ""), tracking.current_state(store, rid),
-                  tags.get("mlflow.runName", ""), dict(run.data.metrics), dict(tags))
+    return ref_of(store, rec)
 
 
-def _matching_ids(wanted: str, uri: str) -> list[str]:
-    """Run ids in one existing store equal to `wanted` (a full id) or starting with it (a prefix)."""
-    if len(wanted) == 32:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return [tracking.client(uri).get_run(wanted).info.run_id]
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return []
-            raise
-    return [r.info.run_id for r in list_runs(uri, None) if r.info.run_id.startswith(wanted)]
+def ref_of(uri: str, rec: store_read.RunRecord) -> RunRef:
+    tags = rec.tags
+    return RunRef(rec.run_id, uri, Path(tags.get("trainctl.run_dir", "")), tags["trainctl.backend"],
+                  tags.get("trainctl.scheduler_job_id", ""), tracking.state_of(tags, rec.status),
+                  tags.get("mlflow.runName", ""), dict(rec.metrics), dict(tags), rec.start_time, rec.end_time,
+                  dict(rec.metric_steps))
 
 
 def reconcile(ref: RunRef) -> RunRef:
@@ -286,22 +282,9 @@ def _say_attempt_ends(run_dir: Path, told: set[int], say: Callable[[str], Any], 
             f"requeue {ordinal + 1}{of}")
 
 
-def list_runs(uri: str, limit: int | None = 50) -> list[Any]:
+def list_runs(uri: str, limit: int | None = 50, state: str | None = None, experiment: str | None = None
+              ) -> list[RunRef]:
     """trainctl's runs in one store, newest first (all of them when limit is None); a missing store has none."""
     if not stores.exists(uri):
         return []
-    cl = tracking.client(uri)
-    exps = [e.experiment_id for e in cl.search_experiments()]
-    if not exps:
-        return []
-    out: list[Any] = []
-    token = None
-    while limit is None or len(out) < limit:
-        page = cl.search_runs(exps, filter_string="tags.`trainctl.backend` != ''",
-                              max_results=min(1000, limit - len(out)) if limit else 1000,
-                              order_by=["attributes.start_time DESC"], page_token=token)
-        out += list(page)
-        token = page.token
-        if not token:
-            break
-    return out
+    return [ref_of(uri, r) for r in store_read.search(uri, limit, state, experiment)]

@@ -215,27 +215,30 @@ def create_run(spec: Spec, uri: str, backend: str, source: str | None = None) ->
 
 
 def set_state(uri: str, run_id: str, state: State, reason: str | None = None, **tags: str) -> None:
-    """Record the job's state; a terminal state also ends the MLflow run."""
-    from mlflow.entities import RunTag
+    """Record the job's state; a terminal state also ends the MLflow run (REST for a server: no mlflow import)."""
+    from trainctl import store_read
 
-    cl = client(uri)
-    all_tags = {"trainctl.state": state.value, **tags}
+    all_tags = {"trainctl.state": state.value, **{k: str(v) for k, v in tags.items()}}
     if reason is not None:
         all_tags["trainctl.reason"] = redact_text(reason)[:4000]
-    cl.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
-    if state.terminal:
-        cl.set_terminated(run_id, status=state.value)
-    elif cl.get_run(run_id).info.status != "RUNNING":
-        cl.update_run(run_id, status="RUNNING")
+    store_read.write_state(uri, run_id, all_tags, state.value if state.terminal else "RUNNING", end=state.terminal)
+
+
+def state_of(tags: dict[str, str], status: str) -> State:
+    """The job's state: its tag, else MLflow's status of the run."""
+    tag = tags.get("trainctl.state")
+    if tag in State.__members__:
+        return State(tag)
+    return {"FINISHED": State.FINISHED, "FAILED": State.FAILED, "KILLED": State.KILLED}.get(status, State.RUNNING)
 
 
 def current_state(uri: str, run_id: str) -> State:
-    run = client(uri).get_run(run_id)
-    tag = run.data.tags.get("trainctl.state")
-    if tag in State.__members__:
-        return State(tag)
-    return {"FINISHED": State.FINISHED, "FAILED": State.FAILED, "KILLED": State.KILLED}.get(
-        run.info.status, State.RUNNING)
+    from trainctl import store_read
+
+    rec = store_read.get_run(uri, run_id)
+    if rec is None:
+        raise UserError.single("RUN_ID", f"no run {run_id} in {uri}", "pass the store the run was submitted to")
+    return state_of(rec.tags, rec.status)
 
 
 def wait_for_server(uri: str, timeout_s: float = 30.0) -> None:
