@@ -186,15 +186,17 @@ def peer_failure(run_dir: Path, attempt: Attempt, rank: RankInfo, grace_s: float
 
 
 def silent_ranks(run_dir: Path, attempt: Attempt, world_size: int, wait_s: float = 5.0) -> list[str]:
-    """Ranks that started this attempt but never reported an end: 'rank R on HOST'. A rank on this host whose
-    process still runs is not silent, only busy (blocked in a collective on a peer that raised)."""
+    """Ranks that started this attempt but never reported an end: 'rank R on HOST'. Waits up to wait_s for the
+    missing end records first: a stuck rank's watchdog and its peer's collective timeout fire at about the same
+    time, and the stuck rank's record names the cause. A rank on this host whose process still runs is not silent,
+    only busy (blocked in a collective on a peer that raised)."""
     deadline = time.monotonic() + wait_s
     while True:
         missing = [r for r in range(world_size) if not rank_file(run_dir, attempt, r, "end").exists()]
-        gone = [(r, start) for r in missing if not _alive_here(start := _start_record(run_dir, attempt, r))]
-        if not gone or time.monotonic() > deadline:
+        if not missing or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    gone = [(r, start) for r in missing if not _alive_here(start := _start_record(run_dir, attempt, r))]
     return [f"rank {r} on {start.get('host', '?')}" for r, start in gone]
 
 
