@@ -14,7 +14,6 @@ from trainctl.callbacks.progress import ProgressImpl
 from trainctl.callbacks.tracking_logger import TrackingLoggerImpl
 from trainctl.components import LightningNamespace, instantiate
 from trainctl.metrics import MetricsSink
-from trainctl.rundir import JobFile
 from trainctl.spec import Accelerator, Spec, resolve_env
 from trainctl.worker import hook_dispatch
 from trainctl.worker.fast_path import AsyncStepMetrics, DrainImpl
@@ -74,7 +73,7 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
         num_nodes=spec.resources.nodes,
         strategy=strategy,
         logger=make(TrackingLoggerImpl, ns.pl.loggers.Logger, run_id=run_id, save_dir=str(run_dir), sink=sink,
-                    tracking_uri=JobFile.read(run_dir).tracking_uri),
+                    tracking_uri=spec.tracking.uri or ""),  # submit resolved it into the spec
         callbacks=built.callbacks,
         enable_checkpointing=True,
         default_root_dir=str(run_dir),
