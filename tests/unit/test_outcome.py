@@ -113,3 +113,12 @@ def test_trainctls_fault_injection_counts_as_user_code() -> None:
         cb.on_train_end(Trainer(), None)
     ending = classify(info.value)
     assert ending.cause is Cause.user_error and "faults.py:" in ending.detail and "in on_train_end" in ending.detail
+
+
+def test_a_port_this_rank_could_not_bind_is_its_own_failure() -> None:
+    from trainctl.worker.outcome import Cause, Ending, local_bind_failure
+
+    assert local_bind_failure(Ending(Cause.network, "DistNetworkError: ... port: 28001, useIpv6: 0, code: -98, "
+                                                    "name: EADDRINUSE, message: address already in use"))
+    assert not local_bind_failure(Ending(Cause.network, "RuntimeError: Connection closed by peer [127.0.0.1]:28837"))
+    assert not local_bind_failure(Ending(Cause.user_error, "OSError: address already in use (at my.py:3 in f)"))

@@ -18,7 +18,7 @@ from pathlib import Path
 from trainctl.rundir import Attempt, Attempts, atomic_write_text
 from trainctl.spec import FaultTolerance, OnFailure
 from trainctl.worker.env import RankInfo
-from trainctl.worker.outcome import Cause, Ending
+from trainctl.worker.outcome import Cause, Ending, local_bind_failure
 
 CAUSE_FILE = "next-cause"  # written by `trainctl resume` for the attempt it starts
 
@@ -161,7 +161,7 @@ def attempt_ending(run_dir: Path, attempt: Attempt, rank: RankInfo, own: Ending,
     """What ended the attempt, seen from this rank. When one rank raises, its peers see a collective fail
     (a reset connection): the attempt's Ending is then the user's exception (or the watchdog's stall) on that
     rank, whichever rank asks; a peer that vanished without a word (SIGKILL, OOM, node loss) is named as the cause."""
-    if own.cause is not Cause.network:
+    if own.cause is not Cause.network or local_bind_failure(own):
         return own
     silent = silent_ranks(run_dir, attempt, rank.world_size, wait_s)
     peers = rank_endings(run_dir, attempt, rank.world_size)

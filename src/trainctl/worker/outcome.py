@@ -84,6 +84,14 @@ def classify(exc: BaseException) -> Ending:
     return Ending(Cause.user_error, f"{what} (at {frame})" if frame else what)
 
 
+_LOCAL_BIND = re.compile(r"EADDRINUSE|address already in use", re.IGNORECASE)
+
+
+def local_bind_failure(ending: Ending) -> bool:
+    """This rank could not bind its own port (the rendezvous store): its own failure, whatever its peers did."""
+    return ending.cause is Cause.network and bool(_LOCAL_BIND.search(ending.detail))
+
+
 def is_infrastructure(exc: BaseException) -> bool:
     for link in _chain(exc):
         if isinstance(link, ConnectionError) or _is_dist_error(link):
