@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, TRAINCTL, run_cli
-from helpers import JOB, SHORT, callbacks, run_info
+from helpers import JOB, SHORT, callbacks, run_info, wait_steps
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.mlflow
@@ -62,18 +62,6 @@ def _run_id(out: Path, timeout: float = 180) -> str:
     raise AssertionError(f"no run id from submit in {timeout} s: {out.read_text() if out.exists() else ''}")
 
 
-def _wait_steps(uri: str, run_id: str, n: int, timeout: float = 300) -> None:
-    client = MlflowClient(tracking_uri=uri)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if len(client.get_metric_history(run_id, "train/loss")) >= n:
-                return
-        except Exception:  # the metric does not exist yet
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not log {n} steps in {timeout} s")
-
 
 def _stat(pid: int) -> list[str] | None:
     """[state, ppid, pgrp, …] of a live process; None when gone or a zombie (it has ended)."""
@@ -112,7 +100,7 @@ def _cancel_four(mlflow_server: str, tmp_path: Path, hows: tuple[str, ...]) -> N
     outs = {how: out for how, (out, _) in started.items()}
     runs = {how: _run_id(outs[how]) for how in hows}
     for how in hows:
-        _wait_steps(mlflow_server, runs[how], 3)
+        wait_steps(mlflow_server, runs[how], 3)
     rdirs = {how: Path(run_info(mlflow_server, runs[how]).data.tags["trainctl.run_dir"]) for how in hows}
     for how in hows:  # (a) the controller leads a process group of its own and hears SIGINT, whatever shell
         controller, ranks = _job_pids(rdirs[how])
