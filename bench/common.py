@@ -324,8 +324,7 @@ def _worker_rank(rank: int, port: int, cfg: dict[str, Any]) -> None:
     from trainctl.callbacks.binding import make
     from trainctl.components import import_class, instantiate, namespace_of
     from trainctl.rundir import JobFile
-    from trainctl.spec import parse_spec, resolve_env
-    from trainctl.spec_checks import apply_override
+    from trainctl.spec import apply_override, parse_spec, resolve_env
     from trainctl.worker.build import build_trainer
     from trainctl.worker.data import ResumableData
     from trainctl.worker.watchdog import HeartbeatImpl, Watchdog

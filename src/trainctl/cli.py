@@ -44,7 +44,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from trainctl.spec import load_spec
 
     _importable(args.job)
-    spec = load_spec(args.job, args.set)
+    spec = load_spec(args.job, args.set, from_source=True)
     print(f"{args.job}: valid ({spec.backend.kind.value} backend, "
           f"{spec.resources.nodes}x{spec.resources.devices_per_node} ranks)")
     return 0
@@ -55,14 +55,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from trainctl.spec import load_spec
 
     dirs = _importable(args.job)
-    spec = load_spec(args.job, args.set)
-    if args.backend:
-        from trainctl.spec import apply_override, parse_spec, read_yaml
-
-        raw = read_yaml(args.job)
-        for s in [*args.set, f"backend.kind={args.backend}"]:
-            apply_override(raw, s)
-        spec = parse_spec(raw, args.job)
+    spec = load_spec(args.job, [*args.set, *([f"backend.kind={args.backend}"] if args.backend else [])])
     ref, detail = control.submit(spec, dry_run=args.dry_run, source=args.job, import_dirs=dirs)
     if ref is None:
         print(detail)

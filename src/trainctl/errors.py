@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -46,3 +47,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A 'did you mean' suffix for an unknown key or value, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else ""
+
+
+def shown(value: Any) -> str:
+    """A value as the user wrote it, short enough for one problem line."""
+    text = "null (nothing)" if value is None else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,179 +1,49 @@
-"""The job spec: one YAML file is the whole job.
+"""Loading a job spec: YAML, `--set` overrides, typed conversion and every check, all problems at once.
 
-Every default lives in the dataclasses below (and nowhere else); `load_spec` reads YAML, applies `--set`
-overrides, checks every field and reports all problems at once, each naming its YAML path, what is valid
-and a HINT. Class paths are imported and their init_args type-checked by `trainctl.components`.
+The fields and their defaults are the dataclasses in `spec_types` (re-exported here); each problem names its
+YAML path, what is valid and a HINT. Class paths are checked by `trainctl.components`.
 """
 
-# ruff: noqa: RUF009  (`_f` only wraps dataclasses.field with range metadata; it is not a mutable default)
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
 
-from trainctl.errors import Problem, UserError, did_you_mean
-from trainctl.spec_checks import CONTROL, SAFE_NAME, apply_override, check_devices, check_tree, semantic_checks, shown
+from trainctl.errors import Problem, UserError, did_you_mean, shown
+from trainctl.spec_checks import CONTROL, SAFE_NAME, check_devices, check_tree, semantic_checks
+from trainctl.spec_types import (
+    Accelerator,
+    Backend,
+    BackendKind,
+    Checkpoint,
+    Component,
+    EarlyStopping,
+    FaultTolerance,
+    Mode,
+    OnFailure,
+    RayOptions,
+    Resources,
+    SlurmOptions,
+    Spec,
+    Tracking,
+)
 
-__all__ = ["SAFE_NAME", "Spec", "apply_override", "load_spec", "parse_spec", "resolve_env", "spec_from_dict"]
+__all__ = ["SAFE_NAME", "Accelerator", "Backend", "BackendKind", "Checkpoint", "Component", "EarlyStopping",
+           "FaultTolerance", "Mode", "OnFailure", "RayOptions", "Resources", "SlurmOptions", "Spec", "Tracking",
+           "apply_override", "load_spec", "parse_spec", "resolve_env", "spec_from_dict", "with_overrides"]
 
 ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class Accelerator(str, Enum):
-    cpu = "cpu"
-    gpu = "gpu"
-    auto = "auto"
-
-
-class Mode(str, Enum):
-    min = "min"
-    max = "max"
-
-
-class OnFailure(str, Enum):
-    requeue = "requeue"  # infrastructure failures are retried from the last good checkpoint while max_restarts lasts
-    fail = "fail"  # infrastructure failures end the run FAILED; preemption and time limits still requeue
-
-
-class BackendKind(str, Enum):
-    local = "local"
-    slurm = "slurm"
-    ray = "ray"
-
-
-def _f(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None,
-       doc: str = "", factory: Any = None) -> Any:
-    meta = {"lo": lo, "hi": hi, "doc": doc}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass
-class Component:
-    """A class in LightningCLI form: `class_path` plus `init_args` (nested class_path objects allowed)."""
-
-    class_path: str = _f(doc="importable dotted path, e.g. trainctl.examples.digits.DigitsClassifier")
-    init_args: dict[str, Any] = _f(factory=dict, doc="keyword arguments, checked against the signature")
-
-
-@dataclass
-class Resources:
-    nodes: int = _f(1, lo=1, hi=1024, doc="machines; >1 needs backend slurm or ray")
-    devices_per_node: int = _f(1, lo=1, hi=64, doc="ranks per node: GPUs, or processes on CPU")
-    accelerator: Accelerator = _f(Accelerator.cpu, doc="cpu | gpu | auto")
-    cpus_per_task: int = _f(1, lo=1, hi=512, doc="CPU cores per rank")
-    mem_gb: float = _f(4.0, lo=0.1, hi=16384, doc="host memory per node, GiB")
-    time_min: int = _f(60, lo=1, hi=60 * 24 * 30, doc="wall-clock limit per attempt, minutes")
-
-
-@dataclass
-class Checkpoint:
-    monitor: str | None = _f(None, doc="metric for top-k (e.g. val/loss); none keeps only resume checkpoints")
-    mode: Mode = _f(Mode.min, doc="min | max")
-    save_top_k: int = _f(1, lo=-1, hi=1000, doc="best checkpoints kept by `monitor` (-1 = all)")
-    save_last: bool = _f(True, doc="mirror the newest resume checkpoint to MLflow (checkpoints/last)")
-    every_n_train_steps: int | None = _f(None, lo=1, hi=10**9, doc="resume checkpoint every N steps")
-    every_n_minutes: float | None = _f(None, lo=0.05, hi=10**6, doc="resume checkpoint every N minutes")
-    async_save: bool = _f(True, doc="write in the background; training blocks only for the state copy")
-    keep_resume: int = _f(2, lo=1, hi=100, doc="resume checkpoints kept (the newest good one is never deleted)")
-
-
-@dataclass
-class EarlyStopping:
-    monitor: str = _f(doc="metric to watch, e.g. val/loss")
-    mode: Mode = _f(Mode.min, doc="min | max")
-    patience: int = _f(3, lo=0, hi=10**6, doc="validation checks without improvement before stopping")
-    min_delta: float = _f(0.0, lo=0, hi=1e12, doc="smallest change that counts as improvement")
-
-
-@dataclass
-class FaultTolerance:
-    max_restarts: int = _f(3, lo=0, hi=1000, doc="requeues after preemption, time limit or an infrastructure "
-                           "failure (a lost rank, a network error, a stall)")
-    on_failure: OnFailure = _f(OnFailure.requeue, doc="requeue | fail: what an infrastructure failure does")
-    retry_user_errors: int = _f(0, lo=0, hi=1000, doc="times an exception raised from your code is retried "
-                                "(0: the run ends FAILED at once)")
-    collective_timeout_s: float = _f(300.0, lo=5, hi=86400, doc="a stuck or dead rank fails the job after this")
-    signal_lead_s: int = _f(60, lo=5, hi=3600, doc="warning signal this long before the time limit")
-
-
-@dataclass
-class Tracking:
-    uri: str | None = _f(None, doc="MLflow URI; default MLFLOW_TRACKING_URI, else sqlite in workdir")
-    log_every_n_steps: int = _f(1, lo=1, hi=10**6, doc="step metrics logged every N steps")
-    log_grad_norm: bool = _f(True, doc="log the global L2 norm of the gradients (grad/norm)")
-    log_checkpoints: bool = _f(True, doc="mirror best/last checkpoints to the MLflow run")
-    system_metrics: float | None = _f(10.0, lo=0, hi=86400, doc="seconds between samples of each node's CPU, "
-                                      "memory, disk, network, GPUs (system/<host>/…); 0 or null = off")
-    redact: list[str] = _f(factory=list, doc="spec paths whose values are secret (never sent to MLflow)")
-
-
-@dataclass
-class SlurmOptions:
-    partition: str | None = _f(None, doc="sbatch --partition")
-    account: str | None = _f(None, doc="sbatch --account")
-    qos: str | None = _f(None, doc="sbatch --qos")
-    constraint: str | None = _f(None, doc="sbatch --constraint")
-    gpus_per_node: int | None = _f(None, lo=0, hi=64, doc="default: devices_per_node when accelerator is gpu")
-    setup: list[str] = _f(factory=list, doc="shell lines run before srun (module load …)")
-    sbatch: dict[str, Any] = _f(factory=dict, doc="extra sbatch options, e.g. {exclusive: true}")
-
-
-@dataclass
-class RayOptions:
-    address: str = _f("http://127.0.0.1:8265", doc="Ray Jobs API (dashboard) address")
-    cpus_per_worker: float | None = _f(None, lo=0.1, hi=512, doc="default: resources.cpus_per_task")
-    env_vars: dict[str, str] = _f(factory=dict, doc="extra environment for the Ray job")
-    spread: bool = _f(True, doc="place workers on distinct nodes (SPREAD)")
-
-
-@dataclass
-class Backend:
-    kind: BackendKind = _f(BackendKind.local, doc="local | slurm | ray")
-    slurm: SlurmOptions = _f(factory=SlurmOptions)
-    ray: RayOptions = _f(factory=RayOptions)
-
-
-@dataclass
-class Spec:
-    name: str = _f(doc="job name: letters, digits, . _ - (≤ 64)")
-    model: Component = _f(doc="the LightningModule")
-    data: Component | None = _f(None, doc="the LightningDataModule (optional if the module has loaders)")
-    experiment: str = _f("trainctl", doc="MLflow experiment")
-    seed_everything: int | None = _f(42, lo=0, hi=2**32 - 1, doc="seed for every rank; none = not seeded")
-    trainer: dict[str, Any] = _f(factory=dict, doc="Lightning Trainer arguments trainctl does not own")
-    callbacks: list[Component] = _f(factory=list, doc="extra Lightning callbacks")
-    resources: Resources = _f(factory=Resources)
-    checkpoint: Checkpoint = _f(factory=Checkpoint)
-    early_stopping: EarlyStopping | None = _f(None, doc="optional")
-    fault_tolerance: FaultTolerance = _f(factory=FaultTolerance)
-    tracking: Tracking = _f(factory=Tracking)
-    workdir: str = _f("runs", doc="run directories (shared storage on clusters)")
-    backend: Backend = _f(factory=Backend)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------- typed loading
@@ -314,8 +184,65 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def parse_spec(raw: dict[str, Any], source: str = "", check_classes: bool = True) -> Spec:
-    """Check a raw dict fully; raise UserError with every problem (each path once), else return the Spec."""
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `--set a.b.c=value` (value parsed as YAML) to the raw spec dict; list items by index."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    example = "e.g. --set trainer.max_epochs=3 or --set callbacks.0.init_args.x=1"
+    if not sep or not key:
+        raise UserError.single("--set", f"{assignment!r} is not key.path=value", example)
+    parts = key.split(".")
+    if any(not p or CONTROL.search(p) for p in parts):
+        raise UserError.single(f"--set {key}", "has an empty or invalid key in its path", example)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise UserError.single(f"--set {key}", f"value is not valid YAML: {exc}",
+                               "quote strings, e.g. --set 'name=\"my job\"'") from None
+    node: Any = raw
+    for i, part in enumerate(parts):
+        here, last = ".".join(parts[: i + 1]), i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError.single(f"--set {key}", f"'{here}': index {part} is not in the list "
+                                       f"({len(node)} items)", f"use an index from 0 to {len(node) - 1}"
+                                       if node else "add the list item in the spec file first")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = [] if parts[i + 1].isdigit() else {}
+                node = node[part]
+        else:
+            parent = ".".join(parts[:i]) or "the spec"
+            raise UserError.single(f"--set {key}", f"'{parent}' is {shown(node)}, not a mapping or list",
+                                   f"override a leaf inside a mapping, or set '{parent}' itself")
+
+
+def with_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> tuple[dict[str, Any], list[Problem]]:
+    """A copy of raw with every `--set` applied (raw itself is left as read), and the problems of those that failed."""
+    out = copy.deepcopy(raw)
+    problems: list[Problem] = []
+    for assignment in overrides:
+        try:
+            apply_override(out, assignment)
+        except UserError as err:
+            problems += err.problems
+    return out, problems
+
+
+def parse_spec(raw: dict[str, Any], source: str = "", check_classes: bool = True, from_source: bool = False
+               ) -> Spec:
+    """Check a raw dict fully; raise UserError with every problem (each path once), else return the Spec.
+
+    from_source: learn the classes' signatures from their source where that settles it (`validate`: no import of
+    the user's module, so an error raised while importing it is found by `submit`, which imports).
+    """
     tree_problems, fatal = check_tree(raw)
     if fatal:
         raise UserError(tree_problems, source)
@@ -324,12 +251,11 @@ def parse_spec(raw: dict[str, Any], source: str = "", check_classes: bool = True
     if spec is not None:
         problems += semantic_checks(spec)
         if check_classes:
-            from trainctl.components import check_components
+            from trainctl.class_checks import check_components
 
             problems += check_devices(spec)
-
             named = {p.path for p in problems}
-            problems += [p for p in check_components(spec) if p.path not in named]
+            problems += [p for p in check_components(spec, from_source) if p.path not in named]
     problems += tree_problems
     if problems:
         unique = {p.path: p for p in reversed(problems)}  # first problem per path wins, order kept
@@ -337,16 +263,11 @@ def parse_spec(raw: dict[str, Any], source: str = "", check_classes: bool = True
     return spec
 
 
-def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_classes: bool = True) -> Spec:
-    raw = read_yaml(path)
-    problems: list[Problem] = []
-    for assignment in overrides:
-        try:
-            apply_override(raw, assignment)
-        except UserError as err:
-            problems += err.problems
+def load_spec(path: str | Path, overrides: Iterable[str] = (), check_classes: bool = True,
+              from_source: bool = False) -> Spec:
+    raw, problems = with_overrides(read_yaml(path), overrides)
     try:
-        spec = parse_spec(raw, str(path), check_classes)
+        spec = parse_spec(raw, str(path), check_classes, from_source)
     except UserError as err:
         problems += err.problems
     if problems:

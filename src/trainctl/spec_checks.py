@@ -11,17 +11,15 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from trainctl.errors import Problem, UserError
+from trainctl.components import CLASS_PATH
+from trainctl.errors import Problem
 
 if TYPE_CHECKING:
-    from trainctl.spec import Spec
+    from trainctl.spec_types import Spec
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EXPERIMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._/-]{0,127}$")
 SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+=@,:][A-Za-z0-9._/+=@,:-]{0,1023}$")
-CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 METRIC = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./:@ -]{0,249}$")
 REDACT_PATH = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 SLURM_NAME = re.compile(r"^[A-Za-z0-9_.,+=@:-]{1,128}$")
@@ -274,49 +272,3 @@ def _url_ok(url: str, schemes: tuple[str, ...]) -> bool:
     except ValueError:
         return False
     return parts.scheme in schemes and bool(parts.hostname) and (port is None or port > 0)
-
-
-def shown(value: Any) -> str:
-    """A value as the user wrote it, short."""
-    text = "null (nothing)" if value is None else repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one `--set a.b.c=value` (value parsed as YAML) to the raw spec dict; list items by index."""
-    key, sep, text = assignment.partition("=")
-    key = key.strip()
-    example = "e.g. --set trainer.max_epochs=3 or --set callbacks.0.init_args.x=1"
-    if not sep or not key:
-        raise UserError.single("--set", f"{assignment!r} is not key.path=value", example)
-    parts = key.split(".")
-    if any(not p or CONTROL.search(p) for p in parts):
-        raise UserError.single(f"--set {key}", "has an empty or invalid key in its path", example)
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as exc:
-        raise UserError.single(f"--set {key}", f"value is not valid YAML: {exc}",
-                               "quote strings, e.g. --set 'name=\"my job\"'") from None
-    node: Any = raw
-    for i, part in enumerate(parts):
-        here, last = ".".join(parts[: i + 1]), i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise UserError.single(f"--set {key}", f"'{here}': index {part} is not in the list "
-                                       f"({len(node)} items)", f"use an index from 0 to {len(node) - 1}"
-                                       if node else "add the list item in the spec file first")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if node.get(part) is None:
-                    node[part] = [] if parts[i + 1].isdigit() else {}
-                node = node[part]
-        else:
-            parent = ".".join(parts[:i]) or "the spec"
-            raise UserError.single(f"--set {key}", f"'{parent}' is {shown(node)}, not a mapping or list",
-                                   f"override a leaf inside a mapping, or set '{parent}' itself")
