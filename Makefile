@@ -49,6 +49,9 @@ test: venv-all ## Run the whole test suite (starts MLflow/SLURM/Ray when it can)
 lint: venv-dev ## ruff check (the code is hand-formatted at 120 columns; `ruff format` is not enforced)
 	$(VENV)/bin/ruff check src tests bench
 
+readme-fields: venv ## Regenerate the README's spec field table from the spec's dataclasses
+	$(PY) -m trainctl.spec_doc --write README.md
+
 mlflow: venv-server ## Serve the tracking store trainctl uses on 127.0.0.1:5000 (lean: 1 worker)
 	$(PY) -m trainctl.mlflow_server --port $${PORT:-5000}
 
@@ -61,4 +64,4 @@ clean: ## Remove caches (keeps .venv and runs/)
 -include cluster/slurm/slurm.mk
 -include cluster/ray/ray.mk
 
-.PHONY: help venv venv-ray venv-server venv-dev venv-all validate submit resume test lint mlflow bench clean
+.PHONY: help venv venv-ray venv-server venv-dev venv-all validate submit resume test lint readme-fields mlflow bench clean

@@ -49,16 +49,16 @@ ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 # ---------------------------------------------------------------- typed loading
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     if isinstance(tp, type) and issubclass(tp, Enum):
         return " | ".join(m.value for m in tp)
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+        return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
     if origin is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
@@ -77,8 +77,8 @@ def _convert(tp: Any, value: Any, path: str, meta: dict[str, Any], problems: lis
         before = len(problems)
         out = _convert(inner[0], value, path, meta, problems)
         if len(problems) > before and problems[-1].message.startswith("expected "):
-            problems[-1] = Problem(path, f"expected {_type_name(tp)}, got {shown(value)}",
-                                   f"write {_type_name(tp)}{doc}")
+            problems[-1] = Problem(path, f"expected {type_name(tp)}, got {shown(value)}",
+                                   f"write {type_name(tp)}{doc}")
         return out
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, problems)
@@ -92,7 +92,7 @@ def _convert(tp: Any, value: Any, path: str, meta: dict[str, Any], problems: lis
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            problems.append(Problem(path, f"expected {_type_name(tp)}, got {shown(value)}",
+            problems.append(Problem(path, f"expected {type_name(tp)}, got {shown(value)}",
                                     f"write a YAML list (`[]` for none){doc}"))
             return None
         return [_convert(item_tp, v, f"{path}[{i}]", {}, problems) for i, v in enumerate(value)]
@@ -105,8 +105,8 @@ def _convert(tp: Any, value: Any, path: str, meta: dict[str, Any], problems: lis
         or (tp is str and isinstance(value, str))
     )
     if not ok:
-        problems.append(Problem(path, f"expected {_type_name(tp)}, got {shown(value)}",
-                                f"write {_type_name(tp)}{doc}"))
+        problems.append(Problem(path, f"expected {type_name(tp)}, got {shown(value)}",
+                                f"write {type_name(tp)}{doc}"))
         return None
     if tp is str and CONTROL.search(value):
         problems.append(Problem(path, f"{shown(value)} contains a control character (NUL, newline, …)",
