@@ -7,8 +7,9 @@ created as `submit` creates them (tracking.create_run) and ended FINISHED with a
 several runs. Every command is run against that sqlite store and against a real MLflow server serving the same
 store (the cluster setup). `cancel` cancels a fresh PENDING run each time whose scheduler job has ended: the
 whole command (find the run, write KILLED, ask the launcher, close the attempt) without the wait for a job's
-ranks to save, which is the job's time, not the command's. `validate jobs/digits.yaml` imports the spec's
-classes (Lightning); `import pytorch_lightning` in a fresh interpreter is measured alongside as its floor.
+ranks to save, which is the job's time, not the command's. `validate jobs/digits.yaml` reads the spec's
+classes from their source (no import of Lightning); `import pytorch_lightning` in a fresh interpreter, what
+`validate` cost when it imported them, is measured alongside.
 Wall time (what a user waits) is the figure; CPU time (user+sys of the child) is kept too, since on a shared,
 loaded machine the wall time mostly measures waiting for a core.
 """

@@ -43,7 +43,7 @@ GOALS: dict[str, tuple[float | None, str, str]] = {
     "cli_ls_s": (0.5, "s", "`trainctl ls` cold, median wall (embedded sqlite store)"),
     "cli_logs_s": (0.5, "s", "`trainctl logs RUN` cold, median wall (embedded sqlite store)"),
     "cli_cancel_s": (0.5, "s", "`trainctl cancel RUN` of a run whose job has ended, cold, median wall (sqlite)"),
-    "cli_validate_s": (3.0, "s", "`trainctl validate jobs/digits.yaml` cold, median wall (imports Lightning)"),
+    "cli_validate_s": (3.0, "s", "`trainctl validate jobs/digits.yaml` cold, median wall (classes read from source)"),
     "memory_peak_ratio": (None, "x", "peak RSS per rank, trainctl ÷ raw DDP loop"),
     "memory_growth_mb_per_10k_steps": (5.0, "MiB", "RSS slope over the 2nd half of a ≥ 10k-step run (abs)"),
     "system_metrics_ratio": (1.01, "x", "mean step, system metrics every 1 s (10x the default rate) ÷ off, "

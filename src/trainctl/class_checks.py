@@ -125,8 +125,8 @@ def check_components(spec: Spec, from_source: bool = True) -> list[Problem]:
     if from_source:
         try:
             return check_with(FromSource(), spec)
-        except (Unresolved, SyntaxError, OSError, UnicodeDecodeError, RecursionError):
-            pass  # the source alone does not settle it: import the classes
+        except Exception:  # Unresolved, or source the reader cannot follow: the import settles it
+            pass
     return check_with(Imported(), spec)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import builtins
 import collections.abc
+import importlib.util
 import sys
 import typing
 from dataclasses import dataclass
@@ -51,28 +52,32 @@ class StaticClass:
     namespace: str | None  # the first Lightning package in its MRO
 
 
-_modules: dict[str, Module] = {}
+_modules: dict[tuple[str, str, int], Module] = {}  # by (module, file, mtime)
 
 
 def find_file(module: str) -> Path | None:
     """The source file of `module`, found as the import system would, without running any package's __init__."""
-    search: list[str] | None = None
-    origin = None
-    for i, part in enumerate(module.split(".")):
-        spec = PathFinder.find_spec(".".join(module.split(".")[: i + 1]) if i else part, search)
-        if spec is None:
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        origin = getattr(loaded, "__file__", None)
+        return Path(origin) if origin and origin.endswith(".py") else None
+    parts = module.split(".")
+    spec = importlib.util.find_spec(parts[0])  # a top-level name: finders only, nothing is executed
+    for i in range(1, len(parts)):
+        if spec is None or not spec.submodule_search_locations:
             return None
-        search = list(spec.submodule_search_locations or [])
-        origin = spec.origin
+        spec = PathFinder.find_spec(".".join(parts[: i + 1]), list(spec.submodule_search_locations))
+    origin = spec.origin if spec is not None else None
     return Path(origin) if origin and origin.endswith(".py") else None
 
 
 def load(module: str) -> Module:
-    if module in _modules:
-        return _modules[module]
     file = find_file(module)
     if file is None:
         raise Unresolved(f"no source for {module}")
+    key = (module, str(file), file.stat().st_mtime_ns)
+    if key in _modules:
+        return _modules[key]
     tree = ast.parse(file.read_text(encoding="utf-8"), str(file))
     package = module if file.name == "__init__.py" else module.rpartition(".")[0]
     bindings: dict[str, Any] = {}
@@ -86,8 +91,8 @@ def load(module: str) -> Module:
             for node in ast.walk(stmt):
                 for name, _ in _binds(node, package) if isinstance(node, ast.stmt) else []:
                     bindings[name] = AMBIGUOUS
-    _modules[module] = Module(module, bindings, open_ended)
-    return _modules[module]
+    _modules[key] = Module(module, bindings, open_ended)
+    return _modules[key]
 
 
 def _binds(stmt: ast.stmt, package: str) -> list[tuple[str, Any]]:
@@ -213,7 +218,19 @@ def read_init(path: str) -> Signature:
 
 
 def _init_of(node: ast.ClassDef) -> ast.FunctionDef | None:
-    return next((s for s in node.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"), None)
+    """The class body's own __init__; Unresolved when it is bound any other way than one plain `def`."""
+    defs = [s for s in node.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"]
+    others = [n for s in node.body if not (isinstance(s, ast.FunctionDef) and s.name == "__init__")
+              for n in ast.walk(s) if _binds_init(n)]
+    if len(defs) > 1 or others:
+        raise Unresolved(f"{node.name}.__init__ is bound more than once or conditionally")
+    return defs[0] if defs else None
+
+
+def _binds_init(node: ast.AST) -> bool:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return node.name == "__init__"
+    return isinstance(node, ast.Name) and node.id == "__init__" and isinstance(node.ctx, ast.Store)
 
 
 def _linearize(module: str, node: ast.ClassDef, depth: int) -> list[tuple[str, str, ast.ClassDef]]:

@@ -124,3 +124,45 @@ def test_validate_imports_neither_torch_nor_lightning() -> None:
                          timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_validate_reads_a_module_next_to_the_spec(tmp_path: Any) -> None:
+    """The user's module beside the spec is found from source as the import would find it; problems as usual."""
+    (tmp_path / "mymodel.py").write_text(
+        "import pytorch_lightning as pl\n\n\n"
+        "class Net(pl.LightningModule):\n"
+        "    def __init__(self, width: int = 4, act: 'str | None' = None) -> None:\n"
+        "        super().__init__()\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: mine\nmodel:\n  class_path: mymodel.Net\n  init_args: {{width: wide, akt: relu}}\n"
+                   f"workdir: {tmp_path / 'runs'}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "trainctl.cli", "validate", str(job)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 2, res.stderr
+    assert "model.init_args.width: expected int, got 'wide'" in res.stderr
+    assert "model.init_args.akt: Net has no argument 'akt'" in res.stderr and "did you mean 'act'?" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(("source", "settled"), [
+    ("import pytorch_lightning as pl\nclass M(pl.LightningModule):\n    def __init__(self, n: int = 1): ...\n", True),
+    ("from typing import TYPE_CHECKING\nimport pytorch_lightning as pl\nif TYPE_CHECKING:\n    Width = int\n"
+     "class M(pl.LightningModule):\n    def __init__(self, n: 'Width' = 1): ...\n", False),
+    ("import pytorch_lightning as pl\ndef make(): ...\nclass M(pl.LightningModule):\n    __init__ = make\n", False),
+    ("import pytorch_lightning as pl\nfrom dataclasses import dataclass\n@dataclass\nclass M(pl.LightningModule):\n"
+     "    n: int = 1\n", False),
+    ("import pytorch_lightning as pl\nclass M(pl.LightningModule, metaclass=type):\n    pass\n", False),
+    ("from pytorch_lightning import *\nclass M(LightningModule):\n    pass\n", False),
+    ("import pytorch_lightning as pl\nclass M(pl.callbacks.EarlyStopping):\n    pass\n", False),
+], ids=["plain", "type-checking-alias", "init-assigned", "dataclass", "metaclass", "star-import", "library-base"])
+def test_source_reader_hands_over_what_it_cannot_know(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, source: str,
+                                                      settled: bool) -> None:
+    name = f"srcmod_{abs(hash(source)) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    if settled:
+        assert static_sig.read_class(f"{name}.M").signature.params["n"].annotation is int
+    else:
+        with pytest.raises(Unresolved):
+            static_sig.read_class(f"{name}.M")
