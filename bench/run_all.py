@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import checkpointing, cli_latency, cpu_ddp, launch, memory, system_metrics, tracking
-from bench.common import ROOT, machine, median
+from bench.procs import ROOT, machine
+from bench.stats import median
 
 # key: (goal, unit, "max" = value must be ≤ goal, description)
 GOALS: dict[str, tuple[float | None, str, str]] = {
@@ -238,7 +239,8 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
 def quick_runs(uri: str, log: Any) -> dict[str, Any]:
     """--quick: one raw run and two runs of trainctl's worker path (MLflow every step / no logger), shared by the
     CPU-DDP, tracking and memory sections."""
-    from bench.common import run_json, worker
+    from bench.procs import run_json
+    from bench.worker_path import worker
 
     out = {"raw": run_json(["-m", "bench.cpu_ddp", "--child", "raw", "--hidden", "64", "--batch", "32",
                             "--epochs", "2"])}

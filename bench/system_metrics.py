@@ -2,7 +2,7 @@
 
     python -m bench.system_metrics [--quick] [--reps 3] [--epochs 12] [--interval 1] [--out bench/results/sm.json]
 
-Both variants run trainctl's worker path on 2 gloo ranks (bench.common.run_worker) with rank 0 delivering its
+Both variants run trainctl's worker path on 2 gloo ranks (bench.worker_path) with rank 0 delivering its
 step metrics to a real local MLflow server (the default job). `on` adds trainctl.worker.system_metrics on local
 rank 0, as worker/entrypoint.py starts it, sampling every `--interval` seconds (1 s: ten times the default rate,
 so that a few-second run holds several samples and the figure is an upper bound for the default 10 s). The
@@ -25,8 +25,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from bench.common import median, worker, write_json
+from bench.procs import write_json
+from bench.stats import median
 from bench.tracking import WORKLOADS, mlflow_server, new_run, points_on_server
+from bench.worker_path import worker
 
 DEFAULT_INTERVAL_S = 10.0  # tracking.system_metrics' default
 

@@ -3,7 +3,7 @@
     python -m bench.tracking [--quick] [--reps 3] [--workloads tiny,wide] [--out bench/results/tracking.json]
 
 A real, lean MLflow server (trainctl.mlflow_server: uvicorn, one worker, sqlite store) is started here. Both
-variants run trainctl's worker path on 2 gloo ranks (bench.common.run_worker: build_trainer, every trainctl
+variants run trainctl's worker path on 2 gloo ranks (bench.worker_path: trainctl.worker.fit with every trainctl
 callback, the data path, the watchdog):
   mlflow     rank 0 feeds trainctl's MetricsSink (a daemon thread, batches of ≤ 1000 points) bound to a run on
              that server; train/loss and grad/norm every step (tracking.log_every_n_steps = 1, the default).
@@ -25,7 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, median, worker, write_json
+from bench.procs import free_port, write_json
+from bench.stats import median
+from bench.worker_path import worker
 
 WORKLOADS = {"tiny": (64, 32), "wide": (1024, 256)}
 KEYS = ("train/loss", "grad/norm", "epoch")  # what a step of the benchmark job logs
