@@ -24,8 +24,9 @@ from trainctl.worker.watchdog import HeartbeatImpl, Watchdog
 
 @dataclass
 class Fit:
-    """What a fit is made of, handed to `started` before training so that a caller can reach it mid-fit (the
-    watchdog's early end uploads `built`'s checkpoints; a benchmark wraps timers around its parts)."""
+    """What a fit is made of, handed to `started` as soon as the Trainer exists, so that a caller can reach it
+    mid-fit or after a failure (the watchdog's early end uploads `built`'s checkpoints, `train`'s end drains and
+    tears down its checkpoint IO; a benchmark wraps timers around its parts)."""
 
     ns: LightningNamespace
     model: Any
@@ -50,11 +51,11 @@ def fit(spec: Spec, run_dir: Path, run_id: str, sink: MetricsSink | None, global
         ns = namespace_of(type(model))
     heartbeat = (make(HeartbeatImpl, ns.pl.Callback, watchdog),) if watchdog is not None else ()
     trainer, built = build_trainer(ns, spec, run_dir, run_id, sink, strategy=strategy, extra_callbacks=heartbeat)
-    ResumableData(ns, trainer, spec.seed_everything or 0, global_rank, world_size).install(
-        data if data is not None else model)
     done = Fit(ns, model, data, trainer, built)
     if started is not None:
         started(done)
+    ResumableData(ns, trainer, spec.seed_everything or 0, global_rank, world_size).install(
+        data if data is not None else model)
     trainer.fit(model, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if has_test(ns, model, data):
         best = built.top_k.best_model_path if built.top_k else ""
