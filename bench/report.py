@@ -35,6 +35,10 @@ def markdown(results: dict[str, Any]) -> str:
         goal = "—" if r["goal"] is None else f"≤ {_fmt(r['goal'])}{unit}"
         met = "skipped" if r.get("skipped") else {True: "yes", False: "**no**", None: "—"}[r["met"]]
         value = _fmt(r["value"]) + ("" if r["value"] is None else unit)
+        spread = r.get("spread") or {}
+        if spread.get("ci95"):  # the median of the rounds' pairs and its 95 % interval (bench/alternate.py)
+            lo, hi = spread["ci95"]
+            value += f" (95 %: {_fmt(lo)} to {_fmt(hi)}, {spread['n']} pairs)"
         lines.append(f"| `{key}` | {value} | {goal} | {met} | {r['what']}"
                      + (f" ({r['reason']})" if r.get("skipped") and r.get("reason") else "") + " |")
     cpu = results.get("cpu_ddp") or {}

@@ -16,27 +16,30 @@ def intervals_after_warmup(ends: list[float], first_epoch_steps: int) -> list[fl
     return [b - a for a, b in zip(ends[start:], ends[start + 1 :])]
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM), MiB."""
+def _status_mib(field: str) -> float | None:
+    """A size line of /proc/self/status (VmHWM, VmRSS), MiB; None where there is no such file."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), MiB."""
+    peak = _status_mib("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    rss = _status_mib("VmRSS")
+    return float("nan") if rss is None else rss
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.flagship.variants import autocast, build_objects
+from bench.flagship.variants import raw_loop
 
 
 def run_profile(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
@@ -17,29 +17,9 @@ def run_profile(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from trainctl.examples.gpt import attention_context
-
     cuda = args.device == "cuda"
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    _, model, data = build_objects(spec)
-    model.to(device)
-    data.setup("fit")
-    it = iter(data.train_dataloader())
-    conf = model.configure_optimizers()
-    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
-    amp = autocast(spec.trainer.get("precision", "32-true"), device)
+    model, step = raw_loop(args, spec)
     n_prof = 3
-
-    def step() -> None:
-        x, y = next(it)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with amp, attention_context(model.hparams.attention):
-            loss = model.model(x, y)
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-
     for _ in range(max(2, args.warmup)):
         step()
     if cuda:

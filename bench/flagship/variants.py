@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,20 +62,42 @@ def build_objects(spec: Any) -> tuple[Any, Any, Any]:
     return ns, model, data
 
 
-def run_raw(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+def raw_loop(args: argparse.Namespace, spec: Any) -> tuple[Any, Callable[[], Any]]:
+    """The plain PyTorch loop on the spec's objects: the model, and a function that trains on one batch and returns
+    its loss (the loader's iterator starts at the first call)."""
     import torch
 
     from trainctl.examples.gpt import attention_context
 
-    cuda = args.device == "cuda"
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     _, model, data = build_objects(spec)
     model.to(device)
     data.setup("fit")
     loader = data.train_dataloader()
     conf = model.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
-    net = model.model
+    amp = autocast(spec.trainer.get("precision", "32-true"), device)
+    batches: list[Any] = []
+
+    def step() -> Any:
+        if not batches:
+            batches.append(iter(loader))
+        x, y = next(batches[0])
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with amp, attention_context(model.hparams.attention):
+            loss = model.model(x, y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return model, step
+
+
+def run_raw(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    cuda = args.device == "cuda"
+    model, step = raw_loop(args, spec)
     total = args.warmup + args.steps
     clock = StepTimer(cuda, args.warmup, total)
     counter = SyncCounter(cuda, args.steps).install() if args.count_syncs else None
@@ -82,18 +105,9 @@ def run_raw(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
         clock.hooks.append(counter.hook)
     if (cp := cprofile_hook(args, "raw")) is not None:
         clock.hooks.append(cp)
-    amp = autocast(spec.trainer.get("precision", "32-true"), device)
-    it = iter(loader)
     loss = None
     for i in range(total):
-        x, y = next(it)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with amp, attention_context(model.hparams.attention):
-            loss = net(x, y)
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        loss = step()
         clock.step_end(i)
     out = clock.result()
     out.update(final_loss=float(loss.detach().float().cpu()), strategy="none (plain loop)")
