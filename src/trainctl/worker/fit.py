@@ -64,6 +64,7 @@ def fit(spec: Spec, run_dir: Path, run_id: str, sink: MetricsSink | None, global
 
 
 def has_test(ns: LightningNamespace, model: Any, data: Any) -> bool:
+    """Test only a module that can be tested: Lightning raises on `trainer.test` without a loader and a step."""
     from lightning_utilities.core.overrides import is_overridden
 
     has_loader = (data is not None and is_overridden("test_dataloader", data, ns.pl.LightningDataModule)) or \
