@@ -3,7 +3,7 @@ same state; and the step slowdown while the background write runs.
 
     python -m bench.checkpointing [--quick] [--out bench/results/checkpointing.json]
 
-One rank of trainctl's worker path (bench.common.run_worker: build_trainer with its AtomicCheckpointIO,
+One rank of trainctl's worker path (bench.worker_path: trainctl.worker.fit, build_trainer with its AtomicCheckpointIO,
 async_save on) trains an MLP whose parameters + Adam state are ≈ 1 GB (64→4096, 5 x 4096→4096, →10: 84 M
 parameters, 3 x 337 MB) on the digits, one torch thread, checkpoint.every_n_train_steps = K. In the same
 process, alternating with trainctl's checkpoints (steps K/2, 3K/2, …), `SyncSaveProbe` takes the same state
@@ -33,7 +33,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from bench.common import median, worker, write_json
+from bench.procs import write_json
+from bench.stats import median
+from bench.worker_path import worker
 
 
 class SyncSaveProbe(pl.Callback):

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, median, python_env, write_json
+from bench.procs import ROOT, python_env, write_json
+from bench.stats import median
 
 COMMANDS = ("status", "ls", "logs", "cancel")  # per store; validate reads no store
 

@@ -1,15 +1,17 @@
 """CPU DDP overhead: trainctl-launched step time ÷ a hand-written torch.distributed DDP loop, 2 gloo ranks.
 
-    python -m bench.cpu_ddp [--quick] [--reps 3] [--out bench/results/cpu_ddp.json]
+    python -m bench.cpu_ddp [--quick] [--reps 5 --max-reps 15 --target 0.015] [--out bench/results/cpu_ddp.json]
     python -m bench.cpu_ddp --profile [--hidden 64 --batch 32]     # where trainctl's per-step time goes
 
-Variants (each a fresh pair of processes, run alternately A, B, A, B, …; the ratio is of the medians):
+Variants (each a fresh pair of processes, alternated in rounds A B …, … B A until every ratio is known to ±target,
+bench/alternate.py; a ratio is the median of the rounds' paired ratios, its `spread` beside it):
   raw       a hand-written DDP loop: DistributedSampler + DataLoader, DistributedDataParallel, Adam,
-            zero_grad(set_to_none=True), backward, step — the anchor's raw loop (../shared/baselines/).
-  trainctl  `trainctl submit` of a spec naming bench.common.BenchMLP/BenchDigits on the local backend (submitit,
+            zero_grad(set_to_none=True), backward, step — the anchor's raw loop.
+  trainctl  `trainctl submit` of a spec naming bench.workload.BenchMLP/BenchDigits on the local backend (submitit,
             2 ranks, tracking to the embedded store, every trainctl callback, logging every step), with
-            bench.common.StepClock in the spec's `callbacks:` recording rank 0's step ends.
-  anchor    ../shared/baselines/cpu_ddp_anchor.py raw, unchanged: checks that `raw` is a fair baseline (±10 %).
+            bench.workload.StepEnds in the spec's `callbacks:` recording rank 0's step ends.
+  anchor    the CPU DDP anchor script's raw loop, unchanged (ANCHOR: shared/baselines/ beside the checkout):
+            checks that `raw` is a fair baseline (±10 %).
   lightning the anchor's plain Lightning Trainer (reference only).
   worker    diagnostic: trainctl's worker path (build_trainer + its callbacks, data path, watchdog) in two
             processes started here, with hook timers or cProfile on rank 0 (--profile).
@@ -31,16 +33,11 @@ from typing import Any
 
 import yaml
 
-from bench.common import (
-    ROOT,
-    bench_spec,
-    free_port,
-    intervals_after_warmup,
-    median,
-    python_env,
-    run_json,
-    worker,
-)
+from bench.alternate import alternate
+from bench.procs import ROOT, free_port, python_env, run_json
+from bench.stats import intervals_after_warmup, median
+from bench.worker_path import worker
+from bench.workload import bench_spec
 
 ANCHOR = ROOT.parent / "shared" / "baselines" / "cpu_ddp_anchor.py"
 WORKLOADS = {"tiny": (64, 32), "wide": (1024, 256)}
@@ -54,7 +51,8 @@ def _raw_rank(rank: int, port: int, hidden: int, batch: int, epochs: int, out: s
     import torch.distributed as dist
     from torch import nn
 
-    from bench.common import digits, mlp, peak_rss_mb
+    from bench.stats import peak_rss_mb
+    from bench.workload import digits, mlp
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -84,7 +82,7 @@ def _raw_rank(rank: int, port: int, hidden: int, batch: int, epochs: int, out: s
         Path(f"{out}.rank{rank}").write_text(json.dumps({"max_rss_mb": peak_rss_mb()}))
     dist.barrier()
     # No teardown: freeing DDP's reducer can deadlock in ProcessGroupGloo's destructor (torch 2.13; see
-    # bench.common.run_json). Both ranks' results are written.
+    # bench.procs.run_json). Both ranks' results are written.
     sys.stdout.flush()
     os._exit(0)
 
@@ -169,38 +167,44 @@ def run_variant(variant: str, hidden: int, batch: int, epochs: int, tmp: Path) -
 
 
 def measure(workload: str, reps: int, epochs: int, tmp: Path, variants: list[str], log: Any = print,
-            baseline_variant: str = "trainctl") -> dict[str, Any]:
-    """Alternate the variants (A B C …, then … C B A) `reps` times; medians of the per-run medians.
-    The ratio is `baseline_variant` (trainctl's path) ÷ raw."""
+            baseline_variant: str = "trainctl", max_reps: int | None = None, target: float = 0.015,
+            budget_s: float | None = None) -> dict[str, Any]:
+    """Alternate the variants (A B C …, then … C B A) at least `reps` rounds and up to `max_reps`, until each
+    ratio is known to ±target (bench.alternate). The ratio is `baseline_variant` (trainctl's path) ÷ raw, the
+    median of the rounds' paired ratios; `spread` holds each figure's interval."""
     hidden, batch = WORKLOADS[workload]
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    for rep in range(reps):
-        for variant in (variants if rep % 2 == 0 else list(reversed(variants))):
-            r = run_variant(variant, hidden, batch, epochs, tmp)
-            r["load_avg_1m"] = os.getloadavg()[0]
-            runs[variant].append(r)
-            log(f"  cpu_ddp {workload} rep {rep} {variant:12} step {1e3 * r['step_s']:7.3f} ms "
-                f"(load {r['load_avg_1m']:.2f})")
+    figures = {"ratio": (baseline_variant, "raw", "ratio"), "added_ms": (baseline_variant, "raw", "diff_ms")}
+    if "anchor" in variants:
+        figures["raw_vs_anchor_raw"] = ("raw", "anchor", "ratio")
+    if "lightning" in variants:
+        figures["plain_lightning_ratio"] = ("lightning", "raw", "ratio")
+        figures["plain_lightning_added_ms"] = ("lightning", "raw", "diff_ms")
+
+    def one(variant: str, rnd: int) -> dict[str, Any]:
+        r = run_variant(variant, hidden, batch, epochs, tmp)
+        r["load_avg_1m"] = os.getloadavg()[0]
+        log(f"  cpu_ddp {workload} round {rnd} {variant:12} step {1e3 * r['step_s']:7.3f} ms "
+            f"(load {r['load_avg_1m']:.2f})")
+        return r
+
+    alt = alternate(variants, one, figures, min_rounds=reps, max_rounds=max(reps, max_reps or reps), target=target,
+                    budget_s=budget_s)
+    runs = alt["runs"]
     med = {v: median([r["step_s"] for r in rs]) for v, rs in runs.items()}
-    out: dict[str, Any] = {
-        "hidden": hidden, "batch": batch, "epochs": epochs, "reps": reps,
+    return {
+        "hidden": hidden, "batch": batch, "epochs": epochs, "reps": alt["rounds"],
+        "converged": alt["converged"], "target": target,
         "step_ms": {v: 1e3 * m for v, m in med.items()},
         "step_ms_runs": {v: [round(1e3 * r["step_s"], 4) for r in rs] for v, rs in runs.items()},
         "steps_timed": {v: rs[0].get("steps") for v, rs in runs.items()},
         "trainctl_variant": baseline_variant,
-        "ratio": med[baseline_variant] / med["raw"],
-        "added_ms": 1e3 * (med[baseline_variant] - med["raw"]),
+        **alt["values"],
+        "spread": alt["spread"],
         "trainctl_threads": runs[baseline_variant][0].get("threads"),
         "max_rss_mb_ranks": {v: [median([r["max_rss_mb_ranks"][i] for r in rs]) for i in range(2)]
                              for v, rs in runs.items() if all("max_rss_mb_ranks" in r for r in rs)},
         "load_avg_1m": [r["load_avg_1m"] for rs in runs.values() for r in rs],
     }
-    if "anchor" in med:
-        out["raw_vs_anchor_raw"] = med["raw"] / med["anchor"]
-    if "lightning" in med:
-        out["plain_lightning_ratio"] = med["lightning"] / med["raw"]
-        out["plain_lightning_added_ms"] = 1e3 * (med["lightning"] - med["raw"])
-    return out
 
 
 def profile(hidden: int, batch: int, epochs: int, mode: str, sets: list[str]) -> dict[str, Any]:
@@ -244,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="one repetition, two epochs, no reference runs")
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5, help="rounds at least (each variant once a round)")
+    p.add_argument("--max-reps", type=int, default=15, help="rounds at most, while a ratio is not within ±target")
+    p.add_argument("--target", type=float, default=0.015, help="each ratio's 95 %% interval half-width, relative")
     p.add_argument("--workloads", default="tiny,wide")
     p.add_argument("--variants", default="raw,trainctl,anchor,lightning",
                    help="raw, trainctl, anchor, lightning, worker[:spec.override=value,...]")
@@ -264,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-cpu-ddp-") as tmp:
             for w in args.workloads.split(","):
                 results[w] = measure(w, 1 if args.quick else args.reps, 2 if args.quick else args.epochs, Path(tmp),
-                                     variants)
+                                     variants, max_reps=1 if args.quick else args.max_reps, target=args.target)
         text = json.dumps(results, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,10 +3,10 @@
 
     python -m bench.launch [--quick] [--reps 3] [--backends local,slurm] [--out bench/results/launch.json]
 
-The job: the digits MLP (bench.common.BenchMLP, hidden 64, batch 32) on 2 CPU ranks, 5 steps, tracked on a real
+The job: the digits MLP (bench.workload.BenchMLP, hidden 64, batch 32) on 2 CPU ranks, 5 steps, tracked on a real
 local MLflow server started here (reachable from the SLURM nodes of the local cluster), submitted with the real
 CLI (`python -m trainctl.cli submit SPEC` — followed until the end; `--backend slurm --wait` for SLURM).
-  first_step   rank 0's first on_train_batch_end (bench.common.StepClock, wall clock) - the moment the CLI
+  first_step   rank 0's first on_train_batch_end (bench.workload.StepEnds, wall clock) - the moment the CLI
                process was started: the figure. It includes everything on the way: the CLI's interpreter start
                and imports (validation imports the model's module: torch, Lightning), creating the MLflow run,
                the local controller's start (submitit) or SLURM's scheduling, each rank's interpreter start and
@@ -40,15 +40,17 @@ from typing import Any
 
 import yaml
 
-from bench.common import ROOT, bench_spec, median, python_env, write_json
+from bench.procs import ROOT, python_env, write_json
+from bench.stats import median
+from bench.workload import bench_spec
 
 IMPORTS = {
     # what `trainctl submit` imports before it acts (spec validation imports the model's module)
-    "cli": "import trainctl.cli, trainctl.control, trainctl.spec, trainctl.components, mlflow, bench.common",
+    "cli": "import trainctl.cli, trainctl.control, trainctl.spec, trainctl.components, mlflow, bench.workload",
     # submitit's local controller process
     "controller": "import submitit, submitit.local.local",
     # one rank: submitit unpickles trainctl.worker.entrypoint.run_rank; the spec's module; mlflow (rank 0)
-    "rank": "import submitit, trainctl.worker.entrypoint, trainctl.worker.build, bench.common, mlflow, "
+    "rank": "import submitit, trainctl.worker.entrypoint, trainctl.worker.build, bench.workload, mlflow, "
             "sklearn.datasets",
 }
 

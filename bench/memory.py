@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import median, run_json, write_json
+from bench.procs import run_json, write_json
+from bench.stats import median
 
 STEPS_PER_EPOCH_TINY = 113  # 7188 samples / 2 ranks / batch 32, rounded up
 

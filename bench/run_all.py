@@ -1,10 +1,12 @@
 """Run every CPU benchmark; write bench/results.json, bench/results.md and bench/results.png.
 
-    python -m bench.run_all                      # make bench: the full set (≈ 20-30 min on 2 cores)
+    python -m bench.run_all                      # make bench: the full set (≈ 40-60 min on 2 cores)
     python -m bench.run_all --quick --out /tmp/r.json   # the smoke set the tests run (< 90 s): same keys
 
-Each ratio is measured in one run of this script, its A and B variants alternated, several repetitions, medians
-(see each module's docstring). results.json: `ratios` (one key per figure: value, goal, unit, met), the
+Each ratio is measured in one run of this script, its A and B variants alternated in rounds until the ratio is
+known to ±1.5 % or ROUNDS are spent (bench/alternate.py; each module's docstring). results.json: `ratios` (one key
+per figure: value, goal, unit, met, and `spread`: the median of the rounds' paired values, its bootstrap 95 %
+interval `ci95`, quartiles `iqr`, pairs `n`, `half_width_rel`), the
 sections' full details, the machine and versions. --quick runs one short repetition of each, with trainctl's
 worker path started in-process instead of `trainctl submit` for the CPU-DDP and memory figures, and no launch
 timing (marked skipped): its numbers show that the benchmarks run, not how fast trainctl is.
@@ -23,8 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import checkpointing, cli_latency, cpu_ddp, launch, memory, system_metrics, tracking
-from bench.common import ROOT, machine, median
+from bench.procs import ROOT, machine
+from bench.report import chart, markdown
+from bench.stats import median
 
+# rounds of A and B at least, at most (bench.alternate: more while a ratio's 95 % interval is wider than ±1.5 %),
+# and the seconds one CPU DDP workload may take before it stops adding rounds
+ROUNDS = (5, 12)
+BUDGET_S = 900.0
 # key: (goal, unit, "max" = value must be ≤ goal, description)
 GOALS: dict[str, tuple[float | None, str, str]] = {
     "cpu_ddp_ratio": (1.03, "x", "CPU DDP step, trainctl ÷ raw DDP loop (hidden 1024, batch 256, 2 gloo ranks)"),
@@ -57,6 +65,11 @@ def _entry(key: str, value: Any, **detail: Any) -> dict[str, Any]:
     if isinstance(value, (int, float)) and goal is not None and value == value:
         ok = abs(value) <= goal if key.startswith("memory_growth") else value <= goal
     return {"value": value, "goal": goal, "unit": unit, "met": ok, "what": what, **detail}
+
+
+def _spread(section: dict[str, Any], figure: str) -> dict[str, Any] | None:
+    """A figure's bench.alternate spread (median, ci95, iqr, n, half_width_rel); None for a single run (--quick)."""
+    return (section.get("spread") or {}).get(figure)
 
 
 def _skipped(key: str, reason: str) -> dict[str, Any]:
@@ -105,7 +118,8 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
                 # trainctl and raw are the ratio; anchor checks the raw loop; lightning (plain Trainer) and worker
                 # (trainctl's worker path without submit/tracking) split trainctl's added time into its sources
                 variants = ["raw", "trainctl", "anchor", "lightning", "worker"]
-                out = {w: cpu_ddp.measure(w, 3, 3, tmp, variants, log=log) for w in ("tiny", "wide")}
+                out = {w: cpu_ddp.measure(w, ROUNDS[0], 3, tmp, variants, log=log, max_reps=ROUNDS[1],
+                                          budget_s=BUDGET_S) for w in ("tiny", "wide")}
                 for w, (h, b) in cpu_ddp.WORKLOADS.items():  # per-hook ms per step on rank 0 (SimpleProfiler)
                     prof = cpu_ddp.profile(h, b, 3, "hooks", [])
                     out[w]["profile_hooks_ms_per_step"] = dict(list(prof["hooks_ms_per_step"].items())[:25])
@@ -116,12 +130,17 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
             if cpu_out:
                 if "wide" in cpu_out:
                     w = cpu_out["wide"]
-                    ratios["cpu_ddp_ratio"] = _entry("cpu_ddp_ratio", w["ratio"], step_ms=w["step_ms"])
+                    ratios["cpu_ddp_ratio"] = _entry("cpu_ddp_ratio", w["ratio"], step_ms=w["step_ms"],
+                                                     spread=_spread(w, "ratio"),
+                                                     raw_vs_anchor_raw=w.get("raw_vs_anchor_raw"),
+                                                     raw_vs_anchor_raw_spread=_spread(w, "raw_vs_anchor_raw"))
                 else:
                     ratios["cpu_ddp_ratio"] = _skipped("cpu_ddp_ratio", "quick: tiny workload only")
                 t = cpu_out["tiny"]
                 ratios["cpu_ddp_added_ms"] = _entry("cpu_ddp_added_ms", t["added_ms"], step_ms=t["step_ms"],
-                                                    ratio=t["ratio"])
+                                                    ratio=t["ratio"], spread=_spread(t, "added_ms"),
+                                                    raw_vs_anchor_raw=t.get("raw_vs_anchor_raw"),
+                                                    raw_vs_anchor_raw_spread=_spread(t, "raw_vs_anchor_raw"))
 
             # ---- tracking
             def track() -> dict[str, Any]:
@@ -134,7 +153,7 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
                             "delivery": tracking.delivery_cost(uri, batches=3)}
                 # wide: 3 reps of 6 epochs (75 timed steps); tiny: 5 reps of 3 epochs (226 timed steps), its ratio
                 # being the noisier one (a 2.5 ms step on 2 cores shared with the server)
-                out = {w: tracking.measure(uri, w, 3 if w == "wide" else 5, 6 if w == "wide" else 3, log=log)
+                out = {w: tracking.measure(uri, w, ROUNDS[0], 6 if w == "wide" else 3, log=log, max_reps=ROUNDS[1])
                        for w in ("wide", "tiny")}
                 out["delivery"] = tracking.delivery_cost(uri)
                 return out
@@ -143,11 +162,13 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
             if tr:
                 if "wide" in tr:
                     ratios["tracking_ratio"] = _entry("tracking_ratio", tr["wide"]["ratio"],
-                                                      step_ms=tr["wide"]["step_ms"])
+                                                      step_ms=tr["wide"]["step_ms"],
+                                                      spread=_spread(tr["wide"], "ratio"))
                 else:
                     ratios["tracking_ratio"] = _skipped("tracking_ratio", "quick: tiny workload only")
                 ratios["tracking_ratio_tiny"] = _entry("tracking_ratio_tiny", tr["tiny"]["ratio"],
-                                                       step_ms=tr["tiny"]["step_ms"], delivery=tr.get("delivery"))
+                                                       step_ms=tr["tiny"]["step_ms"], delivery=tr.get("delivery"),
+                                                       spread=_spread(tr["tiny"], "ratio"))
 
             # ---- checkpointing
             ck = section("checkpointing", lambda: checkpointing.run(1024, 2, 12, 4) if quick
@@ -223,10 +244,10 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
             # ---- system metrics (quick: against the tracking run above, one run with the monitor)
             sm = section("system_metrics", lambda: system_metrics.measure(uri, "tiny", 1, 2, 1.0, log=log,
                                                                           off_runs=[shared["mlflow"]]) if quick
-                         else system_metrics.measure(uri, "wide", 3, 12, 1.0, log=log))
+                         else system_metrics.measure(uri, "wide", ROUNDS[0], 12, 1.0, log=log, max_reps=ROUNDS[1]))
             if sm:
                 ratios["system_metrics_ratio"] = _entry(
-                    "system_metrics_ratio", sm["ratio"], mean_step_ms=sm["mean_step_ms"],
+                    "system_metrics_ratio", sm["ratio"], mean_step_ms=sm["mean_step_ms"], spread=_spread(sm, "ratio"),
                     sample_cpu_ms=sm["sample_cpu_ms"], core_share_at_default_interval=sm[
                         "core_share_at_default_interval"])
     results["ratios"] = ratios
@@ -238,7 +259,8 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
 def quick_runs(uri: str, log: Any) -> dict[str, Any]:
     """--quick: one raw run and two runs of trainctl's worker path (MLflow every step / no logger), shared by the
     CPU-DDP, tracking and memory sections."""
-    from bench.common import run_json, worker
+    from bench.procs import run_json
+    from bench.worker_path import worker
 
     out = {"raw": run_json(["-m", "bench.cpu_ddp", "--child", "raw", "--hidden", "64", "--batch", "32",
                             "--epochs", "2"])}
@@ -251,122 +273,6 @@ def quick_runs(uri: str, log: Any) -> dict[str, Any]:
         r.pop("intervals", None)
         log(f"  quick {k:6} step {1e3 * r['step_s']:.3f} ms")
     return out
-
-
-# ======================================================================== reports
-
-
-def _fmt(v: Any, unit: str = "") -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        if v != v:
-            return "nan"
-        return f"{v:.3f}{unit}" if abs(v) < 100 else f"{v:.0f}{unit}"
-    return f"{v}{unit}"
-
-
-def markdown(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    lines = [
-        "# trainctl benchmarks" + (" (--quick: smoke figures only)" if results.get("quick") else ""),
-        "",
-        f"{results['started']} · {m['cpu']} · {m['cores']} cores · {m['mem_gb']} GiB · Python {m['python']} · "
-        f"torch {m['torch']} · pytorch-lightning {m['pytorch_lightning']} · mlflow {m['mlflow']} · "
-        f"submitit {m['submitit']} · commit {m['git_commit'][:10]}{' (dirty)' if m['git_dirty'] else ''} · "
-        f"load avg at start {m['load_avg_1m_at_start']:.2f}",
-        "",
-        "| figure | value | goal | met | what |",
-        "|---|---|---|---|---|",
-    ]
-    for key, r in results["ratios"].items():
-        unit = "" if r["unit"] == "x" else f" {r['unit']}"
-        goal = "—" if r["goal"] is None else f"≤ {_fmt(r['goal'])}{unit}"
-        met = "skipped" if r.get("skipped") else {True: "yes", False: "**no**", None: "—"}[r["met"]]
-        value = _fmt(r["value"]) + ("" if r["value"] is None else unit)
-        lines.append(f"| `{key}` | {value} | {goal} | {met} | {r['what']}"
-                     + (f" ({r['reason']})" if r.get("skipped") and r.get("reason") else "") + " |")
-    cpu = results.get("cpu_ddp") or {}
-    for w, d in cpu.items():
-        if not isinstance(d, dict) or "step_ms" not in d:
-            continue
-        lines += ["", f"CPU DDP `{w}` (hidden {d['hidden']}, batch {d['batch']}): median step ms " +
-                  ", ".join(f"{k} {v:.3f}" for k, v in d["step_ms"].items()) +
-                  (f"; raw ÷ anchor raw {d['raw_vs_anchor_raw']:.3f}" if "raw_vs_anchor_raw" in d else "") +
-                  (f"; plain Lightning ÷ raw {d['plain_lightning_ratio']:.3f}" if "plain_lightning_ratio" in d
-                   else "")]
-    for w, d in cpu.items():  # where trainctl's added time goes: the ladder, then the hooks that cost most
-        if not isinstance(d, dict) or not {"raw", "lightning", "worker", "trainctl"} <= set(d.get("step_ms", {})):
-            continue
-        ms = d["step_ms"]
-        lines += ["", f"Where the time goes, `{w}` (median step, ms; each row adds to the one above):", "",
-                  "| path | step | added by this row |", "|---|---|---|",
-                  f"| raw DDP loop | {ms['raw']:.3f} | |",
-                  f"| plain Lightning Trainer (anchor's: no logger, `self.log` per step) | {ms['lightning']:.3f} | "
-                  f"{ms['lightning'] - ms['raw']:+.3f} |",
-                  f"| trainctl's worker path, in-process, no tracking (callbacks, grad norm, agreed stop, data "
-                  f"path, watchdog) | {ms['worker']:.3f} | {ms['worker'] - ms['lightning']:+.3f} |",
-                  f"| `trainctl submit` (submitit ranks, MetricsSink to the embedded MLflow store) | "
-                  f"{ms['trainctl']:.3f} | {ms['trainctl'] - ms['worker']:+.3f} |"]
-        hooks = d.get("profile_hooks_ms_per_step")
-        if hooks:
-            top = [(k, v) for k, v in hooks.items() if not k.startswith(("run_training_batch", "[LightningModule]"))]
-            lines += ["", f"Rank 0's hooks under Lightning's SimpleProfiler (its own timers inflate them; step "
-                      f"{d.get('profile_step_ms', float('nan')):.3f} ms): " +
-                      ", ".join(f"{k} {v:.3f}" for k, v in top[:10])]
-    delivery = (results.get("tracking") or {}).get("delivery")
-    if delivery:
-        server = delivery.get("server_cpu_us_per_point")
-        lines += ["", f"Tracking delivery (batches of {delivery['points_per_batch']} points): CPU in the sending "
-                  f"thread per 1000 points {delivery['client_cpu_ms_per_1000_points_rest']:.1f} ms (trainctl's "
-                  f"REST batch) vs {delivery['client_cpu_ms_per_1000_points_mlflow_client']:.1f} ms "
-                  "(MlflowClient.log_batch)" + (f"; the MLflow server's CPU per point {server:.0f} µs, on the "
-                                                  "same cores as the ranks here" if server else "")]
-    sm = results.get("system_metrics")
-    if sm:
-        lines += ["", f"System metrics (every {sm['interval_s']:g} s, hidden {sm['hidden']}): mean step ms " +
-                  ", ".join(f"{k} {v:.3f}" for k, v in sm["mean_step_ms"].items()) +
-                  f"; one sample takes {sm['sample_cpu_ms']:.2f} ms of CPU in the monitor's thread, "
-                  f"{100 * sm['core_share_at_default_interval']:.4f} % of a core at the default 10 s"]
-    if results.get("errors"):
-        lines += ["", "Errors:"] + [f"- {k}: {v.splitlines()[0]}" for k, v in results["errors"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def chart(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [(k, r) for k, r in results["ratios"].items() if isinstance(r.get("value"), (int, float))
-            and r["value"] == r["value"]]
-    fig, ax = plt.subplots(figsize=(10, 0.55 * max(len(rows), 1) + 1.4))
-    names, vals, colors, labels = [], [], [], []
-    for key, r in rows:
-        goal = r["goal"]
-        v = abs(r["value"]) if key.startswith("memory_growth") else r["value"]
-        rel = v / goal if goal else v
-        names.append(key + ("" if goal else " (no goal: value)"))
-        vals.append(rel)
-        colors.append("#999999" if goal is None else ("#2e7d32" if r["met"] else "#c62828"))
-        unit = "" if r["unit"] == "x" else f" {r['unit']}"
-        labels.append(f"{_fmt(r['value'])}{unit}" + (f" / goal {_fmt(goal)}{unit}" if goal else ""))
-    y = range(len(rows))
-    ax.barh(list(y), vals, color=colors)
-    ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
-    for i, (v, text) in enumerate(zip(vals, labels)):
-        ax.text(v, i, "  " + text, va="center", fontsize=8)
-    ax.set_yticks(list(y))
-    ax.set_yticklabels(names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("value ÷ goal (≤ 1 meets the goal; grey bars have no goal and show the value)")
-    ax.set_xlim(0, max([*vals, 1.0]) * 1.6)
-    ax.set_title("trainctl benchmarks" + (" (--quick)" if results.get("quick") else "") +
-                 f" — {results['machine']['cores']} cores, torch {results['machine']['torch']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,13 +2,14 @@
 
     python -m bench.system_metrics [--quick] [--reps 3] [--epochs 12] [--interval 1] [--out bench/results/sm.json]
 
-Both variants run trainctl's worker path on 2 gloo ranks (bench.common.run_worker) with rank 0 delivering its
+Both variants run trainctl's worker path on 2 gloo ranks (bench.worker_path) with rank 0 delivering its
 step metrics to a real local MLflow server (the default job). `on` adds trainctl.worker.system_metrics on local
 rank 0, as worker/entrypoint.py starts it, sampling every `--interval` seconds (1 s: ten times the default rate,
 so that a few-second run holds several samples and the figure is an upper bound for the default 10 s). The
 figure is the ratio of the mean step times (not the medians: a sample costs the step it lands in, which a median
-would not see), alternated A B, B A, …, median over repetitions. Also reported: CPU time one sample takes in the
-monitor's thread, and the share of one core that makes at the default interval.
+would not see), alternated in rounds A B, B A, … (bench.alternate), the median of the rounds' paired ratios.
+Also reported: CPU time one sample takes in the monitor's thread, and the share of one core that makes at the
+default interval.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from bench.common import median, worker, write_json
+from bench.alternate import alternate
+from bench.procs import write_json
+from bench.stats import median
 from bench.tracking import WORKLOADS, mlflow_server, new_run, points_on_server
+from bench.worker_path import worker
 
 DEFAULT_INTERVAL_S = 10.0  # tracking.system_metrics' default
 
@@ -72,19 +76,25 @@ def one_run(uri: str, workload: str, epochs: int, interval_s: float | None, tmp:
 
 
 def measure(uri: str, workload: str, reps: int, epochs: int, interval_s: float, log: Any = print,
-            off_runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            off_runs: list[dict[str, Any]] | None = None, max_reps: int | None = None,
+            target: float = 0.015) -> dict[str, Any]:
     """`off_runs`: runs of the same job already made without the monitor (--quick shares them)."""
-    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": list(off_runs or [])}
     with tempfile.TemporaryDirectory(prefix="bench-sm-") as tmp_s:
-        for rep in range(reps):
-            order = ["on", "off"] if rep % 2 == 0 else ["off", "on"]
-            for variant in order:
-                if variant == "off" and off_runs:
-                    continue
-                r = one_run(uri, workload, epochs, interval_s if variant == "on" else None, Path(tmp_s))
-                runs[variant].append(r)
-                log(f"  system_metrics {workload} rep {rep} {variant:3} mean step {1e3 * r['mean_step_s']:7.3f} ms"
-                    + (f" samples {r['monitor']['samples']}" if variant == "on" else ""))
+
+        def one(variant: str, rnd: int) -> dict[str, Any]:
+            r = one_run(uri, workload, epochs, interval_s if variant == "on" else None, Path(tmp_s))
+            log(f"  system_metrics {workload} round {rnd} {variant:3} mean step {1e3 * r['mean_step_s']:7.3f} ms"
+                + (f" samples {r['monitor']['samples']}" if variant == "on" else ""))
+            return r
+
+        if off_runs:  # pairs with the runs already made
+            runs = {"on": [one("on", i) for i in range(reps)], "off": list(off_runs)}
+            alt = {"values": {"ratio": median([r["mean_step_s"] for r in runs["on"]]) /
+                              median([r["mean_step_s"] for r in runs["off"]])}, "spread": {}, "rounds": reps}
+        else:
+            alt = alternate(["on", "off"], one, {"ratio": ("on", "off", "ratio")}, min_rounds=reps,
+                            max_rounds=max(reps, max_reps or reps), target=target, key="mean_step_s")
+            runs = alt["runs"]
     mean = {v: median([r["mean_step_s"] for r in rs]) for v, rs in runs.items()}
     samples = sum(r["monitor"]["samples"] for r in runs["on"])
     cpu_per_sample = sum(r["monitor"]["sample_cpu_s"] for r in runs["on"]) / max(samples, 1)
@@ -94,7 +104,7 @@ def measure(uri: str, workload: str, reps: int, epochs: int, interval_s: float, 
         "mean_step_ms": {v: 1e3 * m for v, m in mean.items()},
         "mean_step_ms_runs": {v: [round(1e3 * r["mean_step_s"], 4) for r in rs] for v, rs in runs.items()},
         "median_step_ms": {v: 1e3 * median([r["step_s"] for r in rs]) for v, rs in runs.items()},
-        "ratio": mean["on"] / mean["off"],
+        "ratio": alt["values"]["ratio"], "spread": alt["spread"], "rounds": alt["rounds"],
         "samples_per_run": [r["monitor"]["samples"] for r in runs["on"]],
         "system_points_per_run": [r["system_points"] for r in runs["on"]],
         "sample_cpu_ms": 1e3 * cpu_per_sample,

@@ -3,12 +3,13 @@
     python -m bench.tracking [--quick] [--reps 3] [--workloads tiny,wide] [--out bench/results/tracking.json]
 
 A real, lean MLflow server (trainctl.mlflow_server: uvicorn, one worker, sqlite store) is started here. Both
-variants run trainctl's worker path on 2 gloo ranks (bench.common.run_worker: build_trainer, every trainctl
+variants run trainctl's worker path on 2 gloo ranks (bench.worker_path: trainctl.worker.fit with every trainctl
 callback, the data path, the watchdog):
   mlflow     rank 0 feeds trainctl's MetricsSink (a daemon thread, batches of ≤ 1000 points) bound to a run on
              that server; train/loss and grad/norm every step (tracking.log_every_n_steps = 1, the default).
   no_logger  the same job with the Trainer's loggers removed: Lightning never builds or converts a metrics dict.
-Alternated A B, B A, …; the ratio is of the medians. Each mlflow run's points are counted on the server.
+Alternated in rounds A B, B A, … (bench.alternate); the ratio is the median of the rounds' paired ratios,
+its spread beside it. Each mlflow run's points are counted on the server.
 Note: on a 2-core machine the server process shares the cores with the two ranks, so its CPU time is charged
 to the training step; on a cluster it runs elsewhere.
 """
@@ -25,7 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, median, worker, write_json
+from bench.alternate import alternate
+from bench.procs import free_port, write_json
+from bench.stats import median
+from bench.worker_path import worker
 
 WORKLOADS = {"tiny": (64, 32), "wide": (1024, 256)}
 KEYS = ("train/loss", "grad/norm", "epoch")  # what a step of the benchmark job logs
@@ -72,32 +76,37 @@ def points_on_server(uri: str, run_id: str) -> dict[str, int]:
     return {k: len(cl.get_metric_history(run_id, k)) for k in keys}
 
 
-def measure(uri: str, workload: str, reps: int, epochs: int, log: Any = print, rss_every: int = 0) -> dict[str, Any]:
+def measure(uri: str, workload: str, reps: int, epochs: int, log: Any = print, rss_every: int = 0,
+            max_reps: int | None = None, target: float = 0.015) -> dict[str, Any]:
+    """mlflow and no_logger alternated in rounds (bench.alternate) until the ratio is known to ±target."""
     hidden, batch = WORKLOADS[workload]
-    runs: dict[str, list[dict[str, Any]]] = {"mlflow": [], "no_logger": []}
-    for rep in range(reps):
-        order = ["mlflow", "no_logger"] if rep % 2 == 0 else ["no_logger", "mlflow"]
-        for variant in order:
-            cfg: dict[str, Any] = {"hidden": hidden, "batch": batch, "epochs": epochs, "rss_every": rss_every}
-            if variant == "mlflow":
-                cfg.update(logger="mlflow", tracking_uri=uri, run_id=new_run(uri, f"bench-tracking-{workload}"))
-            else:
-                cfg["logger"] = "none"
-            r = worker(cfg)
-            r["load_avg_1m"] = os.getloadavg()[0]
-            if variant == "mlflow":
-                r["points"] = points_on_server(uri, cfg["run_id"])
-            runs[variant].append(r)
-            log(f"  tracking {workload} rep {rep} {variant:9} step {1e3 * r['step_s']:7.3f} ms "
-                f"(load {r['load_avg_1m']:.2f})" + (f" points {r['points']}" if variant == "mlflow" else ""))
+
+    def one(variant: str, rnd: int) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"hidden": hidden, "batch": batch, "epochs": epochs, "rss_every": rss_every}
+        if variant == "mlflow":
+            cfg.update(logger="mlflow", tracking_uri=uri, run_id=new_run(uri, f"bench-tracking-{workload}"))
+        else:
+            cfg["logger"] = "none"
+        r = worker(cfg)
+        r["load_avg_1m"] = os.getloadavg()[0]
+        if variant == "mlflow":
+            r["points"] = points_on_server(uri, cfg["run_id"])
+        log(f"  tracking {workload} round {rnd} {variant:9} step {1e3 * r['step_s']:7.3f} ms "
+            f"(load {r['load_avg_1m']:.2f})" + (f" points {r['points']}" if variant == "mlflow" else ""))
+        return r
+
+    alt = alternate(["mlflow", "no_logger"], one, {"ratio": ("mlflow", "no_logger", "ratio")}, min_rounds=reps,
+                    max_rounds=max(reps, max_reps or reps), target=target)
+    runs = alt["runs"]
     med = {v: median([r["step_s"] for r in rs]) for v, rs in runs.items()}
     last = runs["mlflow"][-1]
     total_steps = len(last.get("epoch_ends", [])) and last["epoch_ends"][-1]
     return {
-        "hidden": hidden, "batch": batch, "epochs": epochs, "reps": reps,
+        "hidden": hidden, "batch": batch, "epochs": epochs, "reps": alt["rounds"], "converged": alt["converged"],
         "step_ms": {v: 1e3 * m for v, m in med.items()},
         "step_ms_runs": {v: [round(1e3 * r["step_s"], 4) for r in rs] for v, rs in runs.items()},
-        "ratio": med["mlflow"] / med["no_logger"],
+        "ratio": alt["values"]["ratio"],
+        "spread": alt["spread"],
         "points_per_run": last.get("points"),
         "steps_per_run": total_steps,
         "all_points_delivered": all(min((r.get("points") or {"": 0}).values()) >= total_steps for r in runs["mlflow"]),

@@ -23,24 +23,21 @@ from types import SimpleNamespace
 from typing import Any
 
 from trainctl import tracking
-from trainctl.callbacks.binding import make
 from trainctl.callbacks.checkpoint_io import manifest_path
 from trainctl.callbacks.preemption import RequeueRequested
 from trainctl.callbacks.resume_checkpoint import latest_good
-from trainctl.components import import_class, instantiate, namespace_of
 from trainctl.logview import attempt_mark
 from trainctl.metrics import MetricsSink, logged_high_water
 from trainctl.rundir import JobFile, use_import_dirs
-from trainctl.spec import Spec, resolve_env, spec_from_dict
+from trainctl.spec import Spec, spec_from_dict
 from trainctl.tracking import State
 from trainctl.worker import attempt as attempts
 from trainctl.worker import quiet, system_metrics
-from trainctl.worker.build import build_trainer
-from trainctl.worker.data import ResumableData
 from trainctl.worker.env import RankInfo, export_from_submitit
+from trainctl.worker.fit import Fit, fit
 from trainctl.worker.outcome import Cause, Ending, classify, stop_cause
 from trainctl.worker.signals import STOP
-from trainctl.worker.watchdog import HeartbeatImpl, Watchdog
+from trainctl.worker.watchdog import Watchdog
 
 log = logging.getLogger("trainctl.worker")
 
@@ -118,20 +115,14 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
                         attempt.number, on_stall=lambda why: _end_early(live, Ending(Cause.stall, why)),
                         peer_failed=lambda: attempts.peer_failure(run_dir, attempt, rank, PEER_GRACE_S),
                         on_peer_failure=lambda peer: _end_early(live, peer)).start()
+
+    def started(f: Fit) -> None:
+        nonlocal trainer
+        trainer, live.built = f.trainer, f.built
+
     try:
-        ns = namespace_of(import_class(spec.model.class_path))
-        if spec.seed_everything is not None:
-            ns.pl.seed_everything(spec.seed_everything, workers=True, verbose=False)
-        model = instantiate(resolve_env(spec.model), ns.pl.LightningModule)
-        data = instantiate(resolve_env(spec.data), ns.pl.LightningDataModule) if spec.data else None
-        trainer, live.built = build_trainer(ns, spec, run_dir, job.run_id, live.sink, strategy=strategy,
-                                            extra_callbacks=(make(HeartbeatImpl, ns.pl.Callback, watchdog),))
-        data_path = ResumableData(ns, trainer, spec.seed_everything or 0, rank.global_rank, rank.world_size)
-        data_path.install(data if data is not None else model)
-        trainer.fit(model, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
-        if _has_test(ns, model, data):
-            best = live.built.top_k.best_model_path if live.built.top_k else ""
-            trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False)
+        fit(spec, run_dir, job.run_id, live.sink, rank.global_rank, rank.world_size, watchdog=watchdog,
+            ckpt_path=ckpt_path, strategy=strategy, started=started)
         ending, step = Ending(Cause.finished), trainer.global_step
     except RequeueRequested as stop:
         ending, step = Ending(stop_cause(stop.cause), f"stopped at step {stop.step}"), stop.step
@@ -308,14 +299,6 @@ def _checkpoints_to_mirror(run_dir: Path, built: Any) -> list[tuple[Path, str]]:
     if best and Path(best).is_file() and manifest_path(best).is_file():
         files += [(p, "checkpoints/best") for p in stage_as(Path(best), staging / "best.ckpt")]
     return files
-
-
-def _has_test(ns: Any, model: Any, data: Any) -> bool:
-    from lightning_utilities.core.overrides import is_overridden
-
-    has_loader = (data is not None and is_overridden("test_dataloader", data, ns.pl.LightningDataModule)) or \
-        is_overridden("test_dataloader", model, ns.pl.LightningModule)
-    return has_loader and is_overridden("test_step", model, ns.pl.LightningModule)
 
 
 def act_on(verdict: attempts.Verdict, job: JobFile, rank: RankInfo) -> str:
