@@ -126,7 +126,8 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
         data = instantiate(resolve_env(spec.data), ns.pl.LightningDataModule) if spec.data else None
         trainer, live.built = build_trainer(ns, spec, run_dir, job.run_id, live.sink, strategy=strategy,
                                             extra_callbacks=(make(HeartbeatImpl, ns.pl.Callback, watchdog),))
-        data_path = ResumableData(ns, trainer, spec.seed_everything or 0, rank.global_rank, rank.world_size)
+        data_path = ResumableData(ns, trainer, spec.seed_everything or 0, rank.global_rank, rank.world_size,
+                                  live.built)
         data_path.install(data if data is not None else model)
         trainer.fit(model, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
         if _has_test(ns, model, data):
@@ -262,7 +263,8 @@ def _close_run(live: _Live, verdict: attempts.Verdict, **tags: str) -> None:
 
     def record() -> None:
         if tracking.current_state(uri, run_id) is not State.KILLED:  # a user's cancel wins
-            tracking.set_state(uri, run_id, state, reason=verdict.reason, **live.unrecorded_tags, **tags)
+            tracking.set_state(uri, run_id, state, reason=verdict.reason, **live.unrecorded_tags,
+                               **(live.built.tags if live.built else {}), **tags)
 
     try:  # a requeued attempt's successor records its own state: it need not wait out a long outage
         _with_retries(record, total_s=10.0 if state is State.REQUEUED else 180.0)
