@@ -46,6 +46,9 @@ resume: venv ## Resume a run by id: make resume RUN=<run_id> [ARGS='--from best'
 test: venv-all ## Run the whole test suite (starts MLflow/SLURM/Ray when it can)
 	$(PY) -m pytest $(ARGS)
 
+test-stock: venv-all ## The stock-Lightning lane: the `stock` tests with the speedups off (TRAINCTL_SPEEDUPS=0)
+	TRAINCTL_SPEEDUPS=0 $(PY) -m pytest -m stock $(ARGS)
+
 lint: venv-dev ## ruff check (the code is hand-formatted at 120 columns; `ruff format` is not enforced)
 	$(VENV)/bin/ruff check src tests bench
 
@@ -64,4 +67,4 @@ clean: ## Remove caches (keeps .venv and runs/)
 -include cluster/slurm/slurm.mk
 -include cluster/ray/ray.mk
 
-.PHONY: help venv venv-ray venv-server venv-dev venv-all validate submit resume test lint readme-fields mlflow bench clean
+.PHONY: help venv venv-ray venv-server venv-dev venv-all validate submit resume test test-stock lint readme-fields mlflow bench clean

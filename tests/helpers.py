@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from conftest import run_cli
 from mlflow import MlflowClient
 
 JOB = "jobs/digits.yaml"
+# The tag worker/speedups.py records: `make test-stock` runs the `stock` tests with TRAINCTL_SPEEDUPS=0.
+SPEEDUPS = "off: TRAINCTL_SPEEDUPS=0" if os.environ.get("TRAINCTL_SPEEDUPS") == "0" else "on: "
 # A short deterministic digits job: 3 epochs x 20 steps on 2 ranks, no early stop, no periodic checkpoint.
 SHORT = ["trainer.max_epochs=3", "early_stopping=null", "checkpoint.every_n_train_steps=null"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from helpers import assert_same_training_state, callbacks, final_checkpoint, run_dir, run_info, steps, submit
+from helpers import SPEEDUPS, assert_same_training_state, callbacks, final_checkpoint, run_dir, run_info, steps, submit
 
 from trainctl.callbacks.preemption import MAX_AGREE_STEPS
 
@@ -25,6 +25,8 @@ LAST_STEP = 40
 # >= 10 interrupt points: seeded random steps, plus both epoch ends (a stop there waits for the epoch's end).
 _rng = random.Random(20261126)
 POINTS = sorted({*_rng.sample(range(1, LAST_STEP - 2), 9), 19, 38})
+# The stock-Lightning lane (make test-stock) reruns a stop mid-epoch and one at the first epoch's end.
+STOCK = (6, 19)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def _assert_history_once(uri: str, run_id: str) -> None:
     assert history == list(range(history[0], LAST_STEP)), f"every step exactly once: {history}"
 
 
-@pytest.mark.parametrize("step", POINTS)
+@pytest.mark.parametrize("step", [pytest.param(p, marks=pytest.mark.stock) if p in STOCK else p for p in POINTS])
 def test_preemption_at_any_step_resumes_bit_exactly(mlflow_server: str, reference: dict, tmp_path: Path,
                                                      step: int) -> None:
     sig, rank = ("SIGUSR2", 0) if step % 2 else ("SIGTERM", 1)
@@ -54,6 +56,7 @@ def test_preemption_at_any_step_resumes_bit_exactly(mlflow_server: str, referenc
     assert (rdir / "checkpoints" / "resume" / f"step-{first['step']:09d}.ckpt").exists() or first["step"] < 40
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt"] == str(2 + len(_stalls(rdir)))
+    assert tags["trainctl.speedups"].startswith(SPEEDUPS)
     assert_same_training_state(reference, final_checkpoint(rdir))
     _assert_history_once(mlflow_server, run_id)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, TRAINCTL, run_cli
-from helpers import SHORT, callbacks, final_checkpoint, run_dir, run_info, steps, submit, wait_state
+from helpers import SHORT, SPEEDUPS, callbacks, final_checkpoint, run_dir, run_info, steps, submit, wait_state
 from mlflow import MlflowClient
 
 from trainctl.worker.system_metrics import key_prefix
@@ -32,6 +32,7 @@ def digits_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> 
     return run_id, workdir, wall
 
 
+@pytest.mark.stock
 def test_digits_job_lands_in_mlflow(mlflow_server: str, digits_run: tuple[str, Path, float]) -> None:
     run_id, _, _ = digits_run
     run = run_info(mlflow_server, run_id)
@@ -42,6 +43,7 @@ def test_digits_job_lands_in_mlflow(mlflow_server: str, digits_run: tuple[str, P
     assert tags["trainctl.world_size"] == "2"
     assert tags["trainctl.attempt"] == "1" and tags["trainctl.attempt.1.cause"] == "first"
     assert tags["trainctl.scheduler_job_id"] and tags["trainctl.hosts"] and tags["trainctl.version"]
+    assert tags["trainctl.speedups"].startswith(SPEEDUPS) and "trainctl.not_resumable" not in tags
     assert params["model.class_path"] == "trainctl.examples.digits.DigitsClassifier"
     assert params["resources.devices_per_node"] == "2"
     assert metrics["val/acc"] >= 0.95, metrics
@@ -203,6 +205,19 @@ def test_lightning_namespace_module(mlflow_server: str, tmp_path: Path) -> None:
     assert run.data.tags["trainctl.state"] == "FINISHED"
     assert "train/loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("system/")], \
         "system metrics off: not one sample (on, every node logs at least its last one)"
+
+
+def test_loader_trainctl_cannot_rebuild_is_tagged(mlflow_server: str, tmp_path: Path) -> None:
+    """A training loader with its own batch sampler is left to Lightning (a resume restarts its epoch): the run
+    says so in a tag, and the job still trains and finishes."""
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=1", "tracking.system_metrics=0",
+                                                   "data.class_path=trainctl.testing.loaders.BatchSamplerDigits"])
+    assert res.returncode == 0 and run_id, res.stdout[-2000:] + res.stderr[-2000:]
+    tags = run_info(mlflow_server, run_id).data.tags
+    assert tags["trainctl.state"] == "FINISHED"
+    assert tags["trainctl.not_resumable"] == "train_dataloader: a custom batch sampler", tags
+    logs = "".join(p.read_text() for p in (run_dir(mlflow_server, run_id) / "logs").glob("*_0_log.err"))
+    assert "train_dataloader returns a custom batch sampler: trainctl leaves it to Lightning" in logs
 
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:

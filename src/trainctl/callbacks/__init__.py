@@ -8,7 +8,7 @@ whose decisions are already reduced across ranks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,9 @@ class Built:
     resume: Any
     top_k: Any | None
     save_last: bool = True
-    step_metrics: Any = None  # worker.fast_path.AsyncStepMetrics, set by build_trainer
+    step_metrics: Any = None  # worker.fast_path.AsyncStepMetrics, when worker.speedups installs it
+    speedups: Any = None  # worker.speedups.Speedups: what build_trainer installed
+    tags: dict[str, str] = field(default_factory=dict)  # the run's tags learned while building and loading data
 
 
 def build_callbacks(ns: LightningNamespace, spec: Spec, run_dir: Path, user_callbacks: list[Any]) -> Built:

@@ -5,17 +5,22 @@ The flags are reduced across ranks (MAX) on a CPU group of their own, asynchrono
 launched at step k is read at step k+1, so no step waits for it. A reduce is launched about every
 AGREE_EVERY_S (every step when steps are slower than that, at most every MAX_AGREE_STEPS steps): on a CPU node
 whose cores the ranks fill, a reduce per millisecond-step cost ≈ 0.4 ms of context switches. The interval is
-computed from the reduced (slowest) step time, so every rank launches at the same steps. This replaces
-Lightning's own blocking per-step SIGTERM broadcast. On agreement every rank saves the step it just finished and raises
-RequeueRequested; the worker turns that into the backend's requeue, or ends a cancelled job there. A stop agreed
-on an epoch's last batch waits for that epoch's end (validation and epoch-end hooks first), where the resume
-checkpoint is taken.
+computed from the reduced (slowest) step time, so every rank launches at the same steps. On agreement every rank
+saves the step it just finished and raises RequeueRequested; the worker turns that into the backend's requeue, or
+ends a cancelled job there. A stop agreed on an epoch's last batch waits for that epoch's end (validation and
+epoch-end hooks first), where the resume checkpoint is taken.
+
+The stopped step's metrics must reach the loggers (every step is in the history once), and Lightning logs them
+only after the step's on_train_batch_end hooks, where the stop is agreed. With worker/speedups.py on, `log_step`
+(its adapter onto Lightning's logger connector) logs them and the stop leaves from that hook. Plain path (speedups
+off): the stop leaves from the next hook Lightning calls — the next batch's start, validation's start or the
+epoch's end — by which time Lightning has logged the step itself; the checkpoint is the same, taken before.
 """
 
 from __future__ import annotations
 
-import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,13 +63,12 @@ class AgreedStopImpl:
         self.local_stop = False  # should_stop held back until the next reduce carries it
         self.last_end: float | None = None
         self.step_s = 0.0
+        self.log_step: Callable[[Any], None] | None = None  # worker.speedups.log_step_metrics, when on
+        self.leaving: RequeueRequested | None = None  # plain path: saved, raised at the next hook
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Lightning registered its SIGTERM notifier (which runs a collective inside the handler): take it back.
         self.request.install()
-        epoch_loop = trainer.fit_loop.epoch_loop
-        if hasattr(epoch_loop, "_broadcast_sigterm_tensor"):
-            epoch_loop._broadcast_sigterm_tensor = lambda: None  # our reduce replaces its per-step broadcast
         if trainer.world_size > 1:
             # A CPU (gloo) group of its own: the flags never touch the GPU stream, never wait on a step, and
             # never interleave with the training collectives.
@@ -103,13 +107,24 @@ class AgreedStopImpl:
         self._launch(trainer)
         return self._collect(trainer)[0]
 
-    def _stop(self, trainer: Any) -> None:
+    def _save(self, trainer: Any) -> RequeueRequested:
         rc = self.resume_checkpoint
         if rc.last_saved_step == trainer.global_step:  # the epoch-end save of this very step just happened
             path = rc.dir / f"step-{trainer.global_step:09d}.ckpt"
         else:
             path = rc.save(trainer)
-        raise RequeueRequested(self.request.cause, trainer.global_step, str(path))
+        return RequeueRequested(self.request.cause, trainer.global_step, str(path))
+
+    def _leave_if_saved(self) -> None:
+        """Plain path: the hook after the stopped step's own logging."""
+        if self.leaving is not None:
+            raise self.leaving
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._leave_if_saved()
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._leave_if_saved()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.world_size == 1:
@@ -128,26 +143,24 @@ class AgreedStopImpl:
         if is_last_batch(trainer, batch_idx):
             self.deferred = True  # finish this epoch's validation and epoch-end hooks first
             return
-        # Lightning logs a step's metrics only after its on_train_batch_end hooks, which we leave by raising:
-        # log them now, or this step (the last before the checkpoint) would be missing from the history.
-        trainer._logger_connector.update_train_step_metrics()
-        self._stop(trainer)
+        if self.log_step is None:
+            self.leaving = self._save(trainer)  # raised once Lightning has logged this step
+            return
+        self.log_step(trainer)  # this step, the last before the checkpoint, joins the history before we leave
+        raise self._save(trainer)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._leave_if_saved()
         if trainer.world_size == 1:
             signalled = self.request.requested
         else:
             signalled = self._collect(trainer)[0]
             signalled = self._agreed_now(trainer) or signalled
         if self.deferred or signalled:
-            self._stop(trainer)
+            raise self._save(trainer)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._leave_if_saved()
         if self.pending is not None:
             self.pending[0].wait()
             self.pending = None
-
-
-def restore_default_handlers() -> None:
-    for sig in (signal.SIGUSR2, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)

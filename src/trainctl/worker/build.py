@@ -9,14 +9,13 @@ from typing import Any
 
 from trainctl.callbacks import Built, build_callbacks
 from trainctl.callbacks.binding import make
-from trainctl.callbacks.grad_norm import GradNormLogger
 from trainctl.callbacks.progress import ProgressImpl
 from trainctl.callbacks.tracking_logger import TrackingLoggerImpl
 from trainctl.components import LightningNamespace, instantiate
 from trainctl.metrics import MetricsSink
 from trainctl.spec import Accelerator, Spec, resolve_env
-from trainctl.worker import hook_dispatch
-from trainctl.worker.fast_path import AsyncStepMetrics, DrainImpl
+from trainctl.worker import speedups
+from trainctl.worker.fast_path import DrainImpl
 
 
 def accelerator(spec: Spec) -> str:
@@ -40,8 +39,7 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
         # resources.cpus_per_task is the rank's share of the cores; torch would start one thread per visible core
         # in every rank (2 ranks on 2 cores: 4 busy threads fighting over 2 cores).
         torch.set_num_threads(spec.resources.cpus_per_task)
-    drain = make(DrainImpl, ns.pl.Callback)
-    built.callbacks.append(drain)
+    built.callbacks.append(make(DrainImpl, ns.pl.Callback))  # idle unless the speedups give it step metrics
     world = spec.resources.nodes * spec.resources.devices_per_node
     plugins: list[Any] = []
     if strategy is None and world == 1:
@@ -80,10 +78,5 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
         log_every_n_steps=spec.tracking.log_every_n_steps,
         use_distributed_sampler=True,
     )
-    hook_dispatch.install(ns)
-    drain.metrics = AsyncStepMetrics(trainer).install(ns)
-    built.step_metrics = drain.metrics
-    for callback in built.callbacks:
-        if isinstance(callback, GradNormLogger):
-            callback.step_metrics = drain.metrics
+    speedups.install(ns, trainer, built)
     return trainer, built

@@ -253,7 +253,8 @@ def _close_run(live: _Live, verdict: attempts.Verdict, **tags: str) -> None:
 
     def record() -> None:
         if tracking.current_state(uri, run_id) is not State.KILLED:  # a user's cancel wins
-            tracking.set_state(uri, run_id, state, reason=verdict.reason, **live.unrecorded_tags, **tags)
+            tracking.set_state(uri, run_id, state, reason=verdict.reason, **live.unrecorded_tags,
+                               **(live.built.tags if live.built else {}), **tags)
 
     try:  # a requeued attempt's successor records its own state: it need not wait out a long outage
         _with_retries(record, total_s=10.0 if state is State.REQUEUED else 180.0)

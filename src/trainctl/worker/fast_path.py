@@ -6,7 +6,8 @@ launched late. Here a device tensor is copied to host memory asynchronously behi
 the loggers once the event has completed — a step or two later, with the same step numbers. Also, with no
 progress bar, `self.log(..., prog_bar=True)` would still cost an `.item()` per batch: the flag is dropped.
 On the CPU nothing changes (the values are already on the host). Measured on an H100 (bench/GPU_NOTES.md):
-these two remove ≈ 2.5 ms of a 68 ms GPT-124M step. They rely on Lightning internals pinned by `<2.7`.
+these two remove ≈ 2.5 ms of a 68 ms GPT-124M step. They replace Lightning internals, so worker/speedups.py
+installs them only on the Lightning versions they were tested with.
 """
 
 from __future__ import annotations

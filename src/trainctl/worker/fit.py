@@ -54,7 +54,7 @@ def fit(spec: Spec, run_dir: Path, run_id: str, sink: MetricsSink | None, global
     done = Fit(ns, model, data, trainer, built)
     if started is not None:
         started(done)
-    ResumableData(ns, trainer, spec.seed_everything or 0, global_rank, world_size).install(
+    ResumableData(ns, trainer, spec.seed_everything or 0, global_rank, world_size, built).install(
         data if data is not None else model)
     trainer.fit(model, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if has_test(ns, model, data):

@@ -6,11 +6,12 @@ state key (ModelCheckpoint's formats its settings) and a context manager even wh
 do-nothing PassThroughProfiler. With trainctl's callbacks that is ≈ 120 such wrappers a step: on the tiny CPU
 benchmark about a fifth of what the Trainer adds to a raw DDP loop (bench/results.md).
 
-`install(ns)` replaces the dispatch functions of the user's Lightning namespace in this worker process only,
-and only changes anything while the trainer's profiler is PassThroughProfiler (a user who sets
-`trainer.profiler` gets Lightning's own dispatch, timers included). The callbacks that run, their order, their
-arguments and `pl_module._current_fx_name` while they run are Lightning's; a callback whose class (or
-instance) does not override a hook is not called for it, which is what calling the base's empty method did.
+`install(ns)` (called by worker/speedups.py on a tested Lightning version) replaces the dispatch functions of the
+user's Lightning namespace in this worker process only, and only changes anything while the trainer's profiler is
+PassThroughProfiler (a user who sets `trainer.profiler` gets Lightning's own dispatch, timers included). The
+callbacks that run, their order, their arguments and `pl_module._current_fx_name` while they run are Lightning's;
+a callback whose class (or instance) does not override a hook is not called for it, which is what calling the
+base's empty method did.
 """
 
 from __future__ import annotations
