@@ -30,8 +30,9 @@ MAX_AGREE_STEPS = 32
 def agree_every(slowest_step_s: float) -> int:
     """Steps between two reduces: about AGREE_EVERY_S of training, at least 1, at most MAX_AGREE_STEPS.
 
-    0 means no step time yet (every rank's first step): reduce again next step. Reading it as "fast" put the next
-    reduce MAX_AGREE_STEPS steps away, so on slow steps a SIGTERM in the first epoch went unheard past KillWait.
+    0 means no step time yet (every rank's first step): reduce again next step. Read as "fast", it would put the
+    next reduce MAX_AGREE_STEPS steps away, and on slow steps a SIGTERM in the first epoch would go unheard until
+    the scheduler's SIGKILL.
     """
     if slowest_step_s <= 0:
         return 1
