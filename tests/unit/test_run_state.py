@@ -1,15 +1,15 @@
 """How a run's state is derived (control.py, tracking.py): from its tags and MLflow's status while it runs, and from
-the scheduler's final word plus the last attempt record once its job is gone."""
+the scheduler's final word plus the last attempt record once its job is gone (closing that attempt after a cancel:
+test_cancel_parts.py)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from trainctl.control import close_last_attempt, ended_state
-from trainctl.rundir import Attempt, Attempts
+from trainctl.control import ended_state
+from trainctl.rundir import Attempt
 from trainctl.tracking import State, state_of
 
 
@@ -56,16 +56,3 @@ def test_the_schedulers_cancel_overrides_the_attempt_record() -> None:
     for last in (None, _attempt("finished"), _attempt("requeue"), _attempt(None)):
         assert ended_state(State.KILLED, last) == (State.KILLED, "cancelled by the scheduler")
 
-
-def test_closing_the_last_attempt_after_a_cancel(tmp_path: Path) -> None:
-    """An attempt left open or closed `requeue` is closed killed (keeping why it ended); a verdict stays."""
-    attempts = Attempts(tmp_path)
-    attempts.save(_attempt("finished", "finished", number=1))
-    attempts.save(_attempt("requeue", "preempted: stopped at step 20", number=2))
-    closed = close_last_attempt(tmp_path, "cancelled by the user")
-    assert closed is not None and closed.number == 2 and closed.outcome == "killed"
-    assert closed.reason == "cancelled by the user; preempted: stopped at step 20"
-    assert [a.outcome for a in Attempts(tmp_path).all()] == ["finished", "killed"]
-    again = close_last_attempt(tmp_path, "cancelled by the scheduler")
-    assert again is not None and again.reason == "cancelled by the user; preempted: stopped at step 20"
-    assert close_last_attempt(tmp_path / "missing", "x") is None
