@@ -11,7 +11,7 @@ E epochs of 20 steps, no early stop, a resume checkpoint at each epoch end, trac
   local       backend local: submitit starts 2 ranks on this machine (plain Lightning DDP)
   ray-report  backend ray, 2 nodes x 1 worker, with TRAINCTL_RAY_REPORT_EVERY_EPOCH=1: each epoch, what Ray's
               own Lightning integration does (RayTrainReportCallback: a checkpoint to a temp dir, reported to
-              Ray Train, which copies it to Ray storage, then a barrier) -- the Ray path before the fix
+              Ray Train, which copies it to Ray storage, then a barrier) -- what trainctl's Ray path avoids
   ray         backend ray as shipped: trainctl's own checkpoints only, nothing reported to Ray per epoch
 
 `EpochClock` (below; named in the spec's callbacks, so the Ray jobs ship this module to the workers as the

@@ -8,59 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TRAINCTL = [sys.executable, "-m", "trainctl.cli"]
-
-
-def require(ok: bool, what: str, hint: str) -> None:
-    """Skip (developer machine) or fail (CI) when a real service is missing."""
-    if ok:
-        return
-    message = f"{what} is not available: {hint}"
-    if IN_CI:
-        pytest.fail(f"CI=true and {message}", pytrace=False)
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_mlflow(workdir: Path, what: str, extra_args: tuple[str, ...] = (),
-                 extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """trainctl's lean MLflow server (plus extra_args / extra_env) on a free port: yields its URI, then stops it."""
-    from trainctl.mlflow_server import answers, command, environment
-
-    port = _free_port()
-    with open(workdir / "server.log", "ab") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([*command(port, workdir), *extra_args], env={**environment(), **(extra_env or {})},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while not answers(uri) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.25)
-    ok = answers(uri)
-    if not ok:
-        proc.kill()
-    require(ok, what, f"it did not start: {(workdir / 'server.log').read_text()[-2000:]}")
-    yield uri
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+from helpers import IN_CI, ROOT, require, serve_mlflow
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -112,11 +65,3 @@ def slurm_cluster() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     yield from _cluster("ray", "WORKERS", "1")
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
-            ) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.run([*TRAINCTL, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
-                          cwd=cwd or ROOT)

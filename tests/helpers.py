@@ -1,4 +1,8 @@
-"""Shared helpers for integration and fault tests: run real jobs through the real CLI, read MLflow."""
+"""Shared helpers for the integration and fault tests: run real jobs through the real CLI, read MLflow, wait on
+observable state with a bound. tests/conftest.py builds its fixtures from these; tests import them from here.
+
+torch and MLflow are imported where they are used: conftest imports this module for every test, unit ones too.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,80 @@ import glob
 import json
 import os
 import re
+import socket
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-from conftest import run_cli
-from mlflow import MlflowClient
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TRAINCTL = [sys.executable, "-m", "trainctl.cli"]
+def require(ok: bool, what: str, hint: str) -> None:
+    """Skip (developer machine) or fail (CI) when a real service is missing."""
+    if ok:
+        return
+    message = f"{what} is not available: {hint}"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([*TRAINCTL, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=cwd or ROOT)
+
+
+def serve_mlflow(workdir: Path, what: str, extra_args: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """trainctl's lean MLflow server (plus extra_args / extra_env) on a free port: yields its URI, then stops it."""
+    from trainctl.mlflow_server import answers, command, environment
+
+    port = free_port()
+    with open(workdir / "server.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([*command(port, workdir), *extra_args], env={**environment(), **(extra_env or {})},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while not answers(uri) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.25)
+    ok = answers(uri)
+    if not ok:
+        proc.kill()
+    require(ok, what, f"it did not start: {(workdir / 'server.log').read_text()[-2000:]}")
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
+    """Poll `check` until it returns something truthy (returned), at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(every)
+
+
 
 JOB = "jobs/digits.yaml"
 # The tag worker/speedups.py records: `make test-stock` runs the `stock` tests with TRAINCTL_SPEEDUPS=0.
@@ -36,25 +107,40 @@ def callbacks(*items: tuple[str, dict[str, Any]]) -> str:
     return f"callbacks={json.dumps(specs)}"
 
 
+def client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
 def run_info(uri: str, run_id: str) -> Any:
-    return MlflowClient(tracking_uri=uri).get_run(run_id)
+    return client(uri).get_run(run_id)
 
 
 def steps(uri: str, run_id: str, key: str = "train/loss") -> list[int]:
-    return sorted(m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key))
+    return sorted(m.step for m in client(uri).get_metric_history(run_id, key))
 
 
 def run_dir(uri: str, run_id: str) -> Path:
     return Path(run_info(uri, run_id).data.tags["trainctl.run_dir"])
 
 
+def attempt_records(rdir: Path) -> list[dict[str, Any]]:
+    """The run's attempt records (rundir.Attempts), oldest first."""
+    return [json.loads(p.read_text()) for p in sorted((rdir / "attempts").glob("*.json"))]
+
+
 def final_checkpoint(rdir: Path) -> dict[str, Any]:
+    import torch
+
     newest = sorted(glob.glob(str(rdir / "checkpoints" / "resume" / "step-*.ckpt")))[-1]
     return torch.load(newest, map_location="cpu", weights_only=False)
 
 
 def assert_same_training_state(a: dict[str, Any], b: dict[str, Any]) -> None:
     """Bitwise: weights, optimizer state, LR scheduler, step."""
+    import torch
+
     assert a["global_step"] == b["global_step"]
     for key, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][key]), f"weights differ: {key}"
@@ -78,15 +164,14 @@ def wait_state(uri: str, run_id: str, states: set[str], timeout: float = 300) ->
     raise AssertionError(f"run {run_id} did not reach {states} in {timeout} s")
 
 
-def wait_steps(uri: str, run_id: str, n: int, timeout: float = 300) -> None:
-    """Wait until the run holds n train/loss points (training is under way), bounded."""
-    client = MlflowClient(tracking_uri=uri)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_steps(uri: str, run_id: str, n: int, timeout: float = 300) -> float:
+    """Wait until the run holds n train/loss points (training is under way), bounded; returns when (time.time())."""
+    mlflow = client(uri)
+
+    def logged() -> float | None:
         try:
-            if len(client.get_metric_history(run_id, "train/loss")) >= n:
-                return
+            return time.time() if len(mlflow.get_metric_history(run_id, "train/loss")) >= n else None
         except Exception:  # the metric does not exist yet
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"run {run_id} did not log {n} steps in {timeout} s")
+            return None
+
+    return wait_for(f"run {run_id} logging {n} steps", logged, timeout, every=0.3)

@@ -171,18 +171,24 @@ def reconcile(ref: RunRef) -> RunRef:
     if seen is not None and not seen.terminal:
         return ref
     last = Attempts(ref.run_dir).all()[-1:] if ref.run_dir.is_dir() else []
+    state, reason = ended_state(seen, last[0] if last else None)
     if seen is State.KILLED:
-        state, reason = State.KILLED, "cancelled by the scheduler"
         close_last_attempt(ref.run_dir, reason)
-    elif last and last[0].outcome == "finished":
-        state, reason = State.FINISHED, "finished"
-    elif last and last[0].outcome and last[0].outcome != "requeue":
-        state, reason = State(last[0].outcome.upper()), last[0].reason or ""
-    else:
-        why = last[0].reason if last and last[0].reason else "its processes died without a verdict"
-        state, reason = State.FAILED, f"job ended without finishing: {why}"
     tracking.set_state(ref.uri, ref.run_id, state, reason=reason)
     return find_run(ref.run_id, ref.uri)
+
+
+def ended_state(seen: State | None, last: Attempt | None) -> tuple[State, str]:
+    """(state, reason) of a run whose job the scheduler no longer runs: `seen` is the scheduler's final word (None:
+    it no longer knows the job), `last` the job's last attempt record (None: no rank wrote one)."""
+    if seen is State.KILLED:
+        return State.KILLED, "cancelled by the scheduler"
+    if last and last.outcome == "finished":
+        return State.FINISHED, "finished"
+    if last and last.outcome and last.outcome != "requeue":
+        return State(last.outcome.upper()), last.reason or ""
+    why = last.reason if last and last.reason else "its processes died without a verdict"
+    return State.FAILED, f"job ended without finishing: {why}"
 
 
 CANCEL_GRACE_S = 60.0  # how long the ranks get to save their current step and end before harder signals

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, serve_mlflow
+from helpers import run_cli, serve_mlflow
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.mlflow

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 RATIO_KEYS = {
     "cpu_ddp_ratio", "cpu_ddp_added_ms", "tracking_ratio", "tracking_ratio_tiny", "checkpoint_blocking_ratio",

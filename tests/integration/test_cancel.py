@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TRAINCTL, run_cli
-from helpers import JOB, SHORT, callbacks, run_info, wait_steps
+from helpers import JOB, ROOT, SHORT, TRAINCTL, callbacks, run_cli, run_info, wait_steps
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.mlflow

@@ -11,15 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import _free_port, run_cli
-from helpers import SHORT, callbacks, run_dir, run_info, steps, submit
+from helpers import SHORT, attempt_records, callbacks, free_port, run_cli, run_dir, run_info, steps, submit, wait_for
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.mlflow
-
-
-def _attempts(rdir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((rdir / "attempts").glob("*.json"))]
 
 
 # Three jobs that fail, submitted side by side (each followed by its own `submit`): they share the machine's
@@ -65,7 +60,7 @@ def test_a_user_error_at_step_5_fails_at_once_with_its_frame(mlflow_server: str,
     assert "testing/faults.py:" in last and "in on_train_batch_end" in last, last
     assert "attempt 1 ended" not in res.stdout, "no requeue"
     rdir = run_dir(mlflow_server, run_id)
-    (only,) = _attempts(rdir)
+    (only,) = attempt_records(rdir)
     assert only["outcome"] == "failed" and only["step"] == 5, only
     run = run_info(mlflow_server, run_id)
     assert run.info.status == "FAILED" and run.data.tags["trainctl.state"] == "FAILED"
@@ -82,7 +77,7 @@ def test_an_exception_in_on_train_end_ends_failed(mlflow_server: str, failed: di
     train and never calls the hook again)."""
     res, run_id = failed["train_end"].res, failed["train_end"].run_id
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-2000:]
-    assert len(_attempts(run_dir(mlflow_server, run_id))) == 1
+    assert len(attempt_records(run_dir(mlflow_server, run_id))) == 1
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FAILED", tags
     assert "injected failure in on_train_end" in tags["trainctl.reason"], tags
@@ -96,7 +91,7 @@ def test_a_rank_failing_before_the_rendezvous_does_not_keep_its_peer_waiting(mlf
     res, run_id = failed["before_rendezvous"].res, failed["before_rendezvous"].run_id
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-2000:]
     rdir = run_dir(mlflow_server, run_id)
-    (only,) = _attempts(rdir)
+    (only,) = attempt_records(rdir)
     assert only["outcome"] == "failed" and "injected failure while building rank 0" in only["reason"], only
     assert only["reason"].endswith(" in __init__)"), only["reason"]
     (rank1_log,) = (rdir / "logs").glob("*_1_log.err")
@@ -109,15 +104,6 @@ def test_a_rank_failing_before_the_rendezvous_does_not_keep_its_peer_waiting(mlf
     assert run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "FAILED"
 
 
-def _wait_for(what: str, check: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout} s")
-
-
 def _rank0_log(rdir: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted((rdir / "logs").glob("*_0_log.err")))
 
@@ -128,13 +114,13 @@ def test_tracking_down_when_a_requeued_attempt_starts(tmp_path: Path) -> None:
     spooled, and the history holds every step exactly once."""
     from trainctl.mlflow_server import answers, start
 
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     store = tmp_path / "store"
 
     def up() -> subprocess.Popen:
         proc = start(port, store, tmp_path / "server.log")
-        _wait_for("the MLflow server answers", lambda: answers(uri), 90)
+        wait_for("the MLflow server answers", lambda: answers(uri), 90)
         return proc
 
     server = up()
@@ -143,17 +129,17 @@ def test_tracking_down_when_a_requeued_attempt_starts(tmp_path: Path) -> None:
     assert res.returncode == 0 and run_id, res.stderr[-2000:]
     rdir = run_dir(uri, run_id)
     try:
-        _wait_for("training is under way", lambda: len(steps(uri, run_id)) >= 3, 240)
+        wait_for("training is under way", lambda: len(steps(uri, run_id)) >= 3, 240)
         server.terminate()
         server.wait(30)
-        _wait_for("the requeued attempt started without MLflow",
+        wait_for("the requeued attempt started without MLflow",
                   lambda: "MLflow unreachable at the attempt's start" in _rank0_log(rdir), 240)
         server = up()
-        _wait_for("the run ended", lambda: run_info(uri, run_id).data.tags.get("trainctl.state")
+        wait_for("the run ended", lambda: run_info(uri, run_id).data.tags.get("trainctl.state")
                   in ("FINISHED", "FAILED", "KILLED"), 300)
         status = run_cli("status", run_id, "--tracking-uri", uri, "--json")
         assert json.loads(status.stdout)["status"] == "FINISHED", status.stdout
-        first, second = _attempts(rdir)
+        first, second = attempt_records(rdir)
         assert first["outcome"] == "requeue" and first["reason"].startswith("timeout"), first
         assert second["cause"] == "timeout" and second["outcome"] == "finished", second
         tags = run_info(uri, run_id).data.tags

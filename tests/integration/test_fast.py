@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, serve_mlflow
-from helpers import SHORT, submit
+from helpers import ROOT, SHORT, serve_mlflow, submit
 from mlflow import MlflowClient
 
 from trainctl import control, store_read, tracking

@@ -7,12 +7,29 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TRAINCTL, run_cli
-from helpers import SHORT, SPEEDUPS, callbacks, final_checkpoint, run_dir, run_info, steps, submit, wait_state
+from helpers import (
+    ROOT,
+    SHORT,
+    SPEEDUPS,
+    TRAINCTL,
+    attempt_records,
+    callbacks,
+    final_checkpoint,
+    free_port,
+    run_cli,
+    run_dir,
+    run_info,
+    steps,
+    submit,
+    wait_for,
+    wait_state,
+    wait_steps,
+)
 from mlflow import MlflowClient
 
 from trainctl.worker.system_metrics import key_prefix
@@ -169,7 +186,9 @@ def test_two_jobs_at_once_and_cancel(mlflow_server: str, tmp_path: Path) -> None
     cancel = run_cli("cancel", a, "--tracking-uri", mlflow_server)
     assert cancel.returncode == 0, cancel.stderr
     assert wait_state(mlflow_server, b, {"FINISHED", "FAILED"}, 300) == "FINISHED"
-    time.sleep(3)
+    rdir_a = run_dir(mlflow_server, a)
+    (attempt,) = wait_for("job a's verdict", lambda: [x for x in attempt_records(rdir_a) if x["outcome"]], 60)
+    assert attempt["outcome"] == "killed", attempt
     tags = run_info(mlflow_server, a).data.tags
     assert tags["trainctl.state"] == "KILLED"
     assert tags.get("trainctl.attempt", "1") == "1", "a cancel never requeues"
@@ -189,7 +208,9 @@ def test_ctrl_c_cancels_and_marks_killed(mlflow_server: str, tmp_path: Path) -> 
             run_id = line.split()[-1]
         if "Starting with 2 processes" in line or ("train" in line.lower() and run_id):
             break
-    time.sleep(3)
+    assert run_id, "submit printed no run id"
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # the follower never blocks on a full pipe
+    wait_steps(mlflow_server, run_id, 2)  # training is under way
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130
     assert run_id and run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "KILLED"
@@ -230,11 +251,9 @@ def test_submit_starts_a_missing_local_server(tmp_path: Path) -> None:
     """tracking.uri on a port of this machine where nothing answers: submit serves it (as `make mlflow` would)."""
     import re
 
-    from conftest import _free_port
-
     from trainctl.mlflow_server import answers
 
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     res, run_id = submit(tmp_path, uri, [*SHORT, "trainer.max_epochs=1"])
     started = re.search(r"started an MLflow server for \S+ \(pid (\d+)", res.stderr)
     try:

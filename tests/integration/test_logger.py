@@ -9,8 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from helpers import JOB, SHORT, run_info, steps, submit
+from helpers import JOB, ROOT, SHORT, run_info, steps, submit
 from mlflow import MlflowClient
 
 from trainctl import tracking

@@ -19,8 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
-from helpers import callbacks, run_dir, run_info, steps, submit, wait_state, wait_steps
+from helpers import (
+    attempt_records,
+    callbacks,
+    run_cli,
+    run_dir,
+    run_info,
+    steps,
+    submit,
+    wait_for,
+    wait_state,
+    wait_steps,
+)
 from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
@@ -45,11 +55,6 @@ def _submit(workdir: Path, uri: str, sets: list[str], *extra: str) -> tuple[str,
     assert sid, res.stdout
     SUBMITTED.append(sid.group(1))
     return run_id, sid.group(1)
-
-
-def _attempts(rdir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((rdir / "attempts").glob("*.json"))]
-
 
 
 def _rank_pid(rdir: Path, attempt: int, rank: int, timeout: float = 60) -> int:
@@ -137,7 +142,7 @@ def test_worker_killed_mid_run_resumes_in_the_same_run(uri: str, tmp_path: Path)
     victim = _rank_pid(rdir, 2, 1)
     os.kill(victim, signal.SIGKILL)
     assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 300) == "FINISHED"
-    attempts = _attempts(rdir)
+    attempts = attempt_records(rdir)
     assert [a["cause"] for a in attempts] == ["first", "timeout", "killed-without-verdict"], attempts
     assert attempts[0]["outcome"] == "requeue" and attempts[0]["reason"].startswith("timeout: stopped at step")
     assert attempts[1]["outcome"] == "requeue" and "Ray Train restarted the worker group" in attempts[1]["reason"]
@@ -165,10 +170,9 @@ def test_cancel_marks_killed_and_ends_the_workers(uri: str, tmp_path: Path) -> N
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.5)
     assert not any(_alive(p) for p in pids), "the workers end with the job"
-    time.sleep(2)
+    (attempt,) = wait_for("the attempt's verdict", lambda: [a for a in attempt_records(rdir) if a["outcome"]], 60)
     run = run_info(uri, run_id)
     assert run.info.status == "KILLED" and run.data.tags["trainctl.state"] == "KILLED"
-    (attempt,) = _attempts(rdir)
     assert attempt["outcome"] == "killed", "never requeued"
     assert json.loads(run_cli("status", run_id, "--tracking-uri", uri, "--json").stdout)["status"] == "KILLED"
     assert run_cli("cancel", run_id, "--tracking-uri", uri).returncode == 2, "already ended"

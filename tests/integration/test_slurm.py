@@ -20,8 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, require, run_cli
-from helpers import callbacks, run_dir, run_info, steps, submit, wait_state
+from helpers import (
+    ROOT,
+    attempt_records,
+    callbacks,
+    require,
+    run_cli,
+    run_dir,
+    run_info,
+    steps,
+    submit,
+    wait_for,
+    wait_state,
+    wait_steps,
+)
 from mlflow import MlflowClient
 
 from trainctl.worker.env import job_master_port
@@ -61,32 +73,14 @@ def _rank_lines(rdir: Path) -> list[tuple[int, int, str, str, int]]:
     return out
 
 
-def _attempts(rdir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((rdir / "attempts").glob("*.json"))]
-
-
-def _wait_steps(uri: str, run_id: str, n: int, timeout: float = 120) -> float:
-    """Wait until MLflow holds n training steps; returns when."""
-    deadline = time.monotonic() + timeout
-    client = MlflowClient(tracking_uri=uri)
-    while time.monotonic() < deadline:
-        try:
-            if len(client.get_metric_history(run_id, "train/loss")) >= n:
-                return time.time()
-        except Exception:  # the key does not exist yet
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not log {n} steps in {timeout} s")
-
-
 def _sacct(job: str) -> str:
     return _sh("sacct", "-D", "-j", job, "-o", "JobID%-12,State%-14,Start,End,ExitCode,NodeList%-10")
 
 
 def _gone(job: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while _sh("squeue", "-h", "-j", job, "-o", "%T").strip() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    """Wait until SLURM holds the job no more. A requeued job stays in the queue (PENDING) from the moment any
+    rank requeues it, and only a rank requeues: once it is gone, it cannot come back."""
+    wait_for(f"SLURM job {job} gone", lambda: not _sh("squeue", "-h", "-j", job, "-o", "%T").strip(), timeout)
 
 
 def _system_series(uri: str, run_id: str) -> dict[str, dict[str, list[Any]]]:
@@ -141,7 +135,7 @@ def test_ddp_on_one_two_and_three_nodes(uri: str, time_limit_run: Any, tmp_path:
         tags = run_info(uri, run_id).data.tags
         assert tags["trainctl.backend"] == "slurm" and tags["trainctl.world_size"] == str(n)
         assert tags["trainctl.scheduler_job_id"] == job, tags
-        assert tags["trainctl.attempt"] == "1", _attempts(run_dir(uri, run_id))
+        assert tags["trainctl.attempt"] == "1", attempt_records(run_dir(uri, run_id))
         nodes = _hosts(tags["trainctl.hosts"])
         assert len(set(nodes)) == n, tags["trainctl.hosts"]
         lines = _rank_lines(run_dir(uri, run_id))
@@ -153,7 +147,7 @@ def test_ddp_on_one_two_and_three_nodes(uri: str, time_limit_run: Any, tmp_path:
             assert {"cpu_utilization_percentage", "system_memory_usage_megabytes", "disk_usage_percentage",
                     "network_receive_megabytes"} <= set(metrics), (host, sorted(metrics))
         _no_duplicate_step(system)
-        (attempt,) = _attempts(run_dir(uri, run_id))
+        (attempt,) = attempt_records(run_dir(uri, run_id))
         per_epoch = math.ceil(math.ceil(1257 / n) / 32)  # DistributedSampler pads to ceil(1257 / ranks)
         assert attempt["step"] == 2 * per_epoch and steps(uri, run_id) == list(range(2 * per_epoch)), \
             "every step exactly once"
@@ -172,7 +166,7 @@ def test_time_limit_requeues_and_resumes_exactly(uri: str, time_limit_run: tuple
     run_id, job, t0 = time_limit_run
     assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 420) == "FINISHED", _sacct(job)
     rdir = run_dir(uri, run_id)
-    attempts = _attempts(rdir)
+    attempts = attempt_records(rdir)
     assert len(attempts) >= 2, attempts
     tags = run_info(uri, run_id).data.tags
     assert tags["trainctl.attempt"] == str(len(attempts))
@@ -201,12 +195,12 @@ def test_time_limit_requeues_and_resumes_exactly(uri: str, time_limit_run: tuple
 
 def test_scontrol_requeue_resumes(uri: str, tmp_path: Path) -> None:
     run_id, job = _submit(tmp_path, uri, [*SHORT, "trainer.max_epochs=3", callbacks(("SlowSteps", {"seconds": 0.5}))])
-    _wait_steps(uri, run_id, 10)
+    wait_steps(uri, run_id, 10)
     t_requeue = time.time()
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
     assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED", _sacct(job)
     rdir = run_dir(uri, run_id)
-    attempts = _attempts(rdir)
+    attempts = attempt_records(rdir)
     assert len(attempts) == 2, attempts
     # SIGTERM → agreed stop → requeue recorded as "preempted"; if KillWait (5 s) cut rank 0 short of its
     # verdict, the next attempt still knows it came from a requeue.
@@ -241,7 +235,7 @@ def test_warning_during_startup_is_held_not_fatal(uri: str, tmp_path: Path) -> N
     assert len(_rank_lines(rdir)) == 2, "a rank died of a USR2 that came during its start-up"
     assert sent >= 5, "USR2 reached the ranks while they were starting"
     assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 180) == "FINISHED", _sacct(job)
-    first, second = _attempts(rdir)
+    first, second = attempt_records(rdir)
     assert first["outcome"] == "requeue" and first["reason"].startswith("timeout"), first
     assert second["cause"] == "timeout" and second["outcome"] == "finished"
     assert steps(uri, run_id) == list(range(20))
@@ -259,7 +253,7 @@ def test_master_port_taken_heals_in_one_requeue(uri: str, tmp_path: Path) -> Non
         squatter.listen()
         subprocess.run(["scontrol", "release", job], check=True, timeout=30)
         assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED", _sacct(job)
-    first, second = _attempts(run_dir(uri, run_id))
+    first, second = attempt_records(run_dir(uri, run_id))
     assert first["outcome"] == "requeue" and "EADDRINUSE" in first["reason"] and str(port) in first["reason"], first
     assert second["cause"] == "network" and second["outcome"] == "finished", second
     assert steps(uri, run_id) == list(range(20))
@@ -268,27 +262,25 @@ def test_master_port_taken_heals_in_one_requeue(uri: str, tmp_path: Path) -> Non
 def test_cancel_and_scancel_never_requeue(uri: str, tmp_path: Path) -> None:
     slow = callbacks(("SlowSteps", {"seconds": 0.5}))
     (a, job_a), (b, job_b) = (_submit(tmp_path / n, uri, [*SHORT, "trainer.max_epochs=5", slow]) for n in "ab")
-    _wait_steps(uri, a, 5)
-    _wait_steps(uri, b, 5)
+    wait_steps(uri, a, 5)
+    wait_steps(uri, b, 5)
     subprocess.run(["scancel", job_b], check=True, timeout=30)
     res = run_cli("cancel", a, "--tracking-uri", uri)  # returns once SLURM holds no process of the job
     assert res.returncode == 0 and f"SLURM job {job_a} ended" in res.stdout, res.stdout + res.stderr
-    _gone(job_b)
-    time.sleep(12)  # a requeue would have the job back by now (cred_expire=10)
     for run_id, job in ((a, job_a), (b, job_b)):
-        assert not _sh("squeue", "-h", "-j", job, "-o", "%T").strip(), "the job did not come back"
+        _gone(job)
         sacct = _sacct(job)
         assert "CANCELLED" in sacct and "REQUEUED" not in sacct, sacct
         assert wait_state(uri, run_id, {"KILLED", "FAILED", "FINISHED"}, 60) == "KILLED"
         rdir = run_dir(uri, run_id)
-        (attempt,) = _attempts(rdir)  # no second attempt
+        (attempt,) = attempt_records(rdir)  # no second attempt
         # SIGTERM → the ranks agree within a step (0.5 s here, the job still in its first epoch), save, learn that
         # the job is cancelled (the run KILLED, or SLURM's CANCELLED) and end it killed, all within KillWait (5 s
         # on the local cluster).
         logs = "".join(p.read_text() for p in (rdir / "logs").glob("*_log.err"))
         assert "attempt ended killed" in logs, logs[-2000:]
         assert attempt["outcome"] == "killed" and attempt["ended"] is not None and attempt["step"], attempt
-    assert "trainctl cancel" in _attempts(run_dir(uri, a))[0]["reason"]
+    assert "trainctl cancel" in attempt_records(run_dir(uri, a))[0]["reason"]
     assert "scheduler" in run_info(uri, b).data.tags["trainctl.reason"], "an outside scancel is reported as such"
 
 
@@ -299,7 +291,7 @@ def test_node_crash_requeues_on_the_remaining_nodes(uri: str, tmp_path: Path) ->
     run_id, job = _submit(tmp_path, uri, [
         *SHORT, "trainer.max_epochs=3", "fault_tolerance.collective_timeout_s=20",
         "backend.slurm.sbatch={exclusive: true}", callbacks(("SlowSteps", {"seconds": 0.3}))])
-    _wait_steps(uri, run_id, 8)
+    wait_steps(uri, run_id, 8)
     rdir = run_dir(uri, run_id)
     victim = next(node for rank, _, node, *_ in _rank_lines(rdir) if rank == 1)
     t_kill = time.time()
@@ -308,7 +300,7 @@ def test_node_crash_requeues_on_the_remaining_nodes(uri: str, tmp_path: Path) ->
         assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED", _sacct(job)
     finally:
         subprocess.run(["bash", "cluster/slurm/up.sh", str(wanted)], cwd=ROOT, capture_output=True, timeout=120)
-    attempts = _attempts(rdir)
+    attempts = attempt_records(rdir)
     assert len(attempts) == 2 and attempts[1]["cause"] in ("rank-lost", "network", "requeue-or-node-failure"), attempts
     tags = run_info(uri, run_id).data.tags
     assert victim not in _hosts(tags["trainctl.hosts"]) and len(_hosts(tags["trainctl.hosts"])) == 2

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, require, serve_mlflow
-from helpers import SHORT, run_info, submit
+from helpers import ROOT, SHORT, require, run_info, serve_mlflow, submit
 from mlflow import MlflowClient
 
 from trainctl import tracking

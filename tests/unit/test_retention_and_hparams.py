@@ -1,14 +1,22 @@
-"""Pure logic: which resume checkpoints go, how a module's hyperparameters become MLflow params, the `epoch` points."""
+"""Pure logic: which checkpoints are kept (resume: the newest `keep_resume`; best: Lightning's top-k as the spec
+asks), how a module's hyperparameters become MLflow params, the `epoch` points."""
 
 from __future__ import annotations
 
 from argparse import Namespace
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from trainctl import hparams
+from trainctl.callbacks import build_callbacks
 from trainctl.callbacks.checkpoint_io import AtomicCheckpointIOImpl, manifest_path, stage_as, verify
+from trainctl.callbacks.preemption import AgreedStopImpl
 from trainctl.callbacks.resume_checkpoint import beyond_keep, candidates
 from trainctl.callbacks.tracking_logger import NoOpExperiment, TrackingLoggerImpl
+from trainctl.components import namespace_named
+from trainctl.spec import parse_spec
 
 
 def _steps(*steps: int) -> list[Path]:
@@ -25,6 +33,36 @@ def test_the_checkpoint_just_written_is_never_removed() -> None:
     # a resume from step 20 past a newer file (skipped as corrupt) writes step 30: it stays, whatever its rank
     assert beyond_keep(_steps(60, 30, 20), 1, _steps(30)[0]) == _steps(20)
     assert beyond_keep(_steps(60, 30), 0, _steps(30)[0]) == []
+
+
+def test_candidates_are_the_resume_files_newest_step_first(tmp_path: Path) -> None:
+    rdir = tmp_path / "checkpoints" / "resume"
+    rdir.mkdir(parents=True)
+    for name in ("step-99.ckpt", "step-000000100.ckpt", "step-7.ckpt", "step-000000100.ckpt.manifest.json",
+                 ".step-000000120.ckpt.tmp-4242", "last.ckpt", "step-x.ckpt"):
+        (rdir / name).write_bytes(b"")
+    assert [p.name for p in candidates(tmp_path)] == ["step-000000100.ckpt", "step-99.ckpt", "step-7.ckpt"]
+    assert candidates(tmp_path / "nothing-yet") == []
+
+
+def _built(tmp_path: Path, raw: dict[str, Any], **checkpoint: Any) -> Any:
+    raw = {**raw, "checkpoint": {**raw["checkpoint"], **checkpoint}}
+    spec = parse_spec(raw, "job.yaml", check_classes=False)
+    return build_callbacks(namespace_named("pytorch_lightning"), spec, tmp_path, [])
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory")
+def test_the_spec_decides_top_k_and_keep_resume(tmp_path: Path, raw: dict[str, Any]) -> None:
+    built = _built(tmp_path, raw, monitor="val/acc", mode="max", save_top_k=3, keep_resume=5)
+    top_k = built.top_k
+    assert (top_k.monitor, top_k.mode, top_k.save_top_k) == ("val/acc", "max", 3)
+    assert top_k.dirpath == str(tmp_path / "checkpoints" / "best") and top_k in built.callbacks
+    assert built.resume.keep == 5
+    # the resume checkpoint acts after every other epoch-end hook, and the agreed stop after it
+    assert built.callbacks[-2] is built.resume and isinstance(built.callbacks[-1], AgreedStopImpl)
+    assert _built(tmp_path, raw, monitor=None).top_k is None, "no metric: only resume checkpoints"
+    assert _built(tmp_path, raw, save_top_k=0).top_k is None
+    assert _built(tmp_path, raw, save_top_k=-1).top_k.save_top_k == -1, "-1 keeps every best checkpoint"
 
 
 def test_async_writes_leave_exactly_keep_checkpoints(tmp_path: Path) -> None:

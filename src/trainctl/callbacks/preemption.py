@@ -35,12 +35,29 @@ MAX_AGREE_STEPS = 32
 def agree_every(slowest_step_s: float) -> int:
     """Steps between two reduces: about AGREE_EVERY_S of training, at least 1, at most MAX_AGREE_STEPS.
 
-    0 means no step time yet (every rank's first step): reduce again next step. Reading it as "fast" put the next
-    reduce MAX_AGREE_STEPS steps away, so on slow steps a SIGTERM in the first epoch went unheard past KillWait.
+    0 means no step time yet (every rank's first step): reduce again next step. Read as "fast", it would put the
+    next reduce MAX_AGREE_STEPS steps away, and on slow steps a SIGTERM in the first epoch would go unheard until
+    the scheduler's SIGKILL.
     """
     if slowest_step_s <= 0:
         return 1
     return min(MAX_AGREE_STEPS, max(1, int(AGREE_EVERY_S / max(slowest_step_s, 1e-6))))
+
+
+def after_reduce(flags: list[float], launched_at: int) -> tuple[int, bool, int]:
+    """The reduced flags [signal number, any rank's stop, slowest step time] of the reduce launched at step
+    `launched_at`: (signal number or 0, stop, the step at or after which the next reduce launches). A function of
+    the reduced flags alone, so every rank decides the same."""
+    signum, stop, slowest_step_s = flags
+    return int(signum), bool(stop), launched_at + agree_every(slowest_step_s)
+
+
+def batch_end_action(signalled: bool, deferred: bool, last_batch: bool) -> str:
+    """What a rank does after a batch: "stop" (checkpoint this step now), "defer" (an epoch's last batch: its
+    validation and epoch-end hooks run first, the stop follows at the epoch's end) or "go" on."""
+    if not signalled or deferred:
+        return "go"
+    return "defer" if last_batch else "stop"
 
 
 class RequeueRequested(BaseException):
@@ -95,13 +112,12 @@ class AgreedStopImpl:
         work, flags, launched_at = self.pending
         self.pending = None
         work.wait()
-        signum, stop, slowest_step_s = flags.tolist()
-        self.next_launch = launched_at + agree_every(slowest_step_s)
+        signum, stop, self.next_launch = after_reduce(flags.tolist(), launched_at)
         if stop:
             trainer.should_stop = True
         if signum and not self.request.requested:
-            self.request.heard_from_peer(int(signum))
-        return bool(signum), bool(stop)
+            self.request.heard_from_peer(signum)
+        return bool(signum), stop
 
     def _agreed_now(self, trainer: Any) -> bool:
         self._launch(trainer)
@@ -138,10 +154,9 @@ class AgreedStopImpl:
             signalled, stop = self._collect(trainer)
             if not signalled and not stop and not self.deferred and trainer.global_step >= self.next_launch:
                 self._launch(trainer)
-        if not signalled or self.deferred:
-            return
-        if is_last_batch(trainer, batch_idx):
-            self.deferred = True  # finish this epoch's validation and epoch-end hooks first
+        action = batch_end_action(signalled, self.deferred, signalled and is_last_batch(trainer, batch_idx))
+        if action != "stop":
+            self.deferred = self.deferred or action == "defer"
             return
         if self.log_step is None:
             self.leaving = self._save(trainer)  # raised once Lightning has logged this step

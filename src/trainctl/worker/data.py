@@ -4,7 +4,7 @@ trainctl rebuilds the user's map-style loaders with its own distributed samplers
 - train: `ResumableDistributedSampler` reads, when its iterator is created, the epoch being run and how many
   batches of it are already done (restored from the checkpoint), so it shuffles with that epoch's seed and
   skips the finished part. Lightning calls `set_epoch` after creating the first iterator of a resumed run,
-  which is why the epoch is read lazily instead.
+  which is why the epoch is read lazily instead (Lightning issue #21938).
 - val/test: `UnpaddedDistributedSampler` gives each sample to exactly one rank (no padding duplicates), so
   metrics synced across ranks cover the whole set once.
 Each rebuilt loader gets its own torch.Generator, so creating an iterator never draws from the global RNG.
