@@ -10,7 +10,7 @@ bench/alternate.py; a ratio is the median of the rounds' paired ratios, its `spr
   trainctl  `trainctl submit` of a spec naming bench.workload.BenchMLP/BenchDigits on the local backend (submitit,
             2 ranks, tracking to the embedded store, every trainctl callback, logging every step), with
             bench.workload.StepEnds in the spec's `callbacks:` recording rank 0's step ends.
-  anchor    the CPU DDP anchor script's raw loop, unchanged (ANCHOR: shared/baselines/ beside the checkout):
+  anchor    the CPU DDP anchor script's raw loop, unchanged (bench/anchors/cpu_ddp_anchor.py, a verbatim copy):
             checks that `raw` is a fair baseline (±10 %).
   lightning the anchor's plain Lightning Trainer (reference only).
   worker    diagnostic: trainctl's worker path (build_trainer + its callbacks, data path, watchdog) in two
@@ -39,7 +39,7 @@ from bench.stats import intervals_after_warmup, median
 from bench.worker_path import worker
 from bench.workload import bench_spec
 
-ANCHOR = ROOT.parent / "shared" / "baselines" / "cpu_ddp_anchor.py"
+ANCHOR = ROOT / "bench" / "anchors" / "cpu_ddp_anchor.py"
 WORKLOADS = {"tiny": (64, 32), "wide": (1024, 256)}
 
 
