@@ -1,0 +1,130 @@
+"""Loader workers of the loaders trainctl rebuilds start from a clean process, never by forking the rank.
+
+A rank runs threads beside its training loop: the metrics sink, the watchdog, the checkpoint writer, gloo's and
+Lightning's, and whatever the user's code starts. `fork` copies the memory of all of them but runs only the
+calling thread: a lock another thread held at that instant stays held forever in the child, and a worker that
+needs it (torch.manual_seed's lazy-seed lock, a stream's buffer lock, a module's import lock, a C library's
+mutex) waits forever while the rank waits for its first batch. So these loaders use multiprocessing's forkserver:
+one single-threaded server per rank, started by the first loader with workers, imports torch and the modules the
+workers unpickle once, then forks each worker from itself (a fork of a clean process, not an interpreter start).
+
+The server and its workers start with SIGTERM and SIGUSR2 blocked: a scheduler signals every process of a job
+step, and the rank alone acts on a warning or a preemption (workers forked from the rank inherited its
+flag-setting handlers and kept serving batches the same way).
+
+A loader keeps `fork` when its start method is the user's choice, or when what the workers receive by pickling
+is not picklable or not cheap to send (many separate tensors, each passed as a file descriptor; large arrays or
+objects, copied to every worker): it is logged with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import pickle
+import signal
+import sys
+from typing import Any
+
+import torch
+
+log = logging.getLogger("trainctl.data")
+
+MAX_TENSORS = 128  # forkserver passes each tensor's shared memory as a file descriptor (its limit: 256 a worker)
+MAX_COPIED_BYTES = 64 << 20  # everything else is pickled into every worker at its start
+_SERVER_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+class _Sizer(pickle.Pickler):
+    """Pickles to nowhere, counting what a worker's start would send: tensors (shared, one fd each) and bytes."""
+
+    def __init__(self, sink: io.RawIOBase) -> None:
+        super().__init__(sink, protocol=pickle.HIGHEST_PROTOCOL)
+        self.tensors = 0
+        self.array_bytes = 0
+
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            self.tensors += 1
+            return self.tensors
+        if type(obj).__module__ == "numpy" and type(obj).__name__ == "ndarray":
+            self.array_bytes += int(obj.nbytes)
+            return -1 - self.array_bytes
+        return None
+
+
+class _Counter(io.RawIOBase):
+    def __init__(self) -> None:
+        self.n = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.n += len(b)
+        return len(b)
+
+
+def why_not_forkserver(dataset: Any, collate_fn: Any, worker_init_fn: Any) -> str | None:
+    """None when the workers' share of the loader pickles, with few tensors and few bytes; else the reason."""
+    sink = _Counter()
+    sizer = _Sizer(sink)
+    try:
+        sizer.dump((dataset, collate_fn, worker_init_fn))
+    except Exception as exc:  # any pickling failure: lambdas, local classes, open handles, generators
+        return f"its dataset/collate_fn/worker_init_fn do not pickle ({type(exc).__name__}: {exc})"
+    if sizer.tensors > MAX_TENSORS:
+        return f"its dataset holds {sizer.tensors} separate tensors (> {MAX_TENSORS})"
+    copied = sink.n + sizer.array_bytes
+    if copied > MAX_COPIED_BYTES:
+        return f"its dataset pickles to {copied >> 20} MiB (> {MAX_COPIED_BYTES >> 20} MiB), copied to every worker"
+    return None
+
+
+def _preload(objs: tuple[Any, ...], extra: tuple[str, ...]) -> list[str]:
+    """The modules a worker imports to unpickle its share: imported once in the server instead."""
+    mods = ["torch", "torch.utils.data", *extra]
+    for obj in objs:
+        if obj is None:
+            continue
+        target = getattr(obj, "func", obj)  # functools.partial
+        name = getattr(target, "__module__", None) or type(target).__module__
+        if name and name not in ("builtins", "__main__") and name not in mods:
+            mods.append(name)
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if main is not None and main.name not in mods:  # a worker imports the rank's main module by name
+        mods.append(main.name)
+    return mods
+
+
+def start_server(preload: list[str]) -> None:
+    """Start the forkserver (once; again if it died), its workers born with the scheduler's signals blocked."""
+    fs = multiprocessing.forkserver._forkserver
+    if fs._forkserver_pid is None:
+        fs.set_forkserver_preload(preload)
+    # Started first: starting it unblocks SIGTERM (and SIGINT) in this thread once its own process is out.
+    multiprocessing.resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SERVER_SIGNALS)
+    try:
+        fs.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal that came meanwhile is delivered now
+
+
+def context_for(loader: Any, preload: tuple[str, ...] = ()) -> Any:
+    """The multiprocessing context for a rebuilt loader's workers; None keeps the loader's own (fork by default).
+
+    `preload`: more modules the workers will import (Lightning's seeding worker_init_fn, added after the rebuild).
+    """
+    if loader.num_workers == 0 or loader.multiprocessing_context is not None:
+        return None
+    reason = why_not_forkserver(loader.dataset, loader.collate_fn, loader.worker_init_fn)
+    if reason is not None:
+        log.warning("loader workers for %s start by fork beside this rank's threads, because %s",
+                    type(loader.dataset).__name__, reason)
+        return None
+    start_server(_preload((loader.dataset, loader.collate_fn, loader.worker_init_fn), preload))
+    return multiprocessing.get_context("forkserver")

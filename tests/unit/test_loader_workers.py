@@ -1,0 +1,111 @@
+"""Loader workers of rebuilt loaders start from the forkserver: a lock a rank's thread holds cannot hang them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from trainctl.worker.loader_workers import MAX_TENSORS, context_for, why_not_forkserver
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+# A rank-like process: a thread sits inside torch's lazy-seed lock (torch.manual_seed takes it on a CPU build and
+# formats a stack there, the GIL released on file reads) while the main thread starts loader workers, whose
+# start-up calls torch.manual_seed. A plain loader forks its workers; the rebuilt one asks the forkserver.
+SCRIPT = r'''
+import json, os, signal, sys, threading, time
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from trainctl.components import namespace_of
+from trainctl.worker.data import ResumableData
+
+
+class Probe(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        return torch.tensor([i, signal.SIGTERM in blocked, signal.SIGUSR2 in blocked, os.getppid()])
+
+
+def first_batch(loader):
+    it = iter(loader)
+    try:
+        return next(it).tolist()
+    except RuntimeError as exc:
+        return str(exc)
+    finally:
+        it._shutdown_workers()
+
+
+if __name__ == "__main__":
+    held = threading.Event()
+
+    def hold():
+        with torch.cuda._initialization_lock:
+            held.set()
+            time.sleep(3600)
+
+    threading.Thread(target=hold, daemon=True).start()
+    held.wait()
+    plain = DataLoader(Probe(), batch_size=8, num_workers=1, timeout=float(sys.argv[1]))
+    rebuilt = ResumableData(namespace_of(pl.LightningModule), None, 0, 0, 1)._rebuild("test_dataloader", plain)
+    out = {"rebuilt": first_batch(rebuilt), "plain": first_batch(plain), "rank": os.getpid()}
+    print(json.dumps(out), flush=True)
+    os._exit(0)
+'''
+
+
+def test_rebuilt_loader_starts_workers_while_a_thread_holds_a_lock_they_need(tmp_path: Path) -> None:
+    script = tmp_path / "rank.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, str(script), "4"], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    # The forked worker inherited the held lock: it never delivers (the loader's own timeout ends the wait).
+    assert isinstance(out["plain"], str) and "timed out" in out["plain"], out
+    rows = out["rebuilt"]
+    assert [int(r[0]) for r in rows] == list(range(8)), out
+    assert all(r[1] == 1 and r[2] == 1 for r in rows), f"SIGTERM/SIGUSR2 must be blocked in the worker: {out}"
+    assert all(int(r[3]) != out["rank"] for r in rows), "the worker's parent is the forkserver, not the rank"
+
+
+class _Lambda(Dataset):
+    def __init__(self) -> None:
+        self.f = lambda i: i
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> int:
+        return self.f(i)
+
+
+def test_what_workers_receive_decides_the_start_method() -> None:
+    small = TensorDataset(torch.zeros(100, 4), torch.zeros(100))
+    assert why_not_forkserver(small, None, None) is None
+    assert "do not pickle" in (why_not_forkserver(_Lambda(), None, None) or "")
+    assert "do not pickle" in (why_not_forkserver(small, lambda b: b, None) or "")
+    many = [torch.zeros(2) for _ in range(MAX_TENSORS + 1)]
+    assert "separate tensors" in (why_not_forkserver(many, None, None) or "")
+    assert "MiB" in (why_not_forkserver([np.zeros(80 << 20, dtype=np.uint8)], None, None) or "")
+
+
+def test_no_workers_or_the_users_own_start_method_are_left_alone() -> None:
+    ds = TensorDataset(torch.zeros(8, 2))
+    assert context_for(DataLoader(ds, num_workers=0)) is None
+    assert context_for(DataLoader(ds, num_workers=2, multiprocessing_context="spawn")) is None
+    assert context_for(DataLoader(_Lambda(), num_workers=2)) is None  # kept on fork, with a warning
