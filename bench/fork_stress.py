@@ -86,6 +86,12 @@ def _rank(rank: int, port: int, cfg: dict[str, Any]) -> None:
                       WORLD_SIZE="2", NODE_RANK="0", LOCAL_WORLD_SIZE="2")
     import logging
 
+    try:  # as worker.entrypoint.train does first thing (a tree without it forks loader workers from the rank)
+        from trainctl.worker.loader_workers import fork_server_now
+    except ImportError:
+        fork_server_now = bool
+    fork_server_now()
+
     from trainctl import tracking
     from trainctl.callbacks.binding import make
     from trainctl.components import import_class, instantiate, namespace_of
@@ -98,13 +104,23 @@ def _rank(rank: int, port: int, cfg: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     stall_dir = Path(cfg["stall_dir"])
 
-    def stalled(why: str) -> None:  # the watchdog thread: its own report is written; add every process's stacks
+    def stalled(why: str) -> None:
+        """The watchdog thread: its own report is written; add every process's stacks. A rank that makes
+        progress again within another --stall-s was slow (starved of CPU), not hung: it goes on."""
         stall_dir.mkdir(parents=True, exist_ok=True)
         (stall_dir / f"rank{rank}-reason.txt").write_text(why)
         dump_tree(os.getpid(), stall_dir, f"rank{rank}")
         for f in base.glob("iter-*/failures/*"):
             with contextlib.suppress(OSError):
                 (stall_dir / f.name).write_bytes(f.read_bytes())
+        beat = watchdog.last_beat
+        deadline = time.monotonic() + cfg["stall_s"]
+        while time.monotonic() < deadline:
+            if watchdog.last_beat != beat:
+                with open(base / "slow.txt", "a") as fh:
+                    fh.write(f"rank {rank}: {why}; progressed again\n")
+                return
+            time.sleep(1)
         os._exit(3)
 
     sink = None
@@ -159,6 +175,7 @@ def one_job(n: int, iterations: int, out: Path, args: argparse.Namespace, run_id
         time.sleep(0.2)
     codes = [p.exitcode for p in procs]
     outcome = "ok" if codes == [0, 0] else "stall" if 3 in codes else "timeout" if None in codes else "error"
+    slow = (run_dir / "slow.txt").read_text().splitlines() if (run_dir / "slow.txt").exists() else []
     if outcome == "timeout":
         for r, p in enumerate(procs):
             if p.exitcode is None:
@@ -169,7 +186,8 @@ def one_job(n: int, iterations: int, out: Path, args: argparse.Namespace, run_id
         p.join(timeout=10)
     done = min(len((run_dir / f"progress-rank{r}.txt").read_text().split()) if
                (run_dir / f"progress-rank{r}.txt").exists() else 0 for r in range(2))
-    row = {"job": n, "outcome": outcome, "codes": codes, "runs_done": done, "s": round(time.monotonic() - t0, 2)}
+    row = {"job": n, "outcome": outcome, "codes": codes, "runs_done": done, "slow": slow,
+           "s": round(time.monotonic() - t0, 2)}
     if outcome != "ok":
         stall_dir.mkdir(parents=True, exist_ok=True)
         for f in [*run_dir.glob("*.log"), *run_dir.glob("iter-*/failures/*")]:
@@ -211,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     import trainctl.worker.build
     import trainctl.worker.entrypoint  # noqa: F401
 
-    counts = {"runs": 0, "stall": 0, "timeout": 0, "error": 0}
+    counts = {"runs": 0, "stall": 0, "timeout": 0, "error": 0, "slow": 0}
     t0 = time.monotonic()
     n = 0
     with open(args.out / "results.jsonl", "a") as results:
@@ -221,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             counts["runs"] += row["runs_done"] + (row["outcome"] != "ok")  # the run that stalled counts too
             if row["outcome"] != "ok":
                 counts[row["outcome"]] += 1
+            counts["slow"] += len(row["slow"])
             results.write(json.dumps(row) + "\n")
             results.flush()
             print(json.dumps(row), file=sys.stderr, flush=True)

@@ -87,7 +87,7 @@ def test_best_checkpoint_loads_and_resume_forks(mlflow_server: str, digits_run: 
 
 
 def test_resume_last_continues_the_same_run(mlflow_server: str, tmp_path: Path) -> None:
-    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=2"])
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=2", "data.init_args.num_workers=2"])
     assert res.returncode == 0 and run_id, res.stderr[-2000:]
     before = steps(mlflow_server, run_id)
     res = run_cli("resume", run_id, "--set", "trainer.max_epochs=3", "--tracking-uri", mlflow_server, timeout=300)
@@ -96,6 +96,11 @@ def test_resume_last_continues_the_same_run(mlflow_server: str, tmp_path: Path) 
     assert after == list(range(after[0], after[-1] + 1)) and len(after) > len(before)
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt.2.cause"] == "resume"
+    # Loader workers came from each rank's forkserver in both attempts, none forked beside the rank's threads;
+    # the server was a fork of the rank made at its start (no interpreter of its own, nothing preloaded).
+    logs = run_cli("logs", run_id, "--tracking-uri", mlflow_server).stdout
+    assert logs.count("loader workers start from a forkserver") == 4, logs[-3000:]
+    assert "start by fork" not in logs and "preloading" not in logs, logs[-3000:]
     assert run_cli("resume", run_id, "--from", "/nonexistent.ckpt", "--tracking-uri", mlflow_server).returncode == 2
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -36,7 +37,9 @@ class Probe(Dataset):
 
     def __getitem__(self, i):
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        return torch.tensor([i, signal.SIGTERM in blocked, signal.SIGUSR2 in blocked, os.getppid()])
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+            own_interpreter = b"forkserver" in fh.read()
+        return torch.tensor([i, signal.SIGTERM in blocked, signal.SIGUSR2 in blocked, os.getppid(), own_interpreter])
 
 
 def first_batch(loader):
@@ -50,6 +53,10 @@ def first_batch(loader):
 
 
 if __name__ == "__main__":
+    if sys.argv[2] == "early":  # as worker.entrypoint.train: the server forked before any thread runs
+        from trainctl.worker.loader_workers import fork_server_now
+
+        assert fork_server_now()
     held = threading.Event()
 
     def hold():
@@ -67,12 +74,15 @@ if __name__ == "__main__":
 '''
 
 
-def test_rebuilt_loader_starts_workers_while_a_thread_holds_a_lock_they_need(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", ["early", "late"])
+def test_rebuilt_loader_starts_workers_while_a_thread_holds_a_lock_they_need(tmp_path: Path, server: str) -> None:
+    """early: the server forked from the rank at its start (local and SLURM ranks); late: started as an
+    interpreter of its own by the first loader with workers (a rank that already runs threads, as on Ray)."""
     script = tmp_path / "rank.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    res = subprocess.run([sys.executable, str(script), "4"], capture_output=True, text=True, timeout=300, env=env,
-                         cwd=tmp_path)
+    res = subprocess.run([sys.executable, str(script), "4", server], capture_output=True, text=True, timeout=300,
+                         env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     # The forked worker inherited the held lock: it never delivers (the loader's own timeout ends the wait).
@@ -81,6 +91,7 @@ def test_rebuilt_loader_starts_workers_while_a_thread_holds_a_lock_they_need(tmp
     assert [int(r[0]) for r in rows] == list(range(8)), out
     assert all(r[1] == 1 and r[2] == 1 for r in rows), f"SIGTERM/SIGUSR2 must be blocked in the worker: {out}"
     assert all(int(r[3]) != out["rank"] for r in rows), "the worker's parent is the forkserver, not the rank"
+    assert all(r[4] == (server == "late") for r in rows), "an early server is a fork of the rank, no interpreter"
 
 
 class _Lambda(Dataset):

@@ -31,6 +31,7 @@ from trainctl.worker import attempt as attempts
 from trainctl.worker.build import build_trainer
 from trainctl.worker.data import ResumableData
 from trainctl.worker.env import RankInfo, export_from_submitit
+from trainctl.worker.loader_workers import fork_server_now
 from trainctl.worker.signals import STOP
 from trainctl.worker.watchdog import HeartbeatImpl, Watchdog
 
@@ -71,6 +72,7 @@ def _exit_now() -> None:
 
 
 def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> attempts.Verdict:
+    fork_server_now()  # while this rank runs one thread: every loader worker is forked from that clean copy
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank.global_rank}] %(levelname)s %(name)s: %(message)s")
     spec: Spec = spec_from_dict(job.spec)
     zero = rank.global_rank == 0

@@ -4,11 +4,15 @@ A rank runs threads beside its training loop: the metrics sink, the watchdog, th
 Lightning's, and whatever the user's code starts. `fork` copies the memory of all of them but runs only the
 calling thread: a lock another thread held at that instant stays held forever in the child, and a worker that
 needs it (torch.manual_seed's lazy-seed lock, a stream's buffer lock, a module's import lock, a C library's
-mutex) waits forever while the rank waits for its first batch. So these loaders use multiprocessing's forkserver:
-one single-threaded server per rank, started by the first loader with workers, imports torch and the modules the
-workers unpickle once, then forks each worker from itself (a fork of a clean process, not an interpreter start).
+mutex) waits forever while the rank waits for its first batch. So these loaders use multiprocessing's forkserver,
+a single-threaded process that forks each worker from itself.
 
-The server and its workers start with SIGTERM and SIGUSR2 blocked: a scheduler signals every process of a job
+The rank forks that server first thing (`fork_server_now`), while it runs no other Python thread: the server
+inherits every module imported so far and no lock another thread could own, and a worker costs one fork of it.
+Where the rank already runs threads (Ray runs training in a thread), the server starts as an interpreter of its
+own on the first loader with workers and imports torch and the modules the workers unpickle (seconds of CPU).
+
+The server and its workers run with SIGTERM and SIGUSR2 blocked: a scheduler signals every process of a job
 step, and the rank alone acts on a warning or a preemption (workers forked from the rank inherited its
 flag-setting handlers and kept serving batches the same way).
 
@@ -22,11 +26,15 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
+import os
 import pickle
 import signal
+import socket
 import sys
+import threading
 from typing import Any
 
 import torch
@@ -36,6 +44,7 @@ log = logging.getLogger("trainctl.data")
 MAX_TENSORS = 128  # forkserver passes each tensor's shared memory as a file descriptor (its limit: 256 a worker)
 MAX_COPIED_BYTES = 64 << 20  # everything else is pickled into every worker at its start
 _SERVER_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+_announced = False
 
 
 class _Sizer(pickle.Pickler):
@@ -95,13 +104,49 @@ def _preload(objs: tuple[Any, ...], extra: tuple[str, ...]) -> list[str]:
         if name and name not in ("builtins", "__main__") and name not in mods:
             mods.append(name)
     main = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if main is not None and main.name not in mods:  # a worker imports the rank's main module by name
-        mods.append(main.name)
+    package = main.name.rpartition(".")[0] if main is not None else ""
+    if package and package not in mods:  # a worker runs the rank's main module by name: its package, imported
+        mods.append(package)
     return mods
 
 
+def fork_server_now() -> bool:
+    """Fork this rank's forkserver now if the rank runs a single thread; False (nothing done) otherwise."""
+    fs = multiprocessing.forkserver._forkserver
+    if fs._forkserver_pid is not None:
+        return True
+    # Python threads only: the native ones alive at a rank's start are numpy's and scipy's OpenBLAS pools,
+    # idle, and OpenBLAS stops them itself around a fork.
+    if threading.active_count() != 1:
+        return False
+    multiprocessing.resource_tracker.ensure_running()  # a process of its own (fork + exec), started now
+    address = multiprocessing.connection.arbitrary_address("AF_UNIX")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(address)
+        os.chmod(address, 0o600)
+        listener.listen()
+        alive_r, alive_w = os.pipe()  # the server leaves when this rank (the write end's only holder) is gone
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SERVER_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    os.close(alive_w)
+                    multiprocessing.forkserver.main(listener.fileno(), alive_r, [])
+                except SystemExit:
+                    code = 0
+                finally:
+                    os._exit(code)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        os.close(alive_r)
+    fs._forkserver_address, fs._forkserver_alive_fd, fs._forkserver_pid = address, alive_w, pid
+    return True
+
+
 def start_server(preload: list[str]) -> None:
-    """Start the forkserver (once; again if it died), its workers born with the scheduler's signals blocked."""
+    """Start the forkserver as an interpreter of its own unless it runs (again if it died), signals blocked."""
     fs = multiprocessing.forkserver._forkserver
     if fs._forkserver_pid is None:
         fs.set_forkserver_preload(preload)
@@ -112,6 +157,11 @@ def start_server(preload: list[str]) -> None:
         fs.ensure_running()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal that came meanwhile is delivered now
+    global _announced
+    if not _announced:
+        _announced = True
+        log.info("loader workers start from a forkserver (pid %d%s)", fs._forkserver_pid,
+                 f", preloading {', '.join(fs._preload_modules)}" if fs._preload_modules != ["__main__"] else "")
 
 
 def context_for(loader: Any, preload: tuple[str, ...] = ()) -> Any:
