@@ -53,10 +53,9 @@ def first_batch(loader):
 
 
 if __name__ == "__main__":
-    if sys.argv[2] == "early":  # as worker.entrypoint.train: the server forked before any thread runs
-        from trainctl.worker.loader_workers import fork_server_now
+    from trainctl.worker.loader_workers import fork_server_now
 
-        assert fork_server_now()
+    forked = sys.argv[2] == "early" and fork_server_now()  # as worker.entrypoint.train: before any thread runs
     held = threading.Event()
 
     def hold():
@@ -66,9 +65,10 @@ if __name__ == "__main__":
 
     threading.Thread(target=hold, daemon=True).start()
     held.wait()
+    forked = forked or fork_server_now()  # late: refused, a thread runs
     plain = DataLoader(Probe(), batch_size=8, num_workers=1, timeout=float(sys.argv[1]))
     rebuilt = ResumableData(namespace_of(pl.LightningModule), None, 0, 0, 1)._rebuild("test_dataloader", plain)
-    out = {"rebuilt": first_batch(rebuilt), "plain": first_batch(plain), "rank": os.getpid()}
+    out = {"rebuilt": first_batch(rebuilt), "plain": first_batch(plain), "rank": os.getpid(), "forked": forked}
     print(json.dumps(out), flush=True)
     os._exit(0)
 '''
@@ -85,6 +85,7 @@ def test_rebuilt_loader_starts_workers_while_a_thread_holds_a_lock_they_need(tmp
                          env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["forked"] is (server == "early"), out
     # The forked worker inherited the held lock: it never delivers (the loader's own timeout ends the wait).
     assert isinstance(out["plain"], str) and "timed out" in out["plain"], out
     rows = out["rebuilt"]
