@@ -96,12 +96,12 @@ def test_resume_last_continues_the_same_run(mlflow_server: str, tmp_path: Path) 
     assert after == list(range(after[0], after[-1] + 1)) and len(after) > len(before)
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt.2.cause"] == "resume"
+    assert run_cli("resume", run_id, "--from", "/nonexistent.ckpt", "--tracking-uri", mlflow_server).returncode == 2
     # Loader workers came from each rank's forkserver in both attempts, none forked beside the rank's threads;
     # the server was a fork of the rank made at its start (no interpreter of its own, nothing preloaded).
     logs = run_cli("logs", run_id, "--tracking-uri", mlflow_server).stdout
     assert logs.count("loader workers start from a forkserver") == 4, logs[-3000:]
     assert "start by fork" not in logs and "preloading" not in logs, logs[-3000:]
-    assert run_cli("resume", run_id, "--from", "/nonexistent.ckpt", "--tracking-uri", mlflow_server).returncode == 2
 
 
 def test_early_stopping_stops_every_rank(mlflow_server: str, tmp_path: Path) -> None:
