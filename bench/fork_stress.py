@@ -3,14 +3,19 @@
 One run is the shortest job that starts loader workers, on trainctl's worker path (as `bench.common._worker_rank`:
 the real `build_trainer`, callbacks, async checkpoint writer, heartbeat and watchdog, resumable data path, rank 0's
 metrics sink on an sqlite store): the digits example on 2 gloo ranks with 2 persistent workers per loader; sanity
-check, 2 short epochs with validation and a checkpoint every 2 steps, then test from the best checkpoint. That is
-6 worker starts per rank per run while the checkpoint writer, the sink, the watchdog and gloo's threads run.
+check, one short epoch with validation and a checkpoint every 2 steps, then test from the best checkpoint. That is
+6 worker starts per rank per run while the checkpoint writer, the sink, the watchdog and gloo's threads run. A job
+is two rank processes (forked from this one, which holds the imports) running --runs-per-job runs in a row, each
+with a fresh Trainer, watchdog and loaders; the ranks start as `worker.entrypoint.train` does.
 
 A rank whose watchdog hears no batch for --stall-s saves every thread's stack (faulthandler) and a py-spy dump
-(Python and native frames) of itself and of each of its loader workers under <out>/stalls/run-NNNN/, then leaves:
-the run counts as a stall. A run that ends no other way within its bound is dumped the same way from outside.
+(Python and native frames) of itself and of every process below it (loader workers, forkserver) under
+<out>/stalls/job-NNNN/. If it makes progress again within another --stall-s it was slow (starved of CPU: counted
+as `slow`), else it leaves and the run counts as a stall. A job that ends no other way within its bound is dumped
+the same way from outside (`timeout`). Run it under `nice -n 19` on a shared machine.
 
-    python -m bench.fork_stress --runs 300          # prints one JSON summary; results.jsonl has every run
+    python -m bench.fork_stress --runs 300          # prints one JSON summary; results.jsonl has every job
+    PYTHONPATH=<other tree>/src python -m bench.fork_stress ...   # the same loop on another trainctl
 """
 
 from __future__ import annotations
