@@ -23,6 +23,7 @@ objects, copied to every worker): it is logged with the reason.
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import multiprocessing
@@ -45,6 +46,7 @@ MAX_TENSORS = 128  # forkserver passes each tensor's shared memory as a file des
 MAX_COPIED_BYTES = 64 << 20  # everything else is pickled into every worker at its start
 _SERVER_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 _announced = False
+_SERVER_MAIN_ARGS = ["listener_fd", "alive_r", "preload", "main_path", "sys_path"]  # CPython 3.10-3.13.0's main()
 
 
 class _Sizer(pickle.Pickler):
@@ -111,10 +113,12 @@ def _preload(objs: tuple[Any, ...], extra: tuple[str, ...]) -> list[str]:
 
 
 def fork_server_now() -> bool:
-    """Fork this rank's forkserver now if the rank runs a single thread; False (nothing done) otherwise."""
+    """Fork this rank's forkserver now if no other Python thread runs; False (nothing done) otherwise."""
     fs = multiprocessing.forkserver._forkserver
     if fs._forkserver_pid is not None:
         return True
+    if list(inspect.signature(multiprocessing.forkserver.main).parameters) != _SERVER_MAIN_ARGS:
+        return False  # another Python's forkserver protocol (e.g. with an authkey): it starts as its own interpreter
     # Python threads only: the native ones alive at a rank's start are numpy's and scipy's OpenBLAS pools,
     # idle, and OpenBLAS stops them itself around a fork.
     if threading.active_count() != 1:
