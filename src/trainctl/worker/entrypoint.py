@@ -72,7 +72,7 @@ def _exit_now() -> None:
 
 
 def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> attempts.Verdict:
-    fork_server_now()  # while this rank runs one thread: every loader worker is forked from that clean copy
+    fork_server_now()  # before any other Python thread runs: loader workers are forked from that quiet copy
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank.global_rank}] %(levelname)s %(name)s: %(message)s")
     spec: Spec = spec_from_dict(job.spec)
     zero = rank.global_rank == 0
