@@ -3,7 +3,6 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TRAINCTL := $(VENV)/bin/trainctl
-STAMP := $(VENV)/.installed
 JOB ?= jobs/digits.yaml
 ARGS ?=
 
@@ -13,34 +12,47 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
-venv: $(STAMP) ## Create .venv and install trainctl (torch CPU wheel first, pinned by constraints.txt)
+# One stamp per part: a local job needs only the core; the targets that need more install their extra.
+venv: $(VENV)/.installed-core ## Create .venv with what a local job needs (torch CPU wheel first, pinned by constraints.txt)
+venv-ray: $(VENV)/.installed-ray ## Add Ray to .venv (ray-up does)
+venv-server: $(VENV)/.installed-server ## Add the MLflow server's login support to .venv (mlflow does)
+venv-dev: $(VENV)/.installed-dev ## Add the test and lint tools to .venv (test, lint do)
+venv-all: $(VENV)/.installed-all ## Everything: what `make test` installs
 
-$(STAMP): pyproject.toml constraints.txt
+$(VENV)/.installed-core: pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[ray,server,dev]'
-	@touch $(STAMP)
+	$(PY) -m pip install -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -c constraints.txt -e .
+	@touch $@
+
+$(VENV)/.installed-all: $(VENV)/.installed-core pyproject.toml constraints.txt
+	$(PY) -m pip install -c constraints.txt -e '.[ray,server,dev]'
+	@touch $(VENV)/.installed-ray $(VENV)/.installed-server $(VENV)/.installed-dev $@
+
+$(VENV)/.installed-%: $(VENV)/.installed-core pyproject.toml constraints.txt
+	$(PY) -m pip install -c constraints.txt -e '.[$*]'
+	@touch $@
 
 validate: venv ## Validate a job spec: make validate JOB=jobs/x.yaml
 	$(TRAINCTL) validate $(JOB) $(ARGS)
 
-submit: venv ## Validate, submit and follow a job to its end (any backend): make submit JOB=jobs/x.yaml [ARGS='--detach']
+submit: venv ## Validate, submit and follow a job to its end (any backend; a Ray job after make ray-up): make submit JOB=jobs/x.yaml [ARGS='--detach']
 	$(TRAINCTL) submit $(JOB) --wait $(ARGS)
 
 resume: venv ## Resume a run by id: make resume RUN=<run_id> [ARGS='--from best']
 	$(TRAINCTL) resume $(RUN) $(ARGS)
 
-test: venv ## Run the whole test suite (starts MLflow/SLURM/Ray when it can)
+test: venv-all ## Run the whole test suite (starts MLflow/SLURM/Ray when it can)
 	$(PY) -m pytest $(ARGS)
 
-lint: venv ## ruff check (the code is hand-formatted at 120 columns; `ruff format` is not enforced)
+lint: venv-dev ## ruff check (the code is hand-formatted at 120 columns; `ruff format` is not enforced)
 	$(VENV)/bin/ruff check src tests bench
 
-mlflow: venv ## Serve the tracking store trainctl uses on 127.0.0.1:5000 (lean: 1 worker)
+mlflow: venv-server ## Serve the tracking store trainctl uses on 127.0.0.1:5000 (lean: 1 worker)
 	$(PY) -m trainctl.mlflow_server --port $${PORT:-5000}
 
-bench: venv ## Run the benchmarks; writes bench/results.json and bench/results.md
+bench: venv-all ## Run the benchmarks; writes bench/results.json and bench/results.md
 	$(PY) -m bench.run_all
 
 clean: ## Remove caches (keeps .venv and runs/)
@@ -49,4 +61,4 @@ clean: ## Remove caches (keeps .venv and runs/)
 -include cluster/slurm/slurm.mk
 -include cluster/ray/ray.mk
 
-.PHONY: help venv validate submit resume test lint mlflow bench clean
+.PHONY: help venv venv-ray venv-server venv-dev venv-all validate submit resume test lint mlflow bench clean

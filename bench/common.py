@@ -323,6 +323,7 @@ def _worker_rank(rank: int, port: int, cfg: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.get("threads", 1))
     from trainctl.callbacks.binding import make
     from trainctl.components import import_class, instantiate, namespace_of
+    from trainctl.rundir import JobFile
     from trainctl.spec import parse_spec, resolve_env
     from trainctl.spec_checks import apply_override
     from trainctl.worker.build import build_trainer
@@ -341,6 +342,10 @@ def _worker_rank(rank: int, port: int, cfg: dict[str, Any]) -> None:
     model = instantiate(resolve_env(spec.model), ns.pl.LightningModule)
     data = instantiate(resolve_env(spec.data), ns.pl.LightningDataModule)
     run_dir = Path(cfg.get("run_dir") or tmp / "run")
+    # build_trainer reads the tracking URI from the run's handoff file, as on a submitted run (each rank writes
+    # the same file atomically)
+    JobFile(run_id=cfg.get("run_id", "bench"), tracking_uri=cfg.get("tracking_uri", ""), backend="local",
+            spec=raw).write(run_dir)
     sink = None
     if rank == 0 and cfg.get("logger") == "mlflow":
         from trainctl import tracking
@@ -439,7 +444,7 @@ def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     data["max_rss_mb_ranks"] = [data["max_rss_mb"]] + [json.loads(p.read_text())["max_rss_mb"] for p in others]
     first = data["epoch_ends"][0] if data["epoch_ends"] else 0
     ts = intervals_after_warmup(data["ends"], first)
-    data.update(step_s=median(ts), steps=len(ts), intervals=ts)
+    data.update(step_s=median(ts), mean_step_s=sum(ts) / len(ts) if ts else float("nan"), steps=len(ts), intervals=ts)
     if own:
         import shutil
 

@@ -1,4 +1,4 @@
-"""Launch latency: `trainctl submit` → first training step, minus interpreter and import time; and job end →
+"""Launch latency: `trainctl submit` → first training step (wall clock, never negative); and job end →
 `trainctl submit` noticing it (its follow loop returning the final state). Local and SLURM backends.
 
     python -m bench.launch [--quick] [--reps 3] [--backends local,slurm] [--out bench/results/launch.json]
@@ -7,11 +7,17 @@ The job: the digits MLP (bench.common.BenchMLP, hidden 64, batch 32) on 2 CPU ra
 local MLflow server started here (reachable from the SLURM nodes of the local cluster), submitted with the real
 CLI (`python -m trainctl.cli submit SPEC` — followed until the end; `--backend slurm --wait` for SLURM).
   first_step   rank 0's first on_train_batch_end (bench.common.StepClock, wall clock) - the moment the CLI
-               process was started.
-  import floor what the critical path spends starting interpreters and importing, measured here in the same
-               run by fresh interpreters importing the same modules: the CLI's (trainctl.cli, trainctl.control,
-               the model's module for validation: torch, Lightning; mlflow), the local controller's (submitit),
-               a rank's (trainctl.worker.entrypoint, the model's module, mlflow).
+               process was started: the figure. It includes everything on the way: the CLI's interpreter start
+               and imports (validation imports the model's module: torch, Lightning), creating the MLflow run,
+               the local controller's start (submitit) or SLURM's scheduling, each rank's interpreter start and
+               imports, DDP's rendezvous, the resume-checkpoint search and the first step itself.
+  import floor what the critical path spends starting interpreters and importing, measured in the same run by
+               fresh interpreters importing the same modules: the CLI's (trainctl.cli, trainctl.control, the
+               model's module for validation: torch, Lightning; mlflow, to create the run), the local
+               controller's (submitit), a rank's (trainctl.worker.entrypoint, the model's module, mlflow). Kept
+               as a detail
+               (first_step_minus_imports_s): the ranks import in parallel and overlap the controller, so the
+               difference is an estimate that can go below zero; it is not the figure.
   end_noticed  the CLI returned - the last rank's end marker (attempts/0001/rank-*.end.json, written when the
                rank's training is over and its verdict is known): closing the run (metrics drained, logs
                uploaded, the verdict recorded in MLflow), the processes exiting and the CLI's poll.

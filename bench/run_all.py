@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import checkpointing, cpu_ddp, launch, memory, tracking
+from bench import checkpointing, cli_latency, cpu_ddp, launch, memory, system_metrics, tracking
 from bench.common import ROOT, machine, median
 
 # key: (goal, unit, "max" = value must be ≤ goal, description)
@@ -33,12 +33,21 @@ GOALS: dict[str, tuple[float | None, str, str]] = {
     "tracking_ratio_tiny": (1.01, "x", "the same on hidden 64, batch 32 (3 points a step, ≈ 1000 points/s)"),
     "checkpoint_blocking_ratio": (0.10, "x", "loop blocked per checkpoint ÷ sync torch.save + fsync (≈ 1 GB)"),
     "checkpoint_write_slowdown": (None, "x", "step time while the background write runs ÷ without"),
-    "launch_local_first_step_s": (5.0, "s", "submit → first step minus import floor (local; < 0: within ≈ 1 s error)"),
+    "launch_local_first_step_s": (None, "s", "submit → first step, wall: the CLI's, controller's and ranks' starts "
+                                "and imports included (local)"),
     "launch_local_end_noticed_s": (2.0, "s", "job end → submit returns (local)"),
-    "launch_slurm_first_step_s": (5.0, "s", "submit → first step minus import floor (SLURM; < 0: within ≈ 1 s error)"),
+    "launch_slurm_first_step_s": (None, "s", "submit → first step, wall: the CLI's, SLURM's and ranks' starts "
+                                "and imports included (SLURM)"),
     "launch_slurm_end_noticed_s": (2.0, "s", "job end → submit returns (SLURM)"),
+    "cli_status_s": (0.5, "s", "`trainctl status RUN` cold, median wall (embedded sqlite store)"),
+    "cli_ls_s": (0.5, "s", "`trainctl ls` cold, median wall (embedded sqlite store)"),
+    "cli_logs_s": (0.5, "s", "`trainctl logs RUN` cold, median wall (embedded sqlite store)"),
+    "cli_cancel_s": (0.5, "s", "`trainctl cancel RUN` of a run whose job has ended, cold, median wall (sqlite)"),
+    "cli_validate_s": (3.0, "s", "`trainctl validate jobs/digits.yaml` cold, median wall (imports Lightning)"),
     "memory_peak_ratio": (None, "x", "peak RSS per rank, trainctl ÷ raw DDP loop"),
     "memory_growth_mb_per_10k_steps": (5.0, "MiB", "RSS slope over the 2nd half of a ≥ 10k-step run (abs)"),
+    "system_metrics_ratio": (1.01, "x", "mean step, system metrics every 1 s (10x the default rate) ÷ off, "
+                             "MLflow logging on (hidden 1024)"),
 }
 
 
@@ -76,11 +85,11 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="bench-all-") as tmp_s:
         tmp = Path(tmp_s)
-        server = tracking.mlflow_server(tmp / "mlflow") if (not only or only & {"tracking", "memory", "launch"}) \
-            else contextlib.nullcontext(None)
+        served = {"tracking", "memory", "launch", "system_metrics"}
+        server = tracking.mlflow_server(tmp / "mlflow") if (not only or only & served) else contextlib.nullcontext(None)
         with server as uri:
             shared: dict[str, Any] = {}
-            if quick and (not only or only & {"cpu_ddp", "tracking", "memory"}):
+            if quick and (not only or only & {"cpu_ddp", "tracking", "memory", "system_metrics"}):
                 shared = section("quick_runs", lambda: quick_runs(uri, log)) or {}
 
             # ---- CPU DDP
@@ -159,10 +168,31 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
             if la:
                 for b in ("local", "slurm"):
                     r = la.get(b, {})
-                    for key, field in ((f"launch_{b}_first_step_s", "first_step_minus_imports_s"),
+                    for key, field in ((f"launch_{b}_first_step_s", "first_step_wall_s"),
                                        (f"launch_{b}_end_noticed_s", "end_noticed_s")):
                         ratios[key] = _skipped(key, r.get("reason", "")) if r.get("skipped") else _entry(
-                            key, r[field], wall_s=r.get("first_step_wall_s"), import_floor_s=r.get("import_floor_s"))
+                            key, r[field], import_floor_s=r.get("import_floor_s"),
+                            first_step_minus_imports_s=r.get("first_step_minus_imports_s"))
+
+            # ---- CLI latency
+            def cli() -> dict[str, Any]:
+                if quick:
+                    return {"skipped": True, "reason": "quick"}
+                return cli_latency.measure(7, 6, log=log)
+
+            cl = section("cli", cli)
+            if cl:
+                for c in ("status", "ls", "logs", "cancel", "validate"):
+                    key = f"cli_{c}_s"
+                    if cl.get("skipped"):
+                        ratios[key] = _skipped(key, cl["reason"])
+                    elif c == "validate":
+                        ratios[key] = _entry(key, cl["validate"]["median_wall_s"], cpu_s=cl["validate"]["median_cpu_s"],
+                                             floor_import_lightning_s=cl["floors_wall_s"]["import pytorch_lightning"])
+                    else:
+                        wall, cpu_s = cl["median_wall_s"], cl["median_cpu_s"]
+                        ratios[key] = _entry(key, wall["sqlite"][c], cpu_s=cpu_s["sqlite"][c],
+                                             server_wall_s=wall["server"][c], server_cpu_s=cpu_s["server"][c])
 
             # ---- memory
             def mem() -> dict[str, Any]:
@@ -189,6 +219,16 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
                 ratios["memory_growth_mb_per_10k_steps"] = _entry(
                     "memory_growth_mb_per_10k_steps", me["leak"]["slope_mb_per_10k_steps"],
                     steps=me["leak"]["steps"])
+
+            # ---- system metrics (quick: against the tracking run above, one run with the monitor)
+            sm = section("system_metrics", lambda: system_metrics.measure(uri, "tiny", 1, 2, 1.0, log=log,
+                                                                          off_runs=[shared["mlflow"]]) if quick
+                         else system_metrics.measure(uri, "wide", 3, 12, 1.0, log=log))
+            if sm:
+                ratios["system_metrics_ratio"] = _entry(
+                    "system_metrics_ratio", sm["ratio"], mean_step_ms=sm["mean_step_ms"],
+                    sample_cpu_ms=sm["sample_cpu_ms"], core_share_at_default_interval=sm[
+                        "core_share_at_default_interval"])
     results["ratios"] = ratios
     results["errors"] = errors
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -282,6 +322,12 @@ def markdown(results: dict[str, Any]) -> str:
                   f"REST batch) vs {delivery['client_cpu_ms_per_1000_points_mlflow_client']:.1f} ms "
                   "(MlflowClient.log_batch)" + (f"; the MLflow server's CPU per point {server:.0f} µs, on the "
                                                   "same cores as the ranks here" if server else "")]
+    sm = results.get("system_metrics")
+    if sm:
+        lines += ["", f"System metrics (every {sm['interval_s']:g} s, hidden {sm['hidden']}): mean step ms " +
+                  ", ".join(f"{k} {v:.3f}" for k, v in sm["mean_step_ms"].items()) +
+                  f"; one sample takes {sm['sample_cpu_ms']:.2f} ms of CPU in the monitor's thread, "
+                  f"{100 * sm['core_share_at_default_interval']:.4f} % of a core at the default 10 s"]
     if results.get("errors"):
         lines += ["", "Errors:"] + [f"- {k}: {v.splitlines()[0]}" for k, v in results["errors"].items()]
     return "\n".join(lines) + "\n"
@@ -326,7 +372,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", help="comma-separated sections: cpu_ddp,tracking,checkpointing,launch,memory")
+    p.add_argument("--only", help="comma-separated sections: cpu_ddp,tracking,checkpointing,launch,cli,memory,"
+                   "system_metrics")
     p.add_argument("--merge", action="store_true", help="with --only: keep the other sections of --out")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json",
                    help="results.json; results.md and results.png are written beside it")
@@ -338,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.quick, set(args.only.split(",")) if args.only else None, log)
     if args.merge and args.out.is_file():  # keep the other sections of an earlier run, this run's win
         earlier = json.loads(args.out.read_text())
-        for key in ("cpu_ddp", "tracking", "checkpointing", "launch", "memory", "seconds"):
+        for key in ("cpu_ddp", "tracking", "checkpointing", "launch", "cli", "memory", "system_metrics", "seconds"):
             if key not in results and key in earlier:
                 results[key] = earlier[key]
         results["ratios"] = {**earlier.get("ratios", {}), **results["ratios"]}

@@ -63,6 +63,19 @@ def serve_mlflow(workdir: Path, what: str, extra_args: tuple[str, ...] = (),
         proc.kill()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def store_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every submit records its store in a per-user index (trainctl.stores): the tests' index is their own."""
+    before = os.environ.get("TRAINCTL_STATE_DIR")
+    path = tmp_path_factory.mktemp("trainctl-state")
+    os.environ["TRAINCTL_STATE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("TRAINCTL_STATE_DIR", None)
+    else:
+        os.environ["TRAINCTL_STATE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """http://127.0.0.1:<port> of a real, lean MLflow server (reused if TRAINCTL_TEST_MLFLOW_URI answers)."""

@@ -73,3 +73,17 @@ def wait_state(uri: str, run_id: str, states: set[str], timeout: float = 300) ->
                 return state
         time.sleep(1)
     raise AssertionError(f"run {run_id} did not reach {states} in {timeout} s")
+
+
+def wait_steps(uri: str, run_id: str, n: int, timeout: float = 300) -> None:
+    """Wait until the run holds n train/loss points (training is under way), bounded."""
+    client = MlflowClient(tracking_uri=uri)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if len(client.get_metric_history(run_id, "train/loss")) >= n:
+                return
+        except Exception:  # the metric does not exist yet
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} did not log {n} steps in {timeout} s")

@@ -62,14 +62,14 @@ resolve_ray() {
   if [[ -n "$cand" ]]; then
     if [[ "$cand" != */* ]]; then cand="$(command -v "$cand" || true)"; fi
     [[ -n "$cand" && -x "$cand" ]] ||
-      die "RAY=${RAY} is not an executable ray CLI" "make venv  (or unset RAY to use $TRAINCTL_REPO_ROOT/.venv/bin/ray)"
+      die "RAY=${RAY} is not an executable ray CLI" "make venv-ray  (or unset RAY to use $TRAINCTL_REPO_ROOT/.venv/bin/ray)"
   elif [[ -x "$TRAINCTL_REPO_ROOT/.venv/bin/ray" ]]; then
     cand="$TRAINCTL_REPO_ROOT/.venv/bin/ray"
   else
     cand="$(command -v ray || true)"
     [[ -n "$cand" ]] ||
       die "no ray CLI: neither $TRAINCTL_REPO_ROOT/.venv/bin/ray nor \`ray\` on PATH (need ray[default,train]==2.60.0)" \
-        "make venv   (installs .[ray], i.e. ray[default,train]==2.60.0, into .venv)"
+        "make venv-ray   (installs .[ray], i.e. ray[default,train]==2.60.0, into .venv)"
   fi
   RAY_BIN_DIR="$(cd "$(dirname "$cand")" && pwd)"
   RAY="$RAY_BIN_DIR/$(basename "$cand")" # absolute: ray start runs from the run dir

@@ -8,24 +8,42 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
+from trainctl import __version__
 from trainctl.errors import UserError
+
+if TYPE_CHECKING:
+    from trainctl.control import Cancelled
 
 EXIT_USAGE = 2
 
 
-def _uri(args: argparse.Namespace) -> str:
+def _uri(args: argparse.Namespace) -> str | None:
+    """The store named by --tracking-uri, MLFLOW_TRACKING_URI or --workdir; None: search (trainctl.stores)."""
     from trainctl.tracking import default_tracking_uri
 
-    return args.tracking_uri or default_tracking_uri(args.workdir)
+    if args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or args.workdir:
+        return args.tracking_uri or default_tracking_uri(args.workdir or "runs")
+    return None
+
+
+def _importable(job: str) -> list[str]:
+    """Make the user's modules next to the spec and in the cwd importable here, as `python train.py` would."""
+    from trainctl.rundir import import_dirs_for, use_import_dirs
+
+    dirs = import_dirs_for(job)
+    use_import_dirs(dirs)
+    return dirs
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from trainctl.spec import load_spec
 
+    _importable(args.job)
     spec = load_spec(args.job, args.set)
     print(f"{args.job}: valid ({spec.backend.kind.value} backend, "
           f"{spec.resources.nodes}x{spec.resources.devices_per_node} ranks)")
@@ -33,9 +51,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from trainctl import control
+    from trainctl import control, tracking
     from trainctl.spec import load_spec
 
+    dirs = _importable(args.job)
     spec = load_spec(args.job, args.set)
     if args.backend:
         from trainctl.spec import apply_override, parse_spec, read_yaml
@@ -44,91 +63,174 @@ def cmd_submit(args: argparse.Namespace) -> int:
         for s in [*args.set, f"backend.kind={args.backend}"]:
             apply_override(raw, s)
         spec = parse_spec(raw, args.job)
-    ref, detail = control.submit(spec, dry_run=args.dry_run)
+    ref, detail = control.submit(spec, dry_run=args.dry_run, source=args.job, import_dirs=dirs)
     if ref is None:
         print(detail)
         return 0
     print(f"run id:    {ref.run_id}\nrun dir:   {ref.run_dir}\nbackend:   {ref.backend} ({detail})\n"
-          f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri)}")
+          f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri)}\nrun page:  {tracking.run_page(ref.uri, ref.run_id)}")
     if args.detach or (ref.backend != "local" and not args.wait):
         return 0
     return _follow(ref)
 
 
 def _ui_hint(uri: str) -> str:
+    """A command that serves this run's store from any directory (the store's path is absolute)."""
+    from pathlib import Path
+
+    from trainctl.stores import local_path
+
     if uri.startswith(("http://", "https://")):
         return uri
-    return f"make mlflow (serves {uri} on http://127.0.0.1:5000)"
+    path = local_path(uri)
+    if uri.startswith("sqlite:///") and path is not None and path.name == "mlflow.db":
+        cmd = [sys.executable, "-m", "trainctl.mlflow_server", "--workdir", str(path.parent)]
+    elif path is not None:
+        cmd = [sys.executable, "-m", "mlflow", "ui", "--workers", "1", "--backend-store-uri",
+               uri if uri.startswith(("sqlite:", "file:")) else Path(uri).as_uri()]
+    else:
+        return uri
+    return f"{shlex.join(cmd)}  (then open http://127.0.0.1:5000)"
 
 
-def _follow(ref: Any) -> int:
+def _follow(ref: Any, ranks: set[int] | None = None, attempt: int | None = None, tail: int | None = None) -> int:
+    """Show the job's output (rank 0's by default) until the run ends, across requeues; exit 0 for FINISHED.
+    tail: start with only the last lines already written."""
     from trainctl import control
+    from trainctl.logview import Follower, tail_lines
+    from trainctl.render import Renderer
 
     def on_interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    ranks = ranks if ranks is not None else {0}
+    out = Renderer(rank_prefix=len(ranks) > 1)
+    follower = Follower(ref.run_dir / "logs", ranks)
+    if tail is not None:  # the history so far, cut to its last lines
+        for line in tail_lines([x for x in follower.poll() if attempt is None or x.attempt == attempt], tail):
+            out.line(line)
     signal.signal(signal.SIGINT, on_interrupt)
     try:
-        final = control.watch(ref, lambda line: print(f"  | {line}", flush=True))
+        final = control.watch(ref, out.line, out.say, follower=follower, attempt=attempt)
     except KeyboardInterrupt:
         print("\ninterrupted: cancelling the job", file=sys.stderr)
-        control.cancel(control.find_run(ref.run_id, ref.uri))
+        _print_cancelled(control.cancel(control.find_run(ref.run_id, ref.uri), say=_progress(sys.stderr)),
+                         sys.stderr)
         return 130
-    reason = final.tags.get("trainctl.reason", "")
-    print(f"run {final.run_id} ended {final.state.value}" + (f": {reason}" if reason else ""))
+    more = [f"trainctl status {final.run_id}", f"trainctl logs {final.run_id}", f"UI: {_ui_hint(final.uri)}"]
+    out.end(final.run_id, final.state.value, final.tags.get("trainctl.reason", ""), final.metrics, more)
     return 0 if final.state.value == "FINISHED" else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from trainctl import control
+    from trainctl import control, progress
 
     ref = control.reconcile(control.find_run(args.run_id, _uri(args)))
     out = {
         "run_id": ref.run_id, "name": ref.name, "status": ref.state.value, "backend": ref.backend,
         "scheduler_job_id": ref.scheduler_job_id, "attempt": int(ref.tags.get("trainctl.attempt", "0") or 0),
-        "run_dir": str(ref.run_dir), "reason": ref.tags.get("trainctl.reason", ""), "metrics": ref.metrics,
+        "run_dir": str(ref.run_dir), "reason": ref.tags.get("trainctl.reason", ""),
+        **progress.summary(ref), "metrics": ref.metrics,
     }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        for key, value in out.items():
-            if key != "metrics":
-                print(f"{key:17} {value}")
-        for key, value in sorted(ref.metrics.items()):
-            print(f"  {key:15} {value:.6g}")
+        print(progress.render_status(out))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    """Every attempt in order, each rank under its own header (rank 0 first); -f follows until the run ends."""
     from trainctl import control
-    from trainctl.launchers import registry
+    from trainctl.logview import sections
 
     ref = control.find_run(args.run_id, _uri(args))
-    for label, text in registry.load(ref.backend).LAUNCHER.logs(ref.run_dir, ref.scheduler_job_id).items():
-        if args.rank is not None and f"rank {args.rank} " not in label:
-            continue
-        print(f"==> {label} <==\n{text}")
+    _check_rank_and_attempt(ref.run_dir, args.rank, args.attempt)
+    if args.follow:
+        return _follow(ref, {args.rank if args.rank is not None else 0}, args.attempt, args.tail)
+    found = sections(ref.run_dir / "logs")
+    for sec in found:
+        if (args.rank is None or sec.rank == args.rank) and (args.attempt is None or sec.attempt == args.attempt):
+            lines = sec.lines if args.tail is None else sec.lines[-args.tail:] if args.tail > 0 else []
+            body = "".join(f"{line}\n" for line in lines)
+            print(f"==> attempt {sec.attempt} · rank {sec.rank} · std{sec.stream} ({sec.path.name}) <==\n{body}")
+    if ref.backend == "ray":  # the driver's log lives in the Jobs API, and the ranks' too where no copy is here
+        from trainctl.launchers import registry
+
+        for label, text in registry.load("ray").LAUNCHER.logs(ref.run_dir, ref.scheduler_job_id).items():
+            mine = args.rank is None or f"rank {args.rank} " in label
+            if ("driver" in label and args.rank is None) or (not found and mine):
+                print(f"==> {label} <==\n{text}")
     return 0
+
+
+def _check_rank_and_attempt(run_dir: Any, rank: int | None, attempt: int | None) -> None:
+    """A rank outside the job or an attempt that never started is an error, not an empty answer."""
+    from trainctl.logview import sections
+    from trainctl.rundir import Attempts, JobFile
+
+    if rank is not None:
+        try:
+            res = JobFile.read(run_dir).spec.get("resources", {})
+            world = int(res.get("nodes", 1)) * int(res.get("devices_per_node", 1))
+        except (OSError, ValueError):
+            world = 1 + max((s.rank for s in sections(run_dir / "logs")), default=0)
+        if not 0 <= rank < world:
+            raise UserError.single("--rank", f"no rank {rank}: the job has ranks 0…{world - 1}",
+                                   "leave --rank out to see every rank")
+    if attempt is not None:
+        known = {a.number for a in Attempts(run_dir).all()} | {s.attempt for s in sections(run_dir / "logs")}
+        if attempt not in known:
+            listed = ", ".join(map(str, sorted(known))) or "none yet"
+            raise UserError.single("--attempt", f"no attempt {attempt} (attempts so far: {listed})",
+                                   "leave --attempt out to see every attempt")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from trainctl import control
 
-    ref = control.find_run(args.run_id, _uri(args))
-    control.cancel(ref)
-    print(f"run {ref.run_id}: cancelled (KILLED)")
+    grace = control.CANCEL_GRACE_S if args.grace is None else args.grace
+    if not grace > 0:
+        raise UserError.single("--grace", f"{args.grace} is not a number of seconds above 0",
+                               f"the time the ranks get to save their step; default {control.CANCEL_GRACE_S:.0f}")
+    done = control.cancel(control.find_run(args.run_id, _uri(args)), grace, say=_progress(sys.stdout))
+    return _print_cancelled(done, sys.stdout)
+
+
+def _progress(stream: IO[str]) -> Any:
+    return lambda line: print(f"  {line}", file=stream, flush=True)
+
+
+def _print_cancelled(done: Cancelled, stream: IO[str]) -> int:
+    """The end of a cancel: the last attempt as closed, and plainly what is still running (exit 1 then)."""
+    a = done.attempt
+    if a is not None:
+        saved = f"checkpoint of step {a.step}" if a.step is not None else "no checkpoint of its last step"
+        print(f"  attempt {a.number} closed {a.outcome} ({saved}): {a.reason}", file=stream)
+    if done.left:
+        print(f"run {done.run_id}: KILLED, but these are still running: {'; '.join(done.left)}", file=stream)
+        return 1
+    print(f"run {done.run_id}: cancelled (KILLED); no process of the job is left", file=stream)
     return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from trainctl import control
+    """One table per store: the one named, else this directory's runs/ store and every store submitted to."""
+    from trainctl import control, progress, stores
 
-    runs = control.list_runs(_uri(args), args.limit)
-    print(f"{'RUN ID':34} {'NAME':20} {'STATE':9} {'BACKEND':8} ATTEMPT")
-    for r in runs:
-        t = r.data.tags
-        print(f"{r.info.run_id:34} {t.get('mlflow.runName', '')[:20]:20} {t.get('trainctl.state', '?'):9} "
-              f"{t.get('trainctl.backend', ''):8} {t.get('trainctl.attempt', '-')}")
+    uri = _uri(args)
+    if uri is not None and not stores.exists(uri):
+        raise UserError.single("--tracking-uri", f"no tracking store at {uri} (none was created)",
+                               "pass the store the runs were submitted to, or drop it to list every store used")
+    if args.limit is not None and args.limit < 1:
+        raise UserError.single("--limit", f"{args.limit} is not a number of runs", "give 1 or more")
+    searched = [uri] if uri is not None else stores.candidates()
+    if not searched:
+        print(f"no tracking store here (runs/mlflow.db) nor in {stores.index_path()}: nothing submitted yet",
+              file=sys.stderr)
+    for store in searched:
+        refs = control.list_runs(store, args.limit, args.state, args.experiment)
+        print(progress.render_ls(store, refs))
     return 0
 
 
@@ -152,8 +254,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _states() -> list[Any]:
+    from trainctl.tracking import State
+
+    return list(State)
+
+
+def _store_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else search the embedded store in ./runs "
+                   "and every store you submitted to")
+    c.add_argument("--workdir", help="search only the embedded store of this workdir (<workdir>/mlflow.db)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trainctl", description="Lightning DDP jobs on SLURM, Ray or this machine.")
+    p.add_argument("--version", action="version", version=f"trainctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def job_cmd(name: str, help_: str) -> argparse.ArgumentParser:
@@ -165,8 +280,7 @@ def parser() -> argparse.ArgumentParser:
     def run_cmd(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
         c.add_argument("run_id", metavar="RUN_ID")
-        c.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else the embedded store")
-        c.add_argument("--workdir", default="runs", help="where the embedded store lives (default: runs)")
+        _store_args(c)
         return c
 
     job_cmd("validate", "check a job spec; report every problem").set_defaults(fn=cmd_validate)
@@ -179,10 +293,17 @@ def parser() -> argparse.ArgumentParser:
     st = run_cmd("status", "the run's state and latest metrics")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
-    lg = run_cmd("logs", "each rank's output")
-    lg.add_argument("--rank", type=int)
+    lg = run_cmd("logs", "each rank's output, every attempt; -f follows until the run ends")
+    lg.add_argument("-f", "--follow", action="store_true", help="follow until the run ends; exit 0 if FINISHED")
+    lg.add_argument("--rank", type=int, help="only this rank (with -f: this one instead of rank 0)")
+    lg.add_argument("--attempt", type=int, help="only this attempt")
+    lg.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each section (with -f: of "
+                    "what was written before)")
     lg.set_defaults(fn=cmd_logs)
-    run_cmd("cancel", "end the job; the run ends KILLED").set_defaults(fn=cmd_cancel)
+    cn = run_cmd("cancel", "end the job: its ranks save their current step; the run ends KILLED")
+    cn.add_argument("--grace", type=float, metavar="SECONDS",
+                    help="how long the ranks get to save their step and end before SIGTERM, then SIGKILL (default 60)")
+    cn.set_defaults(fn=cmd_cancel)
     run_cmd("sync", "upload metrics spooled while MLflow was unreachable").set_defaults(fn=cmd_sync)
     r = run_cmd("resume", "resubmit a run from a checkpoint")
     r.add_argument("--from", dest="from_", default="last", help="last | best | PATH (default: last)")
@@ -191,9 +312,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--detach", action="store_true")
     r.set_defaults(fn=cmd_resume)
     ls = sub.add_parser("ls", help="list trainctl runs")
-    ls.add_argument("--tracking-uri")
-    ls.add_argument("--workdir", default="runs")
-    ls.add_argument("--limit", type=int, default=50)
+    _store_args(ls)
+    ls.add_argument("--limit", type=int, default=50, help="runs per store, newest first (default: 50)")
+    ls.add_argument("--state", type=str.upper, choices=[s.value for s in _states()],
+                    help="only runs in this state")
+    ls.add_argument("--experiment", help="only runs of this MLflow experiment (its name)")
     ls.set_defaults(fn=cmd_ls)
     return p
 

@@ -90,7 +90,8 @@ def _import_problem(where: str, path: str) -> tuple[type | None, Problem | None]
     except TypeError as exc:
         return None, Problem(at, str(exc), "give the class itself, e.g. package.module.ClassName")
     except ModuleNotFoundError as exc:
-        hint = "install the package, or run from the directory that holds your module (it must be importable)"
+        hint = ("put the module next to the spec or in the directory you run trainctl from, add its directory to "
+                "PYTHONPATH, or pip install its package")
         return None, Problem(at, f"cannot import {path!r}: {exc}", hint)
     except AttributeError:
         module_name, _, attr = path.rpartition(".")
@@ -263,11 +264,15 @@ def _expected(text: str) -> str:
     return lines[0] if lines else text.strip()
 
 
-def _same_namespace(where: str, cls: type, ns: LightningNamespace, kind: str, path: str) -> Problem | None:
+def _same_namespace(where: str, cls: type, ns: LightningNamespace, kind: str, path: str, model_known: bool = True
+                    ) -> Problem | None:
     """None when cls subclasses ns.pl.<kind>; else why not (wrong Lightning package, or not one at all)."""
     if issubclass(cls, getattr(ns.pl, kind)):
         return None
     other = namespace_of(cls)
+    if not model_known:
+        return Problem(f"{where}.class_path", f"{path} is not a {kind}",
+                       f"give a subclass of pytorch_lightning.{kind} or lightning.pytorch.{kind}")
     if other is not None and other.name != ns.name and issubclass(cls, getattr(other.pl, kind)):
         return Problem(f"{where}.class_path", f"{path} subclasses {other.name}.{kind}, but the model is a "
                        f"{ns.name}.LightningModule; one Trainer cannot mix the two Lightning packages",
@@ -280,22 +285,26 @@ def _same_namespace(where: str, cls: type, ns: LightningNamespace, kind: str, pa
 def check_components(spec: Spec) -> list[Problem]:
     """Import every class path and type-check its init_args; check trainer arguments.
 
-    Fields that failed their type check are None and skipped (they are already reported).
+    Fields that failed their type check are None and skipped (they are already reported). A model that does not
+    import hides nothing else: data and callbacks are then judged against their own Lightning package, and the
+    trainer arguments against the first package found (they are the same in both).
     """
     problems: list[Problem] = []
-    if spec.model is None or not isinstance(spec.model.class_path, str):
-        return problems
-    model_cls, prob = _import_problem("model", spec.model.class_path)
-    if prob or model_cls is None:
-        return [prob] if prob else []
-    ns = namespace_of(model_cls)
-    if ns is None or not issubclass(model_cls, ns.pl.LightningModule):
-        return [Problem("model.class_path", f"{spec.model.class_path} is not a LightningModule",
-                        "subclass pytorch_lightning.LightningModule or lightning.pytorch.LightningModule")]
-    if spec.model.init_args is not None:
-        problems += _check_init_args("model", model_cls, ns.pl.LightningModule, spec.model)
+    ns = None
+    if spec.model is not None and isinstance(spec.model.class_path, str):
+        model_cls, prob = _import_problem("model", spec.model.class_path)
+        problems += [prob] if prob else []
+        model_ns = namespace_of(model_cls) if model_cls is not None else None
+        if model_cls is not None and (model_ns is None or not issubclass(model_cls, model_ns.pl.LightningModule)):
+            problems.append(Problem("model.class_path", f"{spec.model.class_path} is not a LightningModule",
+                                    "subclass pytorch_lightning.LightningModule or lightning.pytorch.LightningModule"))
+        elif model_cls is not None and model_ns is not None:
+            ns = model_ns
+            if spec.model.init_args is not None:
+                problems += _check_init_args("model", model_cls, ns.pl.LightningModule, spec.model)
     others = [("data", spec.data, "LightningDataModule")]
     others += [(f"callbacks[{i}]", cb, "Callback") for i, cb in enumerate(spec.callbacks or [])]
+    seen_ns = ns
     for where, comp, kind in others:
         if comp is None or not isinstance(comp.class_path, str):
             continue
@@ -303,14 +312,24 @@ def check_components(spec: Spec) -> list[Problem]:
         if prob or cls is None:
             problems += [prob] if prob else []
             continue
-        prob = _same_namespace(where, cls, ns, kind, comp.class_path)
+        own = ns or namespace_of(cls) or default_namespace()
+        seen_ns = seen_ns or namespace_of(cls)
+        prob = _same_namespace(where, cls, own, kind, comp.class_path, ns is not None)
         if prob:
             problems.append(prob)
         elif comp.init_args is not None:
-            problems += _check_init_args(where, cls, getattr(ns.pl, kind), comp)
+            problems += _check_init_args(where, cls, getattr(own.pl, kind), comp)
     if spec.trainer is not None:
-        problems += check_trainer_args(ns, spec.trainer)
+        problems += check_trainer_args(seen_ns or default_namespace(), spec.trainer)
     return problems
+
+
+def default_namespace() -> LightningNamespace:
+    """The Lightning package installed here, for checks made without a model to pick one."""
+    try:
+        return namespace_named("pytorch_lightning")
+    except ImportError:
+        return namespace_named("lightning.pytorch")
 
 
 def check_trainer_args(ns: LightningNamespace, args: dict[str, Any]) -> list[Problem]:

@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from trainctl import mlflow_server, tracking
+from trainctl import store_read, stores, tracking
 from trainctl.errors import UserError
 from trainctl.launchers import registry
-from trainctl.rundir import Attempts, JobFile, atomic_write_text, run_dir_for
+from trainctl.launchers.base import Submission
+from trainctl.logview import Follower, Line, show
+from trainctl.rundir import Attempt, Attempts, JobFile, atomic_write_text, run_dir_for
 from trainctl.spec import Spec
 from trainctl.tracking import State
 
 log = logging.getLogger("trainctl")
+
+MIN_PREFIX = 6
+RUN_ID = re.compile(rf"^[0-9a-f]{{{MIN_PREFIX},32}}$")
 
 
 @dataclass
@@ -37,47 +41,68 @@ class RunRef:
     name: str
     metrics: dict[str, float]
     tags: dict[str, str]
+    start_time: int | None = None  # ms since the epoch (MLflow's)
+    end_time: int | None = None
+    metric_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # the step of each latest metric
 
 
 def resolve_uri(spec: Spec) -> str:
     return spec.tracking.uri or tracking.default_tracking_uri(spec.workdir)
 
 
-def submit(spec: Spec, dry_run: bool = False) -> tuple[RunRef | None, str]:
-    """Validate-done spec → (run, text). A dry run writes nothing and returns the exact request."""
+def submit(spec: Spec, dry_run: bool = False, source: str | None = None, import_dirs: list[str] | None = None
+           ) -> tuple[RunRef | None, str]:
+    """Validate-done spec → (run, text). A dry run writes nothing and returns the exact request.
+
+    source: the spec file, the run's `mlflow.source.name`. import_dirs: where the spec's classes were importable
+    here (rundir.import_dirs_for); every rank puts them on its sys.path first.
+    """
     uri = resolve_uri(spec)
     spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, uri=uri))
     launcher = registry.load(spec.backend.kind.value).LAUNCHER
     if dry_run:
         return None, launcher.dry_run(spec, run_dir_for(spec.workdir, spec.name, "<run-id>"))
+    import yaml
+
+    from trainctl import mlflow_server
+
     started = mlflow_server.serve_if_missing(uri, Path(spec.workdir))
     if started:
         log.warning("%s", started)
     tracking.wait_for_server(uri, timeout_s=60.0 if started else 30.0)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    run_id = tracking.create_run(spec, uri, launcher.kind)
+    run_id = tracking.create_run(spec, uri, launcher.kind, source=source)
+    stores.remember(uri)
     run_dir = run_dir_for(spec.workdir, spec.name, run_id)
     spec_dict = spec.to_dict()
     job = JobFile(run_id=run_id, tracking_uri=uri, backend=launcher.kind, spec=spec_dict,
-                  master_port=_local_port(launcher.kind))
+                  master_port=_local_port(launcher.kind), import_dirs=list(import_dirs or []))
     job.write(run_dir)
     redacted = tracking.redact_spec(spec_dict, spec.tracking.redact)
     atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(redacted, sort_keys=False))
     cl = tracking.client(uri)
     cl.log_artifact(run_id, str(run_dir / "spec.yaml"))
     cl.set_tag(run_id, "trainctl.run_dir", str(run_dir))
+    sub = launch(spec, run_dir, job)
+    return find_run(run_id, uri), sub.detail
+
+
+def launch(spec: Spec, run_dir: Path, job: JobFile) -> Submission:
+    """Hand a written job to its backend; a refusal ends the run FAILED (it must not stay PENDING)."""
+    launcher = registry.load(job.backend).LAUNCHER
     try:
         sub = launcher.submit(spec, run_dir, job)
     except UserError as err:
-        tracking.set_state(uri, run_id, State.FAILED, reason=f"submit failed: {err}")
+        tracking.set_state(job.tracking_uri, job.run_id, State.FAILED, reason=f"submit failed: {err}")
         raise
     except Exception as exc:
-        tracking.set_state(uri, run_id, State.FAILED, reason=f"submit failed: {type(exc).__name__}: {exc}")
+        tracking.set_state(job.tracking_uri, job.run_id, State.FAILED,
+                           reason=f"submit failed: {type(exc).__name__}: {exc}")
         raise UserError.single("backend", f"{launcher.kind} refused the job: {exc}",
                                "check the backend's options and that its cluster is up") from None
-    cl.set_tag(run_id, "trainctl.scheduler_job_id", sub.scheduler_job_id)
-    return find_run(run_id, uri), sub.detail
+    tracking.client(job.tracking_uri).set_tag(job.run_id, "trainctl.scheduler_job_id", sub.scheduler_job_id)
+    return sub
 
 
 def _local_port(kind: str) -> int:
@@ -88,27 +113,53 @@ def _local_port(kind: str) -> int:
     return free_port()
 
 
-def find_run(run_id: str, uri: str) -> RunRef:
-    try:
-        run = tracking.client(uri).get_run(_expand_prefix(run_id, uri))
-    except Exception as exc:
-        raise UserError.single("RUN_ID", f"no run {run_id!r} in {uri}: {type(exc).__name__}",
-                               "list runs with `trainctl ls`, or pass --tracking-uri / set MLFLOW_TRACKING_URI"
-                               ) from None
-    tags, run_id = run.data.tags, run.info.run_id
-    if "trainctl.backend" not in tags:
-        raise UserError.single("RUN_ID", f"run {run_id} was not created by trainctl", "list runs with `trainctl ls`")
-    return RunRef(run_id, uri, Path(tags.get("trainctl.run_dir", "")), tags["trainctl.backend"],
-                  tags.get("trainctl.scheduler_job_id", ""), tracking.current_state(uri, run_id),
-                  tags.get("mlflow.runName", ""), dict(run.data.metrics), dict(tags))
+def find_run(run_id: str, uri: str | None) -> RunRef:
+    """The run with this id (or unique prefix of ≥ 6 characters) in `uri`; with no uri, in the store of the
+    current directory's `runs/`, then in every store this user submitted to (trainctl.stores)."""
+    wanted = run_id.strip().lower()
+    if not RUN_ID.match(wanted):
+        short = len(wanted) < MIN_PREFIX and wanted.isalnum()
+        raise UserError.single("RUN_ID", f"{run_id!r} is too short: a run id prefix needs at least {MIN_PREFIX} "
+                               "characters" if short else f"{run_id!r} is not a run id (32 hex digits)",
+                               "give the run id `submit` printed, or its first 6+ characters; `trainctl ls` "
+                               "lists them")
+    if uri is not None and not stores.exists(uri):
+        raise UserError.single("RUN_ID", f"no run {run_id!r} in {uri}: no tracking store there (none was created)",
+                               "pass the --tracking-uri the run was submitted with, or drop it to search every "
+                               "store you submitted to")
+    searched = [uri] if uri is not None else stores.candidates()
+    found: list[tuple[str, str]] = []
+    problems: list[str] = []
+    for store in searched:
+        try:
+            found += [(store, rid) for rid in store_read.matching_ids(store, wanted)]
+        except Exception as exc:  # one unreadable store must not hide the others
+            problems.append(f"{store}: {type(exc).__name__}")
+        if found and len(wanted) == 32:
+            break
+    if len(found) > 1:
+        listed = ", ".join(rid for _, rid in found[:5])
+        raise UserError.single("RUN_ID", f"{run_id!r} matches {len(found)} runs: {listed}",
+                               "give more characters of the run id")
+    if not found:
+        where = (f"in {', '.join(searched)}" if searched else
+                 f"anywhere: no tracking store in ./runs nor in the index of stores used ({stores.index_path()})")
+        detail = f" ({'; '.join(problems)})" if problems else ""
+        raise UserError.single("RUN_ID", f"no run {run_id!r} {where}{detail}",
+                               "list runs with `trainctl ls`, or pass --tracking-uri / set MLFLOW_TRACKING_URI")
+    store, rid = found[0]
+    rec = store_read.get_run(store, rid)
+    if rec is None or "trainctl.backend" not in rec.tags:
+        raise UserError.single("RUN_ID", f"run {rid} was not created by trainctl", "list runs with `trainctl ls`")
+    return ref_of(store, rec)
 
 
-def _expand_prefix(run_id: str, uri: str) -> str:
-    """Accept a unique prefix (≥ 6 characters) of a run id, as printed by `trainctl ls` or the run dir name."""
-    if len(run_id) >= 32 or len(run_id) < 6:
-        return run_id
-    matches = [r.info.run_id for r in list_runs(uri, 1000) if r.info.run_id.startswith(run_id)]
-    return matches[0] if len(matches) == 1 else run_id
+def ref_of(uri: str, rec: store_read.RunRecord) -> RunRef:
+    tags = rec.tags
+    return RunRef(rec.run_id, uri, Path(tags.get("trainctl.run_dir", "")), tags["trainctl.backend"],
+                  tags.get("trainctl.scheduler_job_id", ""), tracking.state_of(tags, rec.status),
+                  tags.get("mlflow.runName", ""), dict(rec.metrics), dict(tags), rec.start_time, rec.end_time,
+                  dict(rec.metric_steps))
 
 
 def reconcile(ref: RunRef) -> RunRef:
@@ -122,6 +173,7 @@ def reconcile(ref: RunRef) -> RunRef:
     last = Attempts(ref.run_dir).all()[-1:] if ref.run_dir.is_dir() else []
     if seen is State.KILLED:
         state, reason = State.KILLED, "cancelled by the scheduler"
+        close_last_attempt(ref.run_dir, reason)
     elif last and last[0].outcome == "finished":
         state, reason = State.FINISHED, "finished"
     elif last and last[0].outcome and last[0].outcome != "requeue":
@@ -133,46 +185,106 @@ def reconcile(ref: RunRef) -> RunRef:
     return find_run(ref.run_id, ref.uri)
 
 
-def cancel(ref: RunRef) -> None:
-    """Mark KILLED first (so no attempt requeues or overwrites it), then end the job."""
+CANCEL_GRACE_S = 60.0  # how long the ranks get to save their current step and end before harder signals
+
+
+@dataclass
+class Cancelled:
+    """What `cancel` did (in order), what of the job is still there (empty: nothing), and the last attempt."""
+
+    run_id: str
+    done: list[str]
+    left: list[str]
+    attempt: Attempt | None
+
+
+def cancel(ref: RunRef, grace_s: float = CANCEL_GRACE_S, say: Callable[[str], Any] = log.info) -> Cancelled:
+    """Mark KILLED first (so no attempt requeues or overwrites it), then end the job through its launcher: the
+    ranks' stop path, then harder signals. Once nothing of the job is left, its last attempt is closed killed."""
     if ref.state.terminal:
         raise UserError.single("RUN_ID", f"run {ref.run_id} already ended {ref.state.value}", "nothing to cancel")
     tracking.set_state(ref.uri, ref.run_id, State.KILLED, reason="cancelled by the user")
-    registry.load(ref.backend).LAUNCHER.cancel(ref.run_dir, ref.scheduler_job_id)
+    say(f"run {ref.run_id} is KILLED in MLflow: no attempt of it requeues; ending its {ref.backend} job")
+    report = registry.load(ref.backend).LAUNCHER.cancel(ref.run_dir, ref.scheduler_job_id, grace_s, say)
+    attempt = None if report.left else close_last_attempt(ref.run_dir, "cancelled by the user")
+    return Cancelled(ref.run_id, report.done, report.left, attempt)
 
 
-def watch(ref: RunRef, emit: Callable[[str], Any]) -> RunRef:
-    """Stream rank 0's new log lines until the job ends; return the reconciled run."""
+def close_last_attempt(run_dir: Path, why: str) -> Attempt | None:
+    """The job is gone: its last attempt ends `killed`. Rank 0 closed it so when the stop path ran; an attempt
+    still open (the ranks died before a verdict) or closed `requeue` (decided before the cancel; the requeue
+    never came) is closed here."""
+    if not run_dir.is_dir():
+        return None
+    attempts = Attempts(run_dir)
+    last = attempts.all()[-1:]
+    if not last:
+        return None
+    attempt = last[0]
+    if attempt.outcome in (None, "requeue"):
+        before = attempt.reason or "its ranks ended before a verdict"
+        attempt.ended = attempt.ended or time.time()
+        attempt.outcome, attempt.reason = "killed", f"{why}; {before}"[:2000]
+        attempts.save(attempt)
+    return attempt
+
+
+def watch(ref: RunRef, emit: Callable[[Line], Any], say: Callable[[str], Any] | None = None,
+          follower: Follower | None = None, attempt: int | None = None) -> RunRef:
+    """Stream the followed ranks' new lines (emit; rank 0 by default) and one line per requeued attempt (say)
+    until the job ends, across requeues; return the reconciled run. attempt: only that attempt's lines."""
     launcher = registry.load(ref.backend).LAUNCHER
-    offsets: dict[Path, int] = {}
+    follower = follower or Follower(ref.run_dir / "logs", {0})
+    told: set[int] = set()
+    say = say or (lambda text: None)
+    newest = [0]  # the newest attempt a line was shown of
+
+    def drain(final: bool) -> None:
+        for line in follower.poll(final):
+            if line.attempt and line.attempt > newest[0]:  # how the attempts before it ended, first
+                newest[0] = line.attempt
+                _say_attempt_ends(ref.run_dir, told, say, before=line.attempt)
+            if show(line) and (attempt is None or line.attempt == attempt):
+                emit(line)
+
     while True:
-        _emit_new_lines(ref.run_dir / "logs", offsets, emit)
+        drain(final=False)
+        _say_attempt_ends(ref.run_dir, told, say)
         seen = launcher.status(ref.run_dir, ref.scheduler_job_id)
         if seen is None or seen.terminal:
-            _emit_new_lines(ref.run_dir / "logs", offsets, emit)  # the job is gone: its logs are complete
+            drain(final=True)  # the job is gone: its logs are complete
+            _say_attempt_ends(ref.run_dir, told, say)
             return reconcile(find_run(ref.run_id, ref.uri))
         time.sleep(launcher.poll_s)
 
 
-def _emit_new_lines(log_dir: Path, offsets: dict[Path, int], emit: Callable[[str], Any]) -> None:
-    for path in sorted(log_dir.glob("*_0_log.*")):
-        start = offsets.get(path, 0)
-        size = path.stat().st_size
-        if size <= start:
-            continue
-        with open(path, errors="replace") as fh:
-            fh.seek(start)
-            chunk = fh.read(size - start)
-        cut = chunk.rfind("\n") + 1
-        offsets[path] = start + cut
-        for line in chunk[:cut].splitlines():
-            emit(line)
+def _say_attempt_ends(run_dir: Path, told: set[int], say: Callable[[str], Any], before: int | None = None) -> None:
+    """'attempt 1 ended: network (DistNetworkError: …); requeue 2/4' for each attempt that closed requeued (only
+    those numbered below `before`)."""
+    history = Attempts(run_dir).all()
+    fresh = [a for a in history if a.outcome == "requeue" and a.number not in told
+             and (before is None or a.number < before)]
+    if not fresh:
+        return
+    try:
+        allowed = 1 + int(JobFile.read(run_dir).spec.get("fault_tolerance", {}).get("max_restarts", 3))
+    except (OSError, ValueError, TypeError):
+        allowed = 0
+    for a in fresh:
+        told.add(a.number)
+        cause, _, detail = (a.reason or "").partition(": ")
+        ordinal = 1  # this attempt's place since the first attempt (or a manual resume)
+        for earlier in history:
+            if earlier.number <= a.number:
+                ordinal = 1 if earlier.cause in ("first", "resume") else ordinal + 1
+        of = f"/{allowed}" if allowed else ""
+        say(f"attempt {a.number} ended: {cause or 'unknown'} ({detail.strip() or 'no detail'}); "
+            f"requeue {ordinal + 1}{of}")
 
 
-def list_runs(uri: str, limit: int = 50) -> list[Any]:
-    cl = tracking.client(uri)
-    exps = [e.experiment_id for e in cl.search_experiments()]
-    if not exps:
+def list_runs(uri: str, limit: int | None = 50, state: str | None = None, experiment: str | None = None
+              ) -> list[RunRef]:
+    """trainctl's runs in one store, newest first (all of them when limit is None); a missing store has none."""
+    if not stores.exists(uri):
         return []
-    return list(cl.search_runs(exps, filter_string="tags.`trainctl.backend` != ''", max_results=limit,
-                               order_by=["attributes.start_time DESC"]))
+    return [ref_of(uri, r) for r in store_read.search(uri, limit, state, experiment)]

@@ -5,6 +5,9 @@ them in batches of up to 1000, retrying with backoff while the server is down or
 end of an attempt the sink drains for a bounded time; what is still undelivered is spooled to
 `<run_dir>/spool/` as JSON lines, which `trainctl sync` uploads later.
 
+The user's hyperparameters (trainctl.hparams) take the same path: queued on the training thread, logged by the
+delivery thread, spooled (`params-*.json`) when undeliverable.
+
 On a resumed attempt the sink drops points at or below the last step MLflow already holds for that key:
 the resumed run replays those steps exactly, so the history keeps every step once.
 """
@@ -73,13 +76,20 @@ def json_double(value: float) -> float | str:
 
 class MetricsSink:
     def __init__(self, uri: str, run_id: str, spool_dir: Path, flush_every_s: float = 0.5,
-                 high_water: dict[str, int] | None = None) -> None:
+                 high_water: dict[str, int] | Callable[[], dict[str, int]] | None = None, spool_tag: str = "") -> None:
+        """high_water: the highest step MLflow holds per key (points at or below are dropped), or a function that
+        asks MLflow for it: called by the delivery thread before its first send, so a server that is down when
+        the attempt starts delays nothing."""
         self.uri, self.run_id, self.spool_dir = uri, run_id, spool_dir
+        self.spool_tag = f"-{spool_tag}" if spool_tag else ""  # sinks that may spool at the same ms: apart
         self.flush_every_s = flush_every_s
-        self.high_water = dict(high_water or {})
+        self.ask_high_water = high_water if callable(high_water) else None
+        self.high_water = {} if callable(high_water) else dict(high_water or {})
         self.pending: deque[Point] = deque()
+        self.params: deque[dict[str, str]] = deque()  # hyperparameter calls not yet delivered, in order
         self.delivered = 0
         self.failures = 0
+        self.failing = False  # the last delivery failed: the server is away
         self.wake = threading.Event()
         self.closed = False
         self.thread = threading.Thread(target=self._loop, name="trainctl-metrics", daemon=True)
@@ -92,6 +102,12 @@ class MetricsSink:
             if step <= self.high_water.get(key, -1):
                 continue
             self.pending.append((key, float(value), int(step), now))
+
+    def add_params(self, params: dict[str, str]) -> None:
+        """Queue hyperparameters (trainctl.hparams.as_params) and deliver them now; of two values logged for one
+        key, the first is the run's (MLflow params are immutable)."""
+        self.params.append(params)
+        self.wake.set()
 
     def nudge(self) -> None:
         """Deliver now if a full batch is waiting; otherwise the delivery thread's timer (flush_every_s) sends it.
@@ -107,21 +123,51 @@ class MetricsSink:
         while True:
             self.wake.wait(timeout=backoff)
             self.wake.clear()
-            backoff = self.flush_every_s if self._deliver(send) else min(backoff * 2, 10.0)
-            if self.closed and not self.pending:
+            params_ok = self._deliver_params()  # first: a module's hyperparameters precede its metrics
+            ok = self._deliver(send) and params_ok
+            backoff = self.flush_every_s if ok else min(backoff * 2, 10.0)
+            if self.closed and not self.pending and not self.params:
                 return
+
+    def _deliver_params(self) -> bool:
+        if not self.params:
+            return True
+        from mlflow import MlflowClient
+
+        from trainctl import hparams
+
+        while self.params:
+            wanted = self.params[0]
+            try:
+                hparams.log_new(MlflowClient(tracking_uri=self.uri), self.run_id, wanted)
+            except Exception as exc:
+                if getattr(exc, "error_code", None) != "INVALID_PARAMETER_VALUE":  # down or slow: retry later
+                    self.failures += 1
+                    log.warning("MLflow unreachable (%s); hyperparameters kept for later", type(exc).__name__)
+                    return False
+                log.error("MLflow refused the hyperparameters %s: %s", sorted(wanted), exc)  # retrying cannot help
+            if self.params and self.params[0] is wanted:  # close() may have spooled it meanwhile
+                self.params.popleft()
+        return True
 
     def _deliver(self, send: Send) -> bool:
         while self.pending:
             batch = [self.pending[i] for i in range(min(BATCH, len(self.pending)))]
             try:
-                send(self.run_id, batch)
+                if self.ask_high_water is not None:
+                    self.high_water = self.ask_high_water()
+                    self.ask_high_water = None
+                fresh = [p for p in batch if p[2] > self.high_water.get(p[0], -1)]
+                if fresh:
+                    send(self.run_id, fresh)
             except Exception as exc:  # server down or slow: keep the points, retry later
                 self.failures += 1
+                self.failing = True
                 if self.failures in (1, 10) or self.failures % 100 == 0:
                     log.warning("MLflow unreachable (%s); %d metric points buffered", type(exc).__name__,
                                 len(self.pending))
                 return False
+            self.failing = False
             for _ in batch:
                 self.pending.popleft()
             self.delivered += len(batch)
@@ -132,12 +178,18 @@ class MetricsSink:
         self.closed = True
         self.wake.set()
         self.thread.join(timeout=timeout_s)
+        if self.params:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            path = self.spool_dir / f"params-{int(time.time() * 1000)}{self.spool_tag}.json"
+            path.write_text(json.dumps(list(self.params)))
+            self.params.clear()
+            log.warning("spooled undelivered hyperparameters to %s (upload: trainctl sync %s)", path, self.run_id)
         if not self.pending:
             return 0
         points = list(self.pending)
         self.pending.clear()
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spool_dir / f"metrics-{int(time.time() * 1000)}.jsonl"
+        path = self.spool_dir / f"metrics-{int(time.time() * 1000)}{self.spool_tag}.jsonl"
         with open(path, "w") as fh:
             for k, v, s, ts in points:
                 fh.write(json.dumps({"key": k, "value": v, "step": s, "timestamp": ts}) + "\n")
@@ -147,23 +199,43 @@ class MetricsSink:
 
 
 def logged_high_water(uri: str, run_id: str) -> dict[str, int]:
-    """The highest step MLflow holds per metric key of the run."""
+    """The highest step MLflow holds per metric key of the run that training logs. System metrics (`system/`)
+    are left out: their steps are times, so a new attempt cannot repeat one, and reading their histories would
+    slow every resume by a request per node and metric."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    keys = client.get_run(run_id).data.metrics.keys()
+    keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith("system/")]
     return {k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1) for k in keys}
 
 
 def upload_spool(uri: str, run_id: str, spool_dir: Path) -> int:
-    """Upload spooled metric files (oldest first) and delete each once delivered."""
+    """Upload spooled hyperparameters and metric files (oldest first) and delete each once delivered. A point
+    whose step MLflow already holds for its key is dropped: a later attempt replayed and delivered that step (an
+    attempt that started while the server was down could not ask which steps it held)."""
+    from mlflow import MlflowClient
+
+    from trainctl import hparams
+
+    for path in sorted(spool_dir.glob("params-*.json")):
+        for wanted in json.loads(path.read_text()):
+            hparams.log_new(MlflowClient(tracking_uri=uri), run_id, wanted)
+        path.unlink()
     send = batch_sender(uri)
+    client = MlflowClient(tracking_uri=uri)
+    held: dict[str, set[int]] = {}
     sent = 0
     for path in sorted(spool_dir.glob("metrics-*.jsonl")):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        points = [(r["key"], float(r["value"]), int(r["step"]), int(r["timestamp"])) for r in rows]
+        for key in {r["key"] for r in rows} - held.keys():
+            held[key] = {m.step for m in client.get_metric_history(run_id, key)}
+        points = []
+        for r in rows:
+            if int(r["step"]) not in held[r["key"]]:
+                held[r["key"]].add(int(r["step"]))  # a later file may hold a replay of this step
+                points.append((r["key"], float(r["value"]), int(r["step"]), int(r["timestamp"])))
         for i in range(0, len(points), BATCH):
             send(run_id, points[i : i + BATCH])
-        sent += len(rows)
+        sent += len(points)
         path.unlink()
     return sent

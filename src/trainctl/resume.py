@@ -2,7 +2,8 @@
 
 From `last` the job continues the same MLflow run (its history goes on). From an older checkpoint the history
 would fork, so a new run is created, linked to its parent, and starts from a verified copy of that checkpoint.
-Overrides are recorded on the run as tags: params already logged cannot change.
+Overrides are recorded on the run as tags: params already logged cannot change. A FINISHED run whose last
+checkpoint already reached trainer.max_epochs / max_steps would train nothing: that resume is refused.
 """
 
 from __future__ import annotations
@@ -11,60 +12,99 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from trainctl import control, tracking
 from trainctl.callbacks.checkpoint_io import manifest_path, verify
 from trainctl.callbacks.resume_checkpoint import latest_good, resume_dir
 from trainctl.errors import UserError
 from trainctl.launchers import registry
-from trainctl.rundir import JobFile, atomic_write_text, run_dir_for
-from trainctl.spec import apply_override, parse_spec
+from trainctl.rundir import JobFile, atomic_write_text, run_dir_for, use_import_dirs
+from trainctl.spec import Spec, apply_override, parse_spec
 from trainctl.tracking import State
 from trainctl.worker.attempt import CAUSE_FILE
 
 
-def resume(run_id: str, uri: str, source: str, overrides: list[str], backend: str | None
+def resume(run_id: str, uri: str | None, source: str, overrides: list[str], backend: str | None
            ) -> tuple[control.RunRef | None, str]:
+    """uri None: the run is searched like every run-addressed command does (control.find_run)."""
     ref = control.reconcile(control.find_run(run_id, uri))
+    uri = ref.uri
     if not ref.state.terminal:
         raise UserError.single("RUN_ID", f"run {run_id} is still {ref.state.value}",
                                f"wait for it, or `trainctl cancel {run_id}` first")
     if not JobFile.path(ref.run_dir).is_file():
         raise UserError.single("RUN_ID", f"the run directory {ref.run_dir} is gone", "resume needs the run's files")
     job = JobFile.read(ref.run_dir)
+    use_import_dirs(job.import_dirs)  # the spec's classes are imported again to check the overrides
     raw = json.loads(json.dumps(job.spec))
-    for assignment in overrides + ([f"backend.kind={backend}"] if backend else []):
+    assignments = overrides + ([f"backend.kind={backend}"] if backend else [])
+    for assignment in assignments:
         apply_override(raw, assignment)
-    spec = parse_spec(raw, f"run {run_id}")
+    spec = parse_spec(raw, f"run {run_id}", check_classes=False)
     checkpoint = _pick(ref, source)
+    if source == "last" and ref.state is State.FINISHED:
+        done = _nothing_to_train(checkpoint, spec)
+        if done:
+            why, more = done
+            raise UserError.single("--from", f"run {ref.run_id} FINISHED and its last checkpoint {why}: resuming "
+                                   "it would train nothing",
+                                   f"raise the limit with --set, e.g. `trainctl resume {ref.run_id[:8]} --set "
+                                   f"{more}`")
+    spec = parse_spec(raw, f"run {run_id}")  # the overrides against the classes' signatures too
     launcher = registry.load(spec.backend.kind.value).LAUNCHER
+    cl = tracking.client(uri)
     if source == "last":
         target, new_job = ref.run_dir, dataclasses.replace(job, spec=spec.to_dict(), backend=launcher.kind)
         atomic_write_text(target / "attempts" / CAUSE_FILE, "resume")
         run = ref.run_id
-        cl = tracking.client(uri)
     else:
-        run = tracking.create_run(spec, uri, launcher.kind)
+        run = tracking.create_run(spec, uri, launcher.kind, source=ref.tags.get("mlflow.source.name"))
         target = run_dir_for(spec.workdir, spec.name, run)
         new_job = JobFile(run_id=run, tracking_uri=job.tracking_uri, backend=launcher.kind, spec=spec.to_dict(),
-                          master_port=job.master_port)
+                          master_port=job.master_port, import_dirs=job.import_dirs)
         _seed_checkpoint(checkpoint, target)
-        cl = tracking.client(uri)
         cl.set_tag(run, "mlflow.parentRunId", ref.run_id)
         cl.set_tag(run, "trainctl.resumed_from", f"{ref.run_id}:{checkpoint.name}")
         cl.set_tag(run, "trainctl.run_dir", str(target))
     new_job.write(target)
-    if overrides or backend:
-        cl.set_tag(run, "trainctl.resume_overrides", json.dumps(overrides + ([f"backend.kind={backend}"]
-                                                                             if backend else [])))
-    tracking.set_state(uri, run, State.PENDING, reason=f"resumed from {checkpoint.name}")
-    sub = launcher.submit(spec, target, new_job)
-    cl.set_tag(run, "trainctl.scheduler_job_id", sub.scheduler_job_id)
+    if assignments:
+        cl.set_tag(run, "trainctl.resume_overrides", json.dumps(assignments))
     cl.set_tag(run, "trainctl.backend", launcher.kind)
+    tracking.set_state(uri, run, State.PENDING, reason=f"resumed from {checkpoint.name}")
+    control.launch(spec, target, new_job)
     new_ref = control.find_run(run, uri)
-    text = (f"resumed {ref.run_id} from {checkpoint}\nrun id:  {run}"
-            f"{' (same run)' if run == ref.run_id else f' (new run, parent {ref.run_id})'}\nrun dir: {target}")
-    return new_ref, text
+    if run == ref.run_id:
+        what = (f"continuing run {run} from its last checkpoint {checkpoint}: the same MLflow run, its history "
+                "goes on")
+    else:
+        what = (f"started a new run {run} from {'its best checkpoint ' if source == 'best' else ''}{checkpoint}, "
+                f"linked to the parent run {ref.run_id} (which stays as it ended)")
+    return new_ref, f"{what}\nrun id:  {run}\nrun dir: {target}"
+
+
+def _nothing_to_train(checkpoint: Path, spec: Spec) -> tuple[str, str] | None:
+    """Why fitting from this checkpoint would stop at once (Lightning's max_epochs / max_steps) and an override
+    that would train more, or None."""
+    import torch
+
+    try:  # mmap: only the loop counters are read, not the weights
+        state: dict[str, Any] = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # unreadable here: the rank reports it; nothing to refuse on
+        return None
+    trainer = spec.trainer or {}
+    max_steps = trainer.get("max_steps", -1)
+    max_epochs = trainer.get("max_epochs")
+    if max_epochs is None and max_steps in (None, -1) and trainer.get("max_time") is None:
+        max_epochs = 1000  # Lightning's default when no limit is given
+    step = int(state.get("global_step", 0))
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    epochs = progress.get("processed")
+    if max_steps not in (None, -1) and step >= max_steps:
+        return f"is at step {step} (trainer.max_steps: {max_steps})", f"trainer.max_steps={2 * step}"
+    if max_epochs not in (None, -1) and epochs is not None and epochs >= max_epochs:
+        return f"has {epochs} epochs done (trainer.max_epochs: {max_epochs})", f"trainer.max_epochs={2 * epochs}"
+    return None
 
 
 def _pick(ref: control.RunRef, source: str) -> Path:

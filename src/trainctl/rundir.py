@@ -1,20 +1,21 @@
 """A run directory: everything one job keeps on (shared) disk, and the handoff from submit to the worker.
 
     <workdir>/<name>-<run_id[:8]>/
-        job.json        the handoff: run id, tracking URI, backend, resolved spec (written once at submit)
+        job.json        the handoff: run id, tracking URI, backend, resolved spec, import directories (at submit)
         spec.yaml       the resolved spec, for people
         attempts/       one JSON per attempt: start, end, outcome, cause (written by global rank 0)
-        checkpoints/    resume checkpoints (+ manifests) and best/ top-k
+        checkpoints/    resume/ checkpoints (+ manifests), best/ top-k, mirror/ what MLflow holds (last, best)
         logs/           scheduler/submitit output, one file per rank and attempt
-        spool/          metrics that could not be delivered to MLflow (`trainctl sync` uploads them)
+        spool/          metrics and hyperparameters not delivered to MLflow (`trainctl sync` uploads them)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ class JobFile:
     spec: dict[str, Any]
     master_port: int = 0
     created: float = field(default_factory=time.time)
+    import_dirs: list[str] = field(default_factory=list)  # where the user's modules were importable at submit
 
     @staticmethod
     def path(run_dir: Path) -> Path:
@@ -37,7 +39,26 @@ class JobFile:
 
     @classmethod
     def read(cls, run_dir: Path) -> JobFile:
-        return cls(**json.loads(cls.path(run_dir).read_text()))
+        data = json.loads(cls.path(run_dir).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})  # a newer submitter's extra fields
+
+
+def import_dirs_for(spec_path: str | Path) -> list[str]:
+    """Where `python train.py` users expect their modules to import from: the spec's directory, then the cwd."""
+    dirs = [Path(spec_path).absolute().parent, Path.cwd()]
+    return list(dict.fromkeys(str(d.resolve()) for d in dirs))
+
+
+def use_import_dirs(dirs: list[str]) -> None:
+    """Put the job's import directories first on sys.path, as `python train.py` puts the script's directory.
+
+    Called by the CLI before it imports the spec's classes and first thing on every rank (a console script or a
+    scheduler-started process has neither directory on its path). Directories missing here are skipped.
+    """
+    for d in reversed(dirs):
+        if d not in sys.path and Path(d).is_dir():
+            sys.path.insert(0, d)
 
 
 def run_dir_for(workdir: str, name: str, run_id: str) -> Path:
@@ -61,7 +82,7 @@ class Attempt:
     started: float
     host: str
     scheduler_job_id: str
-    cause: str  # why this attempt exists: first, timeout, preempted, crash, requeue, node-failure, resume
+    cause: str  # why this attempt exists: first, resume, or how the one before ended (worker.outcome.Cause)
     ended: float | None = None
     outcome: str | None = None  # finished, requeue, failed, killed
     reason: str | None = None

@@ -22,7 +22,7 @@ from typing import Any, Union
 import yaml
 
 from trainctl.errors import Problem, UserError, did_you_mean
-from trainctl.spec_checks import CONTROL, SAFE_NAME, apply_override, check_tree, semantic_checks, shown
+from trainctl.spec_checks import CONTROL, SAFE_NAME, apply_override, check_devices, check_tree, semantic_checks, shown
 
 __all__ = ["SAFE_NAME", "Spec", "apply_override", "load_spec", "parse_spec", "resolve_env", "spec_from_dict"]
 
@@ -41,8 +41,8 @@ class Mode(str, Enum):
 
 
 class OnFailure(str, Enum):
-    requeue = "requeue"  # crashes are retried from the last good checkpoint while max_restarts lasts
-    fail = "fail"  # crashes end the run FAILED; preemption and time limits still requeue
+    requeue = "requeue"  # infrastructure failures are retried from the last good checkpoint while max_restarts lasts
+    fail = "fail"  # infrastructure failures end the run FAILED; preemption and time limits still requeue
 
 
 class BackendKind(str, Enum):
@@ -99,8 +99,11 @@ class EarlyStopping:
 
 @dataclass
 class FaultTolerance:
-    max_restarts: int = _f(3, lo=0, hi=1000, doc="requeues/retries after preemption, time limit or crash")
-    on_failure: OnFailure = _f(OnFailure.requeue, doc="requeue | fail: what a crash does")
+    max_restarts: int = _f(3, lo=0, hi=1000, doc="requeues after preemption, time limit or an infrastructure "
+                           "failure (a lost rank, a network error, a stall)")
+    on_failure: OnFailure = _f(OnFailure.requeue, doc="requeue | fail: what an infrastructure failure does")
+    retry_user_errors: int = _f(0, lo=0, hi=1000, doc="times an exception raised from your code is retried "
+                                "(0: the run ends FAILED at once)")
     collective_timeout_s: float = _f(300.0, lo=5, hi=86400, doc="a stuck or dead rank fails the job after this")
     signal_lead_s: int = _f(60, lo=5, hi=3600, doc="warning signal this long before the time limit")
 
@@ -111,6 +114,8 @@ class Tracking:
     log_every_n_steps: int = _f(1, lo=1, hi=10**6, doc="step metrics logged every N steps")
     log_grad_norm: bool = _f(True, doc="log the global L2 norm of the gradients (grad/norm)")
     log_checkpoints: bool = _f(True, doc="mirror best/last checkpoints to the MLflow run")
+    system_metrics: float | None = _f(10.0, lo=0, hi=86400, doc="seconds between samples of each node's CPU, "
+                                      "memory, disk, network, GPUs (system/<host>/…); 0 or null = off")
     redact: list[str] = _f(factory=list, doc="spec paths whose values are secret (never sent to MLflow)")
 
 
@@ -320,6 +325,8 @@ def parse_spec(raw: dict[str, Any], source: str = "", check_classes: bool = True
         problems += semantic_checks(spec)
         if check_classes:
             from trainctl.components import check_components
+
+            problems += check_devices(spec)
 
             named = {p.path for p in problems}
             problems += [p for p in check_components(spec) if p.path not in named]

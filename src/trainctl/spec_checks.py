@@ -112,6 +112,10 @@ def semantic_checks(spec: Spec) -> list[Problem]:
     if tr is not None:
         if tr.uri is not None:
             out += check_uri("tracking.uri", tr.uri)
+        if tr.system_metrics is not None and 0 < tr.system_metrics < 1:
+            out.append(Problem("tracking.system_metrics", f"{tr.system_metrics} s is below the 1 s a system-metric "
+                               "step stands for", "write a number of seconds from 1 (10 is the default), or 0 for "
+                               "none"))
         for i, item in enumerate(tr.redact or []):
             out += _match(f"tracking.redact[{i}]", item, REDACT_PATH, "spec path",
                           "write a dotted spec path, e.g. model.init_args.api_key (list items as .0)")
@@ -190,6 +194,25 @@ def _cross_field(spec: Spec) -> list[Problem]:
                            f"time limit (resources.time_min: {res.time_min} min)",
                            "the warning must come before the limit: lower it or raise resources.time_min"))
     return out
+
+
+def check_devices(spec: Spec) -> list[Problem]:
+    """A local GPU job on a machine without enough visible GPUs would crash on every rank: refuse it here."""
+    res = spec.resources
+    if _kind(spec) != "local" or res is None or getattr(res.accelerator, "value", res.accelerator) != "gpu":
+        return []
+    import torch
+
+    visible = torch.cuda.device_count()  # honours CUDA_VISIBLE_DEVICES
+    if visible == 0:
+        return [Problem("resources.accelerator", "gpu: this machine has no visible GPU (backend.kind is local)",
+                        "set resources.accelerator: cpu (or auto), or submit to a cluster with GPUs "
+                        "(backend.kind: slurm or ray)")]
+    if res.devices_per_node is not None and res.devices_per_node > visible:
+        return [Problem("resources.devices_per_node", f"{res.devices_per_node} GPU ranks, but this machine shows "
+                        f"{visible} GPU{'s' if visible != 1 else ''}",
+                        f"set resources.devices_per_node: {visible} or less, or check CUDA_VISIBLE_DEVICES")]
+    return []
 
 
 def _check_slurm(opts: Any) -> list[Problem]:

@@ -7,6 +7,7 @@ from the environment (${env:NAME}) stay as references, and spec paths listed in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -47,9 +48,11 @@ ACCESS_HINT = ("this server wants a login: export MLFLOW_TRACKING_USERNAME and M
 
 def default_tracking_uri(workdir: str) -> str:
     """MLFLOW_TRACKING_URI if set, else the embedded sqlite store in the workdir."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
+    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(workdir)
+
+
+def embedded_uri(workdir: str) -> str:
+    """The embedded store: `<workdir>/mlflow.db`, workdir taken relative to the current directory."""
     return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
 
 
@@ -59,20 +62,49 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+# MLflow 3 tells GenAI experiments (traces, evaluations) from model-training ones by this experiment tag; its UI
+# also has a global "GenAI / Model training" switch that the query parameter of ui_link sets for the page opened.
+KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+UI_VIEW = "workflowType=machine_learning"
+
+
 def _experiment_id(cl: MlflowClient, name: str, uri: str) -> str:
+    """The experiment's id, creating it when missing; either way it is marked a model-training experiment, unless
+    someone already chose a kind for it."""
     exp = cl.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):  # embedded store: artifacts beside the database
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
-    try:
-        return cl.create_experiment(name, artifact_location=location)
-    except Exception:  # created concurrently by another submit
-        exp = cl.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:///"):  # embedded store: artifacts beside the database
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+        try:
+            return cl.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND_TRAINING})
+        except Exception:  # created concurrently by another submit
+            exp = cl.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if KIND_TAG not in exp.tags:
+        cl.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND_TRAINING)
+    return exp.experiment_id
+
+
+def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment (or one of its runs) served at `uri`, opened in the model-training view."""
+    page = f"{uri.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{page}/runs/{run_id}?{UI_VIEW}" if run_id else f"{page}?{UI_VIEW}"
+
+
+def run_page(uri: str, run_id: str) -> str:
+    """ui_link of a run; a store that is not a server is linked as `make mlflow` serves it."""
+    server = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return ui_link(server, client(uri).get_run(run_id).info.experiment_id, run_id)
+
+
+def description(spec: Spec, backend: str) -> str:
+    """The run's description in the UI (MLflow's `mlflow.note.content`): which spec trains what, where."""
+    data = f" on `{spec.data.class_path}`" if spec.data else ""
+    ranks = spec.resources.nodes * spec.resources.devices_per_node
+    return (f"**{spec.name}** trains `{spec.model.class_path}`{data}: {ranks} rank(s) on the {backend} backend "
+            f"({spec.resources.nodes} node(s) x {spec.resources.devices_per_node}), experiment `{spec.experiment}`.")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -123,24 +155,46 @@ def git_commit(path: str | Path = ".") -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def create_run(spec: Spec, uri: str, backend: str) -> str:
-    """Create the job's run at submit time and log the params (the flattened, redacted resolved spec)."""
-    from mlflow.entities import Param
+def run_name(spec_name: str, run_id: str) -> str:
+    """`<spec name>-<run id[:8]>`: tells runs of one spec apart in `trainctl ls` and the UI, and is the name of the
+    run's directory (rundir.run_dir_for). The spec's name stays in the tag `trainctl.name`."""
+    return f"{spec_name}-{run_id[:8]}"
+
+
+def standard_tags(source: str | None) -> dict[str, str]:
+    """MLflow's own tags for who ran what: the user, the spec file as the source, the git commit of the code."""
+    import getpass
+
+    tags = {"mlflow.source.type": "LOCAL"}
+    with contextlib.suppress(Exception):
+        tags["mlflow.user"] = getpass.getuser()
+    if source:
+        tags["mlflow.source.name"] = str(Path(source).absolute())
+    # The user's modules are imported from the working directory; a spec kept in its own repository says so.
+    commit = git_commit() or (git_commit(Path(source).absolute().parent) if source else None)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def create_run(spec: Spec, uri: str, backend: str, source: str | None = None) -> str:
+    """Create the job's run at submit time and log the params (the flattened, redacted resolved spec).
+    `source` is the spec file, when there is one (resume forks a stored spec)."""
+    from mlflow.entities import Param, RunTag
 
     cl = client(uri)
     try:
         exp_id = _experiment_id(cl, spec.experiment, uri)
         tags = {
-            "mlflow.runName": spec.name,
+            **standard_tags(source),
+            "trainctl.name": spec.name,
             "trainctl.backend": backend,
             "trainctl.state": State.PENDING.value,
             "trainctl.version": __version__,
             "trainctl.world_size": str(spec.resources.nodes * spec.resources.devices_per_node),
             "trainctl.submit_host": socket.gethostname(),
+            "mlflow.note.content": description(spec, backend),
         }
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
         run = cl.create_run(exp_id, run_name=spec.name, tags=tags)
     except UserError:
         raise
@@ -151,35 +205,40 @@ def create_run(spec: Spec, uri: str, backend: str) -> str:
                                ACCESS_HINT if refused else
                                "start it with `make mlflow`, or unset MLFLOW_TRACKING_URI for the embedded store"
                                ) from None
+    run_id = run.info.run_id
     params = flatten(redact_spec(spec.to_dict(), spec.tracking.redact))
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per request
-        cl.log_batch(run.info.run_id, params=items[i : i + 100])
-    return run.info.run_id
+    for i in range(0, max(len(items), 1), 100):  # MLflow takes at most 100 params per request
+        name = [RunTag("mlflow.runName", run_name(spec.name, run_id))] if i == 0 else []
+        cl.log_batch(run_id, params=items[i : i + 100], tags=name)
+    return run_id
 
 
 def set_state(uri: str, run_id: str, state: State, reason: str | None = None, **tags: str) -> None:
-    """Record the job's state; a terminal state also ends the MLflow run."""
-    from mlflow.entities import RunTag
+    """Record the job's state; a terminal state also ends the MLflow run (REST for a server: no mlflow import)."""
+    from trainctl import store_read
 
-    cl = client(uri)
-    all_tags = {"trainctl.state": state.value, **tags}
+    all_tags = {"trainctl.state": state.value, **{k: str(v) for k, v in tags.items()}}
     if reason is not None:
         all_tags["trainctl.reason"] = redact_text(reason)[:4000]
-    cl.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
-    if state.terminal:
-        cl.set_terminated(run_id, status=state.value)
-    elif cl.get_run(run_id).info.status != "RUNNING":
-        cl.update_run(run_id, status="RUNNING")
+    store_read.write_state(uri, run_id, all_tags, state.value if state.terminal else "RUNNING", end=state.terminal)
+
+
+def state_of(tags: dict[str, str], status: str) -> State:
+    """The job's state: its tag, else MLflow's status of the run."""
+    tag = tags.get("trainctl.state")
+    if tag in State.__members__:
+        return State(tag)
+    return {"FINISHED": State.FINISHED, "FAILED": State.FAILED, "KILLED": State.KILLED}.get(status, State.RUNNING)
 
 
 def current_state(uri: str, run_id: str) -> State:
-    run = client(uri).get_run(run_id)
-    tag = run.data.tags.get("trainctl.state")
-    if tag in State.__members__:
-        return State(tag)
-    return {"FINISHED": State.FINISHED, "FAILED": State.FAILED, "KILLED": State.KILLED}.get(
-        run.info.status, State.RUNNING)
+    from trainctl import store_read
+
+    rec = store_read.get_run(uri, run_id)
+    if rec is None:
+        raise UserError.single("RUN_ID", f"no run {run_id} in {uri}", "pass the store the run was submitted to")
+    return state_of(rec.tags, rec.status)
 
 
 def wait_for_server(uri: str, timeout_s: float = 30.0) -> None:

@@ -15,9 +15,12 @@ RATIO_KEYS = {
     "cpu_ddp_ratio", "cpu_ddp_added_ms", "tracking_ratio", "tracking_ratio_tiny", "checkpoint_blocking_ratio",
     "checkpoint_write_slowdown", "launch_local_first_step_s", "launch_local_end_noticed_s",
     "launch_slurm_first_step_s", "launch_slurm_end_noticed_s", "memory_peak_ratio", "memory_growth_mb_per_10k_steps",
+    "system_metrics_ratio",
+    "cli_status_s", "cli_ls_s", "cli_logs_s", "cli_cancel_s", "cli_validate_s",
 }
 MEASURED_IN_QUICK = {"cpu_ddp_added_ms", "tracking_ratio_tiny", "checkpoint_blocking_ratio",
-                     "checkpoint_write_slowdown", "memory_peak_ratio", "memory_growth_mb_per_10k_steps"}
+                     "checkpoint_write_slowdown", "memory_peak_ratio", "memory_growth_mb_per_10k_steps",
+                     "system_metrics_ratio"}
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +75,5 @@ def test_sections_hold_their_raw_figures(quick: tuple[subprocess.CompletedProces
     assert ck["blocked_s"] and ck["sync_save_fsync_s"] and ck["state_gb"] > 0
     assert data["launch"]["slurm"]["skipped"] and data["launch"]["local"]["skipped"]
     assert data["memory"]["leak"]["samples"]
+    sm = data["system_metrics"]
+    assert sm["samples_per_run"][0] >= 1 and sm["system_points_per_run"][0] > 0, "the node's samples reached MLflow"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -13,6 +14,8 @@ import pytest
 from conftest import ROOT, TRAINCTL, run_cli
 from helpers import SHORT, callbacks, final_checkpoint, run_dir, run_info, steps, submit, wait_state
 from mlflow import MlflowClient
+
+from trainctl.worker.system_metrics import key_prefix
 
 pytestmark = pytest.mark.mlflow
 
@@ -44,6 +47,9 @@ def test_digits_job_lands_in_mlflow(mlflow_server: str, digits_run: tuple[str, P
     assert metrics["val/acc"] >= 0.95, metrics
     assert metrics["test/acc"] >= 0.9, metrics
     assert "grad/norm" in metrics
+    node = key_prefix(tags["trainctl.hosts"])  # the local backend: one node, this machine; 10 s by default
+    assert {"cpu_utilization_percentage", "system_memory_usage_percentage", "disk_usage_percentage"} <= \
+        {k.removeprefix(node) for k in metrics}, "the node's last sample, at least"
     history = steps(mlflow_server, run_id)
     assert history == list(range(history[0], history[-1] + 1)), "train/loss: every step exactly once"
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -96,6 +102,15 @@ def test_resume_last_continues_the_same_run(mlflow_server: str, tmp_path: Path) 
     assert after == list(range(after[0], after[-1] + 1)) and len(after) > len(before)
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt.2.cause"] == "resume"
+    # keep_resume (2) counts across attempts: of the saves at steps 20, 40, 60 the two newest stay
+    assert [p.name for p in sorted((run_dir(mlflow_server, run_id) / "checkpoints" / "resume").glob("*.ckpt"))] \
+        == ["step-000000040.ckpt", "step-000000060.ckpt"]
+    # checkpoints/last holds the newest checkpoint only, under a fixed name
+    client = MlflowClient(tracking_uri=mlflow_server)
+    last = {a.path for a in client.list_artifacts(run_id, "checkpoints/last")}
+    assert last == {"checkpoints/last/last.ckpt", "checkpoints/last/last.ckpt.manifest.json"}
+    got = client.download_artifacts(run_id, "checkpoints/last/last.ckpt.manifest.json", str(tmp_path))
+    assert json.loads(Path(got).read_text())["global_step"] == 60
     assert run_cli("resume", run_id, "--from", "/nonexistent.ckpt", "--tracking-uri", mlflow_server).returncode == 2
     # Loader workers came from each rank's forkserver in both attempts, none forked beside the rank's threads;
     # the server was a fork of the rank made at its start (no interpreter of its own, nothing preloaded).
@@ -133,12 +148,16 @@ def test_crash_ends_failed_without_hanging(mlflow_server: str, tmp_path: Path) -
 
 
 def test_crash_requeues_and_finishes_in_the_same_run(mlflow_server: str, tmp_path: Path) -> None:
+    """An infrastructure failure (the DistNetworkError of a reset connection) is retried; submit says so."""
     res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "checkpoint.every_n_train_steps=10",
-                                                   callbacks(("RaiseAtStep", {"step": 25, "rank": 0}))], timeout=300)
+                                                   callbacks(("RaiseAtStep", {"step": 25, "rank": 0,
+                                                                              "error": "network"}))], timeout=300)
     assert res.returncode == 0, res.stdout[-3000:]
+    assert "attempt 1 ended: network (DistNetworkError: Connection reset by peer (injected at step 25 on rank 0)); " \
+           "requeue 2/4\n" in res.stdout, res.stdout[-3000:]
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt"] == "2"
-    assert tags["trainctl.attempt.2.cause"] == "crash"
+    assert tags["trainctl.attempt.2.cause"] == "network"
     history = steps(mlflow_server, run_id)
     assert history == list(range(history[0], 60)), "no duplicate and no gap across the requeue"
 
@@ -181,11 +200,14 @@ def test_ctrl_c_cancels_and_marks_killed(mlflow_server: str, tmp_path: Path) -> 
 
 def test_lightning_namespace_module(mlflow_server: str, tmp_path: Path) -> None:
     """A module written against `lightning.pytorch` (not `pytorch_lightning`) gets a Trainer of its namespace."""
-    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=1",
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=1", "tracking.system_metrics=0",
                                                    "model.class_path=trainctl.examples.digits_lightning.DigitsClassifier",
                                                    "data.class_path=trainctl.examples.digits_lightning.DigitsDataModule"])
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    assert run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "FINISHED"
+    run = run_info(mlflow_server, run_id)
+    assert run.data.tags["trainctl.state"] == "FINISHED"
+    assert "train/loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("system/")], \
+        "system metrics off: not one sample (on, every node logs at least its last one)"
 
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
@@ -213,3 +235,46 @@ def test_submit_starts_a_missing_local_server(tmp_path: Path) -> None:
     finally:
         if started:
             os.killpg(int(started.group(1)), signal.SIGTERM)
+
+
+MARK_LINE = re.compile(r"mark pid=\d+ step=\d+ 💡 █{150} end")
+
+
+def test_logs_follow_across_a_requeue(mlflow_server: str, tmp_path: Path) -> None:
+    """`logs -f` on a job that requeues once: a banner per attempt, progress lines, every line of the user's
+    (multibyte, unflushed) output exactly once and whole, the run's state as exit code; then `logs` in order."""
+    sets = [*SHORT, "checkpoint.every_n_train_steps=10", f"workdir={tmp_path}", f"tracking.uri={mlflow_server}",
+            callbacks(("RaiseAtStep", {"step": 25, "rank": 0, "error": "network"}), ("PrintEveryStep", {}))]
+    res = run_cli("submit", "jobs/digits.yaml", "--detach", *[a for s in sets for a in ("--set", s)],
+                  env={"TRAINCTL_PROGRESS_S": "1"})
+    run_id = re.search(r"run id:\s+([0-9a-f]{32})", res.stdout)
+    assert res.returncode == 0 and run_id, res.stdout + res.stderr
+    rid = run_id.group(1)
+    follow = run_cli("logs", rid, "-f", "--tracking-uri", mlflow_server, timeout=400)
+    assert follow.returncode == 0, follow.stdout[-3000:] + follow.stderr[-2000:]
+    out = follow.stdout.splitlines()
+    assert out.count("── attempt 1 · cause first ──") == 1, follow.stdout[:3000]
+    assert out.count("── attempt 2 · cause network · resumed at step 20 ──") == 1, follow.stdout[-4000:]
+    ended = [i for i, x in enumerate(out) if x.startswith("attempt 1 ended: network (")]
+    assert len(ended) == 1 and ended[0] < out.index("── attempt 2 · cause network · resumed at step 20 ──")
+    assert sum(x.startswith("  » epoch 3/3 done · step 60/60") for x in out) == 1, follow.stdout[-4000:]
+    assert any(" samples/s · " in x and "train/loss" in x for x in out)
+    assert out[-1].startswith(f"run {rid} ended FINISHED") and sum(x.startswith(f"run {rid} ended") for x in out) == 1
+    assert out[-3].startswith("final: ") and "val/acc" in out[-3], follow.stdout[-3000:]
+    assert out[-2] == f"more:  trainctl status {rid} · trainctl logs {rid} · UI: {mlflow_server}"
+    rdir = run_dir(mlflow_server, rid)
+    written = [line for f in sorted((rdir / "logs").glob("*_0_log.out"))
+               for line in f.read_bytes().decode().splitlines() if line.startswith("mark ")]
+    shown = [x.removeprefix("  | ") for x in out if "mark pid=" in x]
+    assert len(written) >= 60 and sorted(shown) == sorted(written), "every line once, none cut"
+    assert len(set(shown)) == len(shown) and all(MARK_LINE.fullmatch(x) for x in shown)
+    for bad in (["--rank", "7"], ["--attempt", "9"]):
+        refused = run_cli("logs", rid, *bad, "--tracking-uri", mlflow_server)
+        assert refused.returncode == 2 and bad[0] in refused.stderr and "HINT" in refused.stderr, refused.stderr
+    whole = run_cli("logs", rid, "--tracking-uri", mlflow_server)
+    headers = [h for h in whole.stdout.splitlines() if h.startswith("==> ")]
+    assert [h.split(" (")[0] for h in headers] == [
+        f"==> attempt {a} · rank {r} · std{s}" for a in (1, 2) for r in (0, 1) for s in ("out", "err")]
+    assert whole.stdout.count("UserWarning: user warning: kept ✓") == 1 and "💡 Tip:" not in whole.stdout
+    assert "INFO submitit:" not in whole.stdout, "submitit's records once, through its own handler"
+    assert whole.stdout.count("`weights_only` was not set") <= 4, "at most once per attempt and rank"

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import run_cli
-from helpers import callbacks, run_dir, run_info, steps, submit, wait_state
+from helpers import callbacks, run_dir, run_info, steps, submit, wait_state, wait_steps
 from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
@@ -50,18 +50,6 @@ def _submit(workdir: Path, uri: str, sets: list[str], *extra: str) -> tuple[str,
 def _attempts(rdir: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted((rdir / "attempts").glob("*.json"))]
 
-
-def _wait_steps(uri: str, run_id: str, n: int, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    client = MlflowClient(tracking_uri=uri)
-    while time.monotonic() < deadline:
-        try:
-            if len(client.get_metric_history(run_id, "train/loss")) >= n:
-                return
-        except Exception:  # the key does not exist yet
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"run {run_id} did not log {n} steps in {timeout} s")
 
 
 def _rank_pid(rdir: Path, attempt: int, rank: int, timeout: float = 60) -> int:
@@ -143,9 +131,9 @@ def test_worker_killed_mid_run_resumes_in_the_same_run(uri: str, tmp_path: Path)
     run_id, sid = _submit(tmp_path, uri, [*SHORT, "checkpoint.every_n_train_steps=10",
                                           callbacks(("SlowSteps", {"seconds": 0.25}))])
     rdir = run_dir(uri, run_id)
-    _wait_steps(uri, run_id, 12)
+    wait_steps(uri, run_id, 12)
     os.kill(_rank_pid(rdir, 1, 1), signal.SIGUSR2)
-    _wait_steps(uri, run_id, 35)
+    wait_steps(uri, run_id, 35)
     victim = _rank_pid(rdir, 2, 1)
     os.kill(victim, signal.SIGKILL)
     assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 300) == "FINISHED"
@@ -168,7 +156,7 @@ def test_worker_killed_mid_run_resumes_in_the_same_run(uri: str, tmp_path: Path)
 def test_cancel_marks_killed_and_ends_the_workers(uri: str, tmp_path: Path) -> None:
     run_id, sid = _submit(tmp_path, uri, [*SHORT, callbacks(("SlowSteps", {"seconds": 0.5}))])
     rdir = run_dir(uri, run_id)
-    _wait_steps(uri, run_id, 3)
+    wait_steps(uri, run_id, 3)
     pids = [_rank_pid(rdir, 1, r) for r in (0, 1)]
     res = run_cli("cancel", run_id, "--tracking-uri", uri)
     assert res.returncode == 0, res.stderr

@@ -13,10 +13,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def trainctl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def trainctl(*args: str, cwd: Path, module: str = "trainctl.cli") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "trainctl.cli", *args], cwd=cwd, env=env, capture_output=True,
+    env["TRAINCTL_STATE_DIR"] = str(cwd / "state")  # no store was ever used
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -80,5 +81,47 @@ def test_validate_lists_every_problem(tmp_path: Path) -> None:
 def test_status_of_an_unknown_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/x.db"
     res = trainctl("status", "0123456789abcdef0123456789abcdef", "--tracking-uri", uri, cwd=tmp_path)
-    assert_clean_usage_error(res, "RUN_ID", "no run")
+    assert_clean_usage_error(res, "RUN_ID", "no run", "no tracking store there")
     assert res.stdout == ""
+    assert list(tmp_path.iterdir()) == [], "a read created a store"
+
+
+@pytest.mark.parametrize(("run_id", "words"), [("abc12", "at least 6 characters"), ("0123; rm", "not a run id")])
+def test_a_run_id_that_cannot_be_one(tmp_path: Path, run_id: str, words: str) -> None:
+    assert_clean_usage_error(trainctl("logs", run_id, cwd=tmp_path), "RUN_ID", words)
+
+
+def test_ls_and_status_with_no_store_anywhere_create_none(tmp_path: Path) -> None:
+    res = trainctl("ls", cwd=tmp_path)
+    assert res.returncode == 0 and "nothing submitted yet" in res.stderr, res.stderr
+    assert_clean_usage_error(trainctl("status", "0123456789ab", cwd=tmp_path), "no run", "no tracking store")
+    assert list(tmp_path.iterdir()) == [], "a read created a store"
+
+
+def test_version_and_python_dash_m(tmp_path: Path) -> None:
+    res = trainctl("--version", cwd=tmp_path, module="trainctl")
+    assert res.returncode == 0 and res.stdout.startswith("trainctl "), res.stderr
+
+
+def test_validate_reports_every_section_when_the_model_does_not_import(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "jobs" / "digits.yaml").read_text())
+    raw["model"]["class_path"] = "no_such_module_here.Model"
+    raw["data"]["init_args"]["batch_size"] = "many"
+    raw["data"]["init_args"]["shufle"] = True
+    raw["trainer"]["max_epochs"] = "two"
+    raw["trainer"]["devices"] = 4
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw))
+    res = trainctl("validate", str(job), cwd=tmp_path)
+    assert_clean_usage_error(res, "5 problems found", "model.class_path:", "data.init_args.batch_size:",
+                             "data.init_args.shufle:", "trainer.max_epochs:", "trainer.devices:", "PYTHONPATH")
+
+
+def test_a_gpu_the_local_machine_cannot_provide_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No visible GPU (as on any machine with CUDA_VISIBLE_DEVICES empty): refused before anything is created."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    for command in ("validate", "submit"):
+        res = trainctl(command, str(ROOT / "jobs" / "digits.yaml"), "--set", "resources.accelerator=gpu",
+                       "--set", f"workdir={tmp_path}", cwd=ROOT)
+        assert_clean_usage_error(res, "resources.accelerator", "no visible GPU", "accelerator: cpu")
+    assert not list(tmp_path.iterdir()), "no run was created"

@@ -63,23 +63,64 @@ def test_points_at_or_below_the_high_water_mark_are_dropped(tmp_path: Path) -> N
 
 
 @pytest.mark.mlflow
-def test_spool_uploads_later(mlflow_server: str, tmp_path: Path) -> None:
+def test_spool_uploads_later(mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the down server answers at once
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.create_experiment(f"spool-{time.time()}")
     run_id = client.create_run(exp).info.run_id
     sink = MetricsSink("http://127.0.0.1:9", run_id, tmp_path / "spool", flush_every_s=0.05)
     for step in range(50):
         sink.add({"loss": float(step)}, step)
+    sink.add_params({"hparams/lr": "0.1"})
+    sink.add_params({"hparams/lr": "0.2", "hparams/hidden": "64"})
     assert sink.close(timeout_s=0.3) == 50
     assert upload_spool(mlflow_server, run_id, tmp_path / "spool") == 50
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(50))
-    assert not list((tmp_path / "spool").glob("*.jsonl"))
+    assert not list((tmp_path / "spool").glob("*.json*"))
+    run = client.get_run(run_id)
+    assert run.data.params == {"hparams/lr": "0.1", "hparams/hidden": "64"}, "the first value of a key stays"
+    assert run.data.tags["trainctl.hparams_changed"] == "hparams/lr=0.2"
     live = MetricsSink(mlflow_server, run_id, tmp_path / "spool2", flush_every_s=0.05)
     live.add({"acc": 0.5}, 1)
-    assert live.close(timeout_s=10) == 0
-    assert client.get_run(run_id).data.metrics["acc"] == 0.5
+    live.add_params({"hparams/hidden": "64", "hparams/note": "x"})
+    assert live.close(timeout_s=10) == 0 and not (tmp_path / "spool2").exists()
+    run = client.get_run(run_id)
+    assert run.data.metrics["acc"] == 0.5 and run.data.params["hparams/note"] == "x"
+
+
+@pytest.mark.mlflow
+def test_a_restart_that_began_without_mlflow_sends_each_step_once(mlflow_server: str, tmp_path: Path) -> None:
+    """Attempt 1 delivered steps 0-4 and spooled 5-14 (server away); attempt 2 resumed from step 9 while the
+    server was still away: it asks for the high-water mark only once the server answers (sends 10-19), and
+    `trainctl sync` then uploads only the spooled steps MLflow lacks (5-9)."""
+    from mlflow import MlflowClient
+
+    from trainctl.metrics import logged_high_water
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run_id = client.create_run(client.create_experiment(f"replay-{time.time()}")).info.run_id
+    first = MetricsSink(mlflow_server, run_id, tmp_path / "spool", flush_every_s=0.05)
+    for step in range(5):
+        first.add({"loss": float(step)}, step)
+    assert first.close(timeout_s=10) == 0
+    away = MetricsSink("http://127.0.0.1:9", run_id, tmp_path / "spool", flush_every_s=0.05)
+    for step in range(5, 15):
+        away.add({"loss": float(step)}, step)
+    assert away.close(timeout_s=0.2) == 10
+    asked: list[int] = []
+
+    def high_water() -> dict[str, int]:
+        asked.append(1)
+        return logged_high_water(mlflow_server, run_id)
+
+    second = MetricsSink(mlflow_server, run_id, tmp_path / "spool2", flush_every_s=0.05, high_water=high_water)
+    for step in range(10, 20):
+        second.add({"loss": float(step)}, step)
+    assert second.close(timeout_s=10) == 0 and asked == [1]
+    assert upload_spool(mlflow_server, run_id, tmp_path / "spool") == 5
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(20)), "each step once"
 
 
 def test_non_finite_values_are_written_as_protobuf_json_strings() -> None:

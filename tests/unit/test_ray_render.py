@@ -166,7 +166,7 @@ class _FakeClient:
         return SimpleNamespace(value=self.status)
 
     def stop_job(self, sid: str) -> bool:
-        self.stopped = True
+        self.stopped, self.status = True, "STOPPED"  # what the Jobs API reports once the driver is gone
         return True
 
 
@@ -178,8 +178,9 @@ def test_status_maps_job_states(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     fake = _FakeClient(raw)
     monkeypatch.setattr(rl, "_client", lambda address: fake)
     assert rl.LAUNCHER.status(tmp_path, "sid") is state
-    rl.LAUNCHER.cancel(tmp_path, "sid")
+    report = rl.LAUNCHER.cancel(tmp_path, "sid", 5.0, lambda line: None)
     assert fake.stopped == (raw in ("PENDING", "RUNNING"))
+    assert not report.left and report.done and (report.done[-1] == "Ray job sid ended (KILLED)") == fake.stopped
 
 
 def test_cluster_with_another_ray_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from trainctl.errors import UserError
 from trainctl.launchers import slurm
+from trainctl.launchers.base import CancelReport
 from trainctl.spec import Spec, load_spec
 from trainctl.tracking import State
 
@@ -187,14 +188,21 @@ def test_status_live_ended_gone(fake_slurm: Callable[..., Path], tmp_path: Path)
 
 def test_cancel_only_this_runs_job(fake_slurm: Callable[..., Path], tmp_path: Path) -> None:
     name = "digits-slurm-0123abcd"
-    slurm.LAUNCHER.cancel(fake_slurm(squeue=[0, "RUNNING|other-job\n", ""]), "7")
-    slurm.LAUNCHER.cancel(fake_slurm(squeue=[0, f"COMPLETED|{name}\n", ""]), "7")
+
+    def cancel(run_dir: Path) -> CancelReport:
+        return slurm.LAUNCHER.cancel(run_dir, "7", 0.0, lambda line: None)
+
+    assert cancel(fake_slurm(squeue=[0, "RUNNING|other-job\n", ""])).left == []
+    assert cancel(fake_slurm(squeue=[0, f"COMPLETED|{name}\n", ""])).left == []
     assert "scancel" not in (tmp_path / "calls").read_text()
-    slurm.LAUNCHER.cancel(fake_slurm(squeue=[0, f"RUNNING|{name}\n", ""]), "7")
+    # squeue still shows it running once the grace is over: the cancel says so
+    still = cancel(fake_slurm(squeue=[0, f"RUNNING|{name}\n", ""]))
     assert "scancel 7" in (tmp_path / "calls").read_text()
+    assert still.left == ["SLURM job 7 (RUNNING): see squeue -j 7"], still
+    assert cancel(fake_slurm(squeue=[0, f"CANCELLED|{name}\n", ""])).left == []
     # it ended between the look and the scancel: nothing to report
-    slurm.LAUNCHER.cancel(fake_slurm(squeue=[0, f"RUNNING|{name}\n", ""], scancel=[
-        1, "", "scancel: error: Kill job error on job id 7: Job/step already completing or completed\n"]), "7")
+    cancel(fake_slurm(squeue=[0, f"RUNNING|{name}\n", ""], scancel=[
+        1, "", "scancel: error: Kill job error on job id 7: Job/step already completing or completed\n"]))
     with pytest.raises(UserError, match="scancel 7 failed"):
-        slurm.LAUNCHER.cancel(fake_slurm(squeue=[0, f"RUNNING|{name}\n", ""], scancel=[
-            1, "", "scancel: error: Unable to contact slurm controller\n"]), "7")
+        cancel(fake_slurm(squeue=[0, f"RUNNING|{name}\n", ""], scancel=[
+            1, "", "scancel: error: Unable to contact slurm controller\n"]))

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,27 @@ def write_atomic(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     return manifest
 
 
+def stage_as(path: Path, dest: Path) -> tuple[Path, Path]:
+    """`path` and its manifest under another name (a hard link, or a copy across file systems): the pair to upload
+    where a fixed name must replace the previous one. Returns (checkpoint, manifest) at `dest`."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, dest)
+    manifest = json.loads(manifest_path(path).read_text())
+    manifest.update(file=dest.name, source=path.name)
+    atomic = manifest_path(dest).with_name(f".{manifest_path(dest).name}.tmp-{os.getpid()}")
+    atomic.write_text(json.dumps(manifest))
+    os.replace(atomic, manifest_path(dest))
+    return dest, manifest_path(dest)
+
+
 def verify(path: str | Path) -> str | None:
     """None when the file matches its manifest, else why it must not be loaded."""
     path = Path(path)
@@ -169,6 +191,24 @@ class AtomicCheckpointIOImpl:
         for f in futures:
             if f is not None:
                 f.result()
+
+    def after_write(self, path: str | Path, action: Callable[[], None]) -> None:
+        """Run `action` once `path` is on disk: now if it is, else on the writer thread right after its write.
+        Never if the write failed (then the error surfaces at the next save)."""
+        with self.lock:
+            future = self.pending.get(str(path))
+        if future is None:
+            action()
+            return
+
+        def run(done: Future) -> None:
+            if done.exception() is None:
+                try:
+                    action()
+                except Exception:
+                    log.exception("after writing %s", path)
+
+        future.add_done_callback(run)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
         self.wait(path)

@@ -7,8 +7,9 @@ AGREE_EVERY_S (every step when steps are slower than that, at most every MAX_AGR
 whose cores the ranks fill, a reduce per millisecond-step cost ≈ 0.4 ms of context switches. The interval is
 computed from the reduced (slowest) step time, so every rank launches at the same steps. This replaces
 Lightning's own blocking per-step SIGTERM broadcast. On agreement every rank saves the step it just finished and raises
-RequeueRequested; the worker turns that into the backend's requeue. A stop agreed on an epoch's last batch
-waits for that epoch's end (validation and epoch-end hooks first), where the resume checkpoint is taken.
+RequeueRequested; the worker turns that into the backend's requeue, or ends a cancelled job there. A stop agreed
+on an epoch's last batch waits for that epoch's end (validation and epoch-end hooks first), where the resume
+checkpoint is taken.
 """
 
 from __future__ import annotations

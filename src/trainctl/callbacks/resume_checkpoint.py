@@ -44,6 +44,11 @@ def latest_good(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
     return None, skipped
 
 
+def beyond_keep(newest_first: list[Path], keep: int, written: Path) -> list[Path]:
+    """The resume checkpoints to remove once `written` is on disk: all but the `keep` newest, never `written`."""
+    return [p for p in newest_first[max(keep, 1) :] if p != written]
+
+
 def is_last_batch(trainer: Any, batch_idx: int) -> bool:
     total = trainer.num_training_batches
     return isinstance(total, int) and batch_idx + 1 >= total
@@ -75,16 +80,15 @@ class ResumeCheckpointImpl:
         self.last_saved_step = step
         self.last_time = time.monotonic()
         if trainer.is_global_zero:
-            self._prune(trainer, keep_also=path)
+            io = trainer.strategy.checkpoint_io
+            # Once this checkpoint is on disk (an async write lands later): until then the older ones are the
+            # newest that verify.
+            io.after_write(path, lambda: self._prune(io, path))
         return path
 
-    def _prune(self, trainer: Any, keep_also: Path) -> None:
-        """Remove resume checkpoints beyond `keep`, never one that is the newest verified."""
-        paths = candidates(self.dir.parent.parent)
-        io = trainer.strategy.checkpoint_io
-        for old in paths[self.keep :]:
-            if old != keep_also:
-                io.remove_checkpoint(old)
+    def _prune(self, io: Any, written: Path) -> None:
+        for old in beyond_keep(candidates(self.dir.parent.parent), self.keep, written):
+            io.remove_checkpoint(old)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if getattr(self, "pending_stop", False):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from trainctl.rundir import JobFile
 from trainctl.spec import Spec
@@ -15,6 +18,23 @@ from trainctl.tracking import State
 class Submission:
     scheduler_job_id: str
     detail: str = ""  # e.g. where to watch it
+
+
+T = TypeVar("T")
+Say = Callable[[str], object]  # a cancel's progress, printed as it happens (a stop may take the whole grace)
+
+
+@dataclass
+class CancelReport:
+    """What a launcher's cancel did, step by step, and what of the job is still there (empty: nothing)."""
+
+    say: Say = field(repr=False)
+    done: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+
+    def step(self, line: str) -> None:
+        self.done.append(line)
+        self.say(line)
 
 
 class Launcher(Protocol):
@@ -37,15 +57,49 @@ class Launcher(Protocol):
         """Each rank's output, keyed by a label such as 'rank 0 (attempt 1)'."""
         ...
 
-    def cancel(self, run_dir: Path, scheduler_job_id: str) -> None:
-        """End the job for good: no requeue."""
+    def cancel(self, run_dir: Path, scheduler_job_id: str, grace_s: float, say: Say) -> CancelReport:
+        """End the job for good, no requeue: the ranks' stop path first (each saves its current step), then
+        harder signals after `grace_s`; return once no process of the job is left, or say which are."""
         ...
 
 
 def read_rank_logs(log_dir: Path) -> dict[str, str]:
-    """submitit writes <job id>_<task>_log.out/.err; concatenate per file, oldest first."""
-    out: dict[str, str] = {}
-    for path in sorted(log_dir.glob("*_log.*"), key=lambda p: p.stat().st_mtime):
-        job_id, task, _ = path.name.split("_", 2)
-        out[f"job {job_id} rank {task} ({path.suffix[1:]})"] = path.read_text(errors="replace")
-    return out
+    """Each rank's output in the run directory, per attempt (trainctl.logview), in the order a person reads it."""
+    from trainctl.logview import sections
+
+    return {f"attempt {s.attempt} rank {s.rank} (std{s.stream})": "".join(f"{line}\n" for line in s.lines)
+            for s in sections(log_dir)}
+
+
+def poll_until(look: Callable[[], T], over: Callable[[T], bool], timeout_s: float, every_s: float) -> T:
+    """Look every `every_s` until `over(seen)` or `timeout_s` has passed; return the last look."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = look()
+        if over(seen) or time.monotonic() >= deadline:
+            return seen
+        time.sleep(every_s)
+
+
+def run_killed(tracking_uri: str, run_id: str, wait_s: float = 10.0) -> str | None:
+    """Inside a rank: why the job must end here rather than requeue, when `trainctl cancel` marked the run KILLED.
+
+    Asked in a thread and given up after `wait_s`: with MLflow down, its client retries for minutes.
+    """
+    answer: list[str] = []
+
+    def ask() -> None:
+        from trainctl import tracking
+
+        if tracking.current_state(tracking_uri, run_id) is State.KILLED:
+            answer.append("the run is KILLED (trainctl cancel)")
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(timeout=wait_s)
+    return answer[0] if answer else None
+
+
+def cancelled(job: JobFile) -> str | None:
+    """Inside a rank, after a stop signal: why the job ends here instead of requeueing (None: requeue)."""
+    return run_killed(job.tracking_uri, job.run_id)

@@ -1,8 +1,13 @@
 """Local backend: submitit's LocalExecutor runs `devices_per_node` ranks on this machine.
 
 submitit's local controller is a detached process that starts one task per rank, sends USR2
-`signal_lead_s` before `resources.time_min`, and restarts the tasks when one exits with its requeue code
-(144): that is the local requeue. Several jobs can run at once: each gets its own rendezvous port.
+`signal_lead_s` before `resources.time_min`, forwards a SIGTERM it gets to every task, and restarts the tasks
+when one exits with its requeue code (144): that is the local requeue. Several jobs can run at once: each gets
+its own rendezvous port.
+
+The controller starts in a session (and process group) of its own, with SIGINT, SIGTERM and SIGUSR2 at their
+defaults and none blocked: a shell that starts `trainctl submit` under nohup or in the background (`&`) hands its
+children SIGINT ignored, and the job must not inherit that. The group is the job: a cancel signals and counts it.
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from trainctl.launchers.base import Submission, read_rank_logs
+from trainctl.launchers.base import CancelReport, Say, Submission, poll_until, read_rank_logs
+from trainctl.launchers.base import cancelled as cancelled  # the rank asks its backend after a stop
+from trainctl.launchers.procs import describe, job_processes, own_group, pid_alive, send
 from trainctl.rundir import JobFile
 from trainctl.spec import Spec
 from trainctl.tracking import State
@@ -25,6 +34,13 @@ from trainctl.worker.env import RankInfo
 
 REQUEUE_EXIT_CODE = 144  # submitit.local.local.LOCAL_REQUEUE_RETURN_CODE
 MAX_ATTEMPTS = 6  # submitit's local controller restarts at most this many times
+TERM_GRACE_S = 5.0  # after the stop grace: SIGTERM to every process of the job, then SIGKILL this much later
+KILL_WAIT_S = 10.0  # after SIGKILL: how long the kernel may take to end them before cancel names what is left
+# Run by the controller's interpreter before submitit's controller: default dispositions, nothing blocked, then exec.
+CONTROLLER_STUB = ("import os,signal,sys\n"
+                   "for s in (signal.SIGINT,signal.SIGTERM,signal.SIGUSR2): signal.signal(s,signal.SIG_DFL)\n"
+                   "signal.pthread_sigmask(signal.SIG_SETMASK,())\n"
+                   "os.execv(sys.executable,[sys.executable,*sys.argv[1:]])")
 
 
 def free_port() -> int:
@@ -59,11 +75,12 @@ class LocalLauncher:
 
         from trainctl.worker.entrypoint import run_rank
 
-        executor = submitit.LocalExecutor(folder=run_dir / "logs")
+        executor = _executor_class(submitit)(folder=run_dir / "logs")
         executor.update_parameters(**executor_parameters(spec))
         with _stdio_to(run_dir / "logs" / "controller.log"):  # the job must not hold our stdout open
             sub = executor.submit(run_rank, str(run_dir))
-        (run_dir / "scheduler.json").write_text(json.dumps({"job_id": sub.job_id, "pid": int(sub.job_id)}))
+        (run_dir / "scheduler.json").write_text(json.dumps({"job_id": sub.job_id, "pid": int(sub.job_id),
+                                                            "pgid": int(sub.job_id)}))
         return Submission(str(sub.job_id), f"controller pid {sub.job_id}")
 
     def status(self, run_dir: Path, scheduler_job_id: str) -> State | None:
@@ -72,10 +89,73 @@ class LocalLauncher:
     def logs(self, run_dir: Path, scheduler_job_id: str) -> dict[str, str]:
         return read_rank_logs(run_dir / "logs")
 
-    def cancel(self, run_dir: Path, scheduler_job_id: str) -> None:
-        pid = int(scheduler_job_id)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGINT)  # the controller stops its tasks (SIGINT, then SIGKILL after 1 s)
+    def cancel(self, run_dir: Path, scheduler_job_id: str, grace_s: float, say: Say) -> CancelReport:
+        """SIGTERM to the controller, which forwards it to every rank: trainctl's stop path (the ranks agree on a
+        step, save it, read that the run is KILLED and end). After `grace_s`, SIGTERM to every process of the job,
+        then SIGKILL; return when none is left, or name those that are."""
+        leader, marker = int(scheduler_job_id), str(run_dir / "logs")
+        report = CancelReport(say)
+        pids = job_processes(leader, marker)
+        if not pids:
+            report.step("no process of the job was running")
+            return report
+        if leader in pids:
+            report.step(f"stopping: SIGTERM to the controller (pid {leader}), which passes it to every rank; each "
+                        f"saves its current step and ends (grace {grace_s:.0f} s, then SIGTERM and SIGKILL to all "
+                        f"{len(pids)} processes of the job)")
+            send([leader], signal.SIGTERM)
+        else:  # the controller is gone: its ranks get the stop signal themselves
+            report.step(f"stopping: SIGTERM to the job's {len(pids)} processes (its controller is gone; grace "
+                        f"{grace_s:.0f} s, then SIGKILL)")
+            send(pids, signal.SIGTERM)
+        t0 = time.monotonic()
+        left = _wait_gone(leader, marker, grace_s)
+        if not left:
+            report.step(f"all {len(pids)} processes of the job ended in {time.monotonic() - t0:.1f} s")
+            return report
+        report.step(f"after {grace_s:.0f} s {len(left)} processes still run: SIGTERM to each "
+                    f"({', '.join(map(str, left))}), SIGKILL in {TERM_GRACE_S:.0f} s")
+        send(left, signal.SIGTERM, own_group(leader, left))
+        left = _wait_gone(leader, marker, TERM_GRACE_S)
+        if left:
+            report.step(f"SIGKILL to {len(left)} processes ({', '.join(map(str, left))})")
+            send(left, signal.SIGKILL, own_group(leader, left))
+            left = _wait_gone(leader, marker, KILL_WAIT_S)
+        report.left = [describe(p) for p in left]
+        if not left:
+            report.step(f"all processes of the job ended ({time.monotonic() - t0:.1f} s)")
+        return report
+
+
+def _wait_gone(leader: int, marker: str, timeout_s: float) -> list[int]:
+    """Wait until no process of the job is left (up to timeout_s); return those that still are."""
+    return poll_until(lambda: job_processes(leader, marker), lambda left: not left, timeout_s, 0.2)
+
+
+def _executor_class(submitit: Any) -> Any:
+    """submitit's LocalExecutor, with its controller started through CONTROLLER_STUB in a session of its own."""
+    from submitit.local.local import LocalJob
+
+    class Executor(submitit.LocalExecutor):
+        def _submit_command(self, command: str) -> Any:
+            # The environment submitit.local.local.start_controller gives its controller (submitit 1.5), except
+            # CUDA_VISIBLE_DEVICES: the spec's GPUs (submitit's rule shows none unless gpus_per_node is set).
+            ntasks = self.parameters.get("tasks_per_node", 1)
+            env = dict(os.environ)
+            env.update(
+                SUBMITIT_LOCAL_NTASKS=str(ntasks), SUBMITIT_LOCAL_COMMAND=command,
+                SUBMITIT_LOCAL_TIMEOUT_S=str(int(60 * self.parameters.get("timeout_min", 2.0))),
+                SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(self.parameters.get("signal_delay_s", 30))),
+                SUBMITIT_LOCAL_NODEID="0", SUBMITIT_LOCAL_JOB_NUM_NODES="1", SUBMITIT_STDERR_TO_STDOUT="",
+                SUBMITIT_EXECUTOR="local", SUBMITIT_LOCAL_WITH_SHELL="",
+                CUDA_VISIBLE_DEVICES=",".join(str(g) for g in self.parameters.get("visible_gpus", ())),
+            )
+            process = subprocess.Popen([sys.executable, "-S", "-c", CONTROLLER_STUB, "-m", "submitit.local._local",
+                                        str(self.folder)], env=env, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+            return LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks)))
+
+    return Executor
 
 
 @contextlib.contextmanager
@@ -95,20 +175,6 @@ def _stdio_to(path: Path) -> Iterator[None]:
         os.dup2(saved[1], 2)
         for f in (fd, *saved):
             os.close(f)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def requeue_self(rank: RankInfo) -> NoReturn:

@@ -43,8 +43,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from trainctl.errors import UserError
-from trainctl.launchers.base import Submission, read_rank_logs
+from trainctl.launchers.base import CancelReport, Say, Submission, poll_until, read_rank_logs
+from trainctl.launchers.base import cancelled as cancelled  # the rank asks its backend after a stop
 from trainctl.launchers.ray_fit import GIB, bundle_text, placement_problem
+from trainctl.launchers.ray_logs import split_logs as split_logs  # the Ray launcher's logs
+from trainctl.launchers.registry import RAY_HINT
 from trainctl.rundir import JobFile, atomic_write_text
 from trainctl.spec import Accelerator, Spec, env_refs, resolve_env
 from trainctl.tracking import SECRET_NAME, State
@@ -80,7 +83,7 @@ def ray_version() -> str:
         return importlib.metadata.version("ray")
     except importlib.metadata.PackageNotFoundError:
         raise UserError.single("backend.kind", "backend 'ray' needs Ray, which is not installed",
-                               "pip install 'trainctl[ray]' (make venv installs it)") from None
+                               RAY_HINT) from None
 
 
 # ---------------------------------------------------------------- what the driver asks Ray Train for
@@ -233,7 +236,11 @@ def _kwargs(d: dict[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _client(address: str) -> Any:
-    from ray.job_submission import JobSubmissionClient
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError as exc:
+        raise UserError.single("backend.kind", f"backend 'ray' is not installed: {exc}",
+                               RAY_HINT) from None
 
     try:
         return JobSubmissionClient(address)  # also checks that a Ray dashboard answers there
@@ -327,49 +334,26 @@ class RayLauncher:
             return out
         return split_logs(text, scheduler_job_id)
 
-    def cancel(self, run_dir: Path, scheduler_job_id: str) -> None:
-        """`ray job stop`: SIGTERM to the driver (it records KILLED), SIGKILL 3 s later; its workers die with it."""
-        client = _client(_address(run_dir))
+    def cancel(self, run_dir: Path, scheduler_job_id: str, grace_s: float, say: Say) -> CancelReport:
+        """`ray job stop`: SIGTERM to the driver (it closes the attempt killed), SIGKILL 3 s later; Ray ends its
+        workers with it. Then wait (up to grace_s) for the Jobs API to call the job over."""
+        report, sid = CancelReport(say), scheduler_job_id
+        if (seen := self.status(run_dir, sid)) is None or seen.terminal:  # None: the cluster forgot the job
+            report.step(f"Ray job {sid} was no longer running")
+            return report
         try:
-            if JOB_STATES.get(str(client.get_job_status(scheduler_job_id).value), State.RUNNING).terminal:
-                return
-            client.stop_job(scheduler_job_id)
+            _client(_address(run_dir)).stop_job(sid)
         except Exception as exc:
-            if "does not exist" in str(exc):
-                return
-            raise UserError.single("RUN_ID", f"ray job stop {scheduler_job_id} failed: {exc}",
+            raise UserError.single("RUN_ID", f"ray job stop {sid} failed: {exc}",
                                    "is the Ray dashboard reachable from here?") from None
-
-
-# "(RayTrainWorker pid=123, ip=10.0.0.1) text": Ray's prefix on a worker's line in the driver's log.
-WORKER_LINE = re.compile(r"^\((?:\w+ )?pid=(\d+)(?:, ip=[^)]*)?\) ?(.*)$")
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-RANK_LINE = re.compile(r"trainctl: rank (\d+)/(\d+) on node (\S+) .*pid (\d+)")
-
-
-def split_logs(text: str, sid: str) -> dict[str, str]:
-    """One entry per rank (every attempt of it, in order) plus the driver's own lines.
-
-    Each worker announces `trainctl: rank R/W on node N (... pid P)`; Ray prefixes its lines with its pid.
-    """
-    text = ANSI.sub("", text)
-    rank_of: dict[str, str] = {}
-    for line in text.splitlines():
-        m = WORKER_LINE.match(line)
-        if m:
-            r = RANK_LINE.search(m.group(2))
-            if r and r.group(4) == m.group(1):
-                rank_of[m.group(1)] = r.group(1)
-    parts: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        m = WORKER_LINE.match(line)
-        if m and m.group(1) in rank_of:
-            label = f"ray job {sid} rank {rank_of[m.group(1)]} (pid {m.group(1)})"
-            parts.setdefault(label, []).append(m.group(2))
+        report.step(f"ray job stop {sid}: SIGTERM to its driver, SIGKILL 3 s later; Ray ends its workers with it; "
+                    f"waiting up to {grace_s:.0f} s for the job to end")
+        now = poll_until(lambda: self.status(run_dir, sid), lambda s: s is None or s.terminal, grace_s, self.poll_s)
+        if now is None or now.terminal:
+            report.step(f"Ray job {sid} ended ({now.value if now else 'gone'})")
         else:
-            parts.setdefault(f"ray job {sid} driver", []).append(line)
-    ordered = sorted(parts, key=lambda k: (" rank " in k, k))
-    return {k: "\n".join(parts[k]) + "\n" for k in ordered}
+            report.left = [f"Ray job {sid} ({now.value}): see `ray job status {sid}`"]
+        return report
 
 
 # ---------------------------------------------------------------- inside the job

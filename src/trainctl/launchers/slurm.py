@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from trainctl.errors import UserError
-from trainctl.launchers.base import Submission, read_rank_logs
+from trainctl.launchers.base import CancelReport, Say, Submission, poll_until, read_rank_logs, run_killed
 from trainctl.rundir import Attempts, JobFile, atomic_write_text
 from trainctl.spec import Accelerator, Spec
 from trainctl.tracking import State
@@ -256,42 +256,65 @@ class SlurmLauncher:
     def logs(self, run_dir: Path, scheduler_job_id: str) -> dict[str, str]:
         return read_rank_logs(run_dir / "logs")
 
-    def cancel(self, run_dir: Path, scheduler_job_id: str) -> None:
-        seen = slurm_view(scheduler_job_id, _expected_name(run_dir))
-        if seen is None or seen[0] == "ended" or (seen[1] and map_state(seen[1]).terminal):
-            return  # gone, already over, or the id is someone else's job now
+    def cancel(self, run_dir: Path, scheduler_job_id: str, grace_s: float, say: Say) -> CancelReport:
+        """scancel: SLURM sends every task SIGTERM (trainctl's stop path: the ranks save their current step and
+        end, never requeueing a cancelled job) and SIGKILL after its KillWait. Then wait (up to grace_s) until
+        SLURM holds no process of the job: it leaves squeue, or shows a final state."""
+        report = CancelReport(say)
+        name = _expected_name(run_dir)
+        seen = slurm_view(scheduler_job_id, name)
+        if not _live(seen):  # gone, over, or the id is someone else's job now
+            report.step(f"SLURM job {scheduler_job_id} was no longer running")
+            return report
         res = _run("scancel", scheduler_job_id)
         over = ("already completing or completed", "Invalid job id")
         if res.returncode != 0 and not any(s in res.stderr for s in over):
             raise UserError.single("RUN_ID", f"scancel {scheduler_job_id} failed: {res.stderr.strip()}",
                                    "is the SLURM controller reachable from here?")
+        report.step(f"scancel {scheduler_job_id}: SLURM sends the ranks SIGTERM (each saves its current step and "
+                    f"ends), SIGKILL after its KillWait; waiting up to {grace_s:.0f} s for the job to end")
+        t0 = time.monotonic()
+        seen = poll_until(lambda: slurm_view(scheduler_job_id, name), lambda s: not _live(s), grace_s, self.poll_s)
+        if seen is not None and _live(seen):
+            report.left = [f"SLURM job {scheduler_job_id} ({seen[1] or 'state unknown'}): see squeue -j "
+                           f"{scheduler_job_id}"]
+        else:
+            report.step(f"SLURM job {scheduler_job_id} ended ({seen[1] if seen else 'gone'}) in "
+                        f"{time.monotonic() - t0:.1f} s")
+        return report
+
+
+def _live(seen: tuple[str, str] | None) -> bool:
+    """SLURM still holds processes of the job: squeue shows COMPLETING until the last task is gone, then the
+    final state (CANCELLED)."""
+    return seen is not None and seen[0] != "ended" and not (seen[1] and map_state(seen[1]).terminal)
 
 
 # ---------------------------------------------------------------- inside the job
 
 
 def _cancelled(job_id: str) -> str | None:
-    """Why this job must not be requeued: cancelled in SLURM, or the run marked KILLED (trainctl cancel)."""
+    """Why this job must not be requeued: the run marked KILLED (trainctl cancel), or cancelled in SLURM."""
+    folder = os.environ.get("SUBMITIT_FOLDER")
+    return cancelled(JobFile.read(Path(folder).parent), job_id) if folder else _scancelled(job_id)
+
+
+def _scancelled(job_id: str) -> str | None:
+    """SLURM's accounting calls the job cancelled (scancel): `scontrol requeue` would bring it back."""
     ac = _run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State")
     first = ac.stdout.strip().splitlines()[:1]
     if first and map_state(first[0]) is State.KILLED:
-        return f"SLURM job {job_id} is {first[0]}"  # scancel: `scontrol requeue` would bring it back
-    folder = os.environ.get("SUBMITIT_FOLDER")
-    if not folder:
-        return None
-    answer: list[str] = []
+        return f"cancelled by the scheduler (SLURM job {job_id} is {first[0]})"
+    return None
 
-    def ask() -> None:
-        from trainctl import tracking
 
-        with_job = JobFile.read(Path(folder).parent)
-        if tracking.current_state(with_job.tracking_uri, with_job.run_id) is State.KILLED:
-            answer.append("the run is KILLED (trainctl cancel)")
-
-    t = threading.Thread(target=ask, daemon=True)
-    t.start()
-    t.join(timeout=10.0)  # MLflow down: do not wait for its retries; SLURM's view above already counted
-    return answer[0] if answer else None
+def cancelled(job: JobFile, job_id: str | None = None) -> str | None:
+    """Inside a rank, after a stop signal: why the job ends here instead of requeueing (None: requeue). SLURM's
+    view first (it answers at once); MLflow's KILLED then names a trainctl cancel, asked only briefly when SLURM
+    already said (KillWait is short) and long enough to ride out a slow server when it did not."""
+    job_id = os.environ.get("SLURM_JOB_ID", "") if job_id is None else job_id
+    in_slurm = _scancelled(job_id) if job_id else None
+    return run_killed(job.tracking_uri, job.run_id, wait_s=2.0 if in_slurm else 10.0) or in_slurm
 
 
 def _rank_zero_ended_otherwise() -> str | None:

@@ -39,17 +39,46 @@ class SignalAtStep(pl.Callback):
 
 
 class RaiseAtStep(pl.Callback):
-    """Raise RuntimeError on `rank` at `step` (once per run, or every attempt with `always`)."""
+    """Raise on `rank` at `step` (once per run, or every attempt with `always`). error "user": a RuntimeError from
+    this file (the user's code: the run fails at once by default); "network": the DistNetworkError a reset
+    connection raises (the infrastructure's: the attempt is retried)."""
 
-    def __init__(self, step: int, rank: int = 0, always: bool = False) -> None:
+    def __init__(self, step: int, rank: int = 0, always: bool = False, error: str = "user") -> None:
         self.once = _Once(step, rank, "raise")
         self.always = always
+        self.error = error
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         hit = (trainer.global_step == self.once.step and trainer.global_rank == self.once.rank) if self.always \
             else self.once.due(trainer)
-        if hit:
-            raise RuntimeError(f"injected failure at step {trainer.global_step} on rank {trainer.global_rank}")
+        if not hit:
+            return
+        where = f"at step {trainer.global_step} on rank {trainer.global_rank}"
+        if self.error == "network":
+            import torch.distributed
+
+            raise torch.distributed.DistNetworkError(f"Connection reset by peer (injected {where})")
+        raise RuntimeError(f"injected failure {where}")
+
+
+class RaiseAtTrainEnd(pl.Callback):
+    """Raise RuntimeError from on_train_end on `rank`: the user's end-of-training work failed."""
+
+    def __init__(self, rank: int = 0) -> None:
+        self.rank = rank
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.global_rank == self.rank:
+            raise RuntimeError(f"injected failure in on_train_end on rank {trainer.global_rank}")
+
+
+class RaiseOnInit(pl.Callback):
+    """Raise RuntimeError while the job's objects are built on `rank` (before the rendezvous): its peers would
+    wait for it in the rendezvous. Outside a rank (validation at submit) it does nothing."""
+
+    def __init__(self, rank: int = 0) -> None:
+        if os.environ.get("RANK") == str(rank):
+            raise RuntimeError(f"injected failure while building rank {rank}")
 
 
 class HangAtStep(pl.Callback):
@@ -83,3 +112,20 @@ class StopOnRank(pl.Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step >= self.step and trainer.global_rank == self.rank:
             trainer.should_stop = True
+
+
+class PrintEveryStep(pl.Callback):
+    """The user's own output on `rank`: one long line per step with multibyte characters (💡, █), unflushed, so
+    that the buffered writes cut lines and characters anywhere; and one warning of the user's own."""
+
+    def __init__(self, rank: int = 0, width: int = 150) -> None:
+        self.rank, self.width = rank, width
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_rank != self.rank:
+            return
+        if trainer.global_step == 1:
+            import warnings
+
+            warnings.warn("user warning: kept ✓", UserWarning, stacklevel=1)
+        print(f"mark pid={os.getpid()} step={trainer.global_step} 💡 {'█' * self.width} end")

@@ -1,7 +1,7 @@
 """Attempts and the requeue-or-end decision, the same on every rank.
 
-Global rank 0 records each attempt (and its cause: timeout, preempted, crash, node-failure…) in the run
-directory and on the MLflow run. The decision at the end is a pure function of the outcome, the restarts
+Global rank 0 records each attempt (and its cause: timeout, preempted, network, rank-lost, user-error…) in the
+run directory and on the MLflow run. The decision at the end is a pure function of the outcome, the restarts
 already used and the spec's fault_tolerance policy, so every rank reaches it alone, without a collective.
 """
 
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from trainctl.rundir import Attempt, Attempts
+from trainctl.rundir import Attempt, Attempts, atomic_write_text
 from trainctl.spec import FaultTolerance, OnFailure
 from trainctl.worker.env import RankInfo
+from trainctl.worker.outcome import Cause, Ending, local_bind_failure
 
 CAUSE_FILE = "next-cause"  # written by `trainctl resume` for the attempt it starts
 
@@ -32,7 +33,8 @@ class Outcome(str, Enum):
 @dataclass
 class Verdict:
     outcome: Outcome
-    reason: str
+    reason: str  # "<cause>: <detail>"; the next attempt's cause is the part before the colon
+    cause: Cause | None = None
 
 
 def begin(run_dir: Path, rank: RankInfo, wait_s: float = 60.0) -> Attempt:
@@ -74,20 +76,36 @@ def _cause(run_dir: Path, previous: Attempt | None) -> str:
     return "resume"
 
 
-def decide(run_dir: Path, attempt: Attempt, policy: FaultTolerance, kind: str, detail: str) -> Verdict:
-    """kind: finished | stop:<cause> | crash | killed."""
-    if kind == "finished":
-        return Verdict(Outcome.finished, "finished")
-    if kind == "killed":
-        return Verdict(Outcome.killed, detail or "cancelled")
-    used = _restarts_before(run_dir, attempt)
-    retryable = kind.startswith("stop:") or policy.on_failure is OnFailure.requeue
-    cause = kind.removeprefix("stop:")
-    if not retryable:
-        return Verdict(Outcome.failed, f"crash: {detail}")
-    if used >= policy.max_restarts:
-        return Verdict(Outcome.failed, f"{cause}: max_restarts={policy.max_restarts} used up; last: {detail}")
-    return Verdict(Outcome.requeue, f"{cause}: {detail}")
+def decide(run_dir: Path, attempt: Attempt, policy: FaultTolerance, ending: Ending) -> Verdict:
+    """Agreed stops and infrastructure failures are retried while max_restarts lasts (infrastructure failures
+    only with on_failure: requeue); the user's own exception ends the run at once unless retry_user_errors
+    allows another try. Every rank reaches the same verdict from the same Ending."""
+    cause, detail = ending.cause, ending.detail
+    if cause is Cause.finished:
+        return Verdict(Outcome.finished, "finished", cause)
+    if cause is Cause.killed:
+        return Verdict(Outcome.killed, detail or "cancelled", cause)
+    label = f"{cause.value}: {detail}"
+    if cause is Cause.user_error:
+        tried = _user_retries_before(run_dir, attempt)
+        if tried >= policy.retry_user_errors:
+            used_up = f" (retry_user_errors={policy.retry_user_errors} used up)" if policy.retry_user_errors else ""
+            return Verdict(Outcome.failed, label + used_up, cause)
+    elif cause.infrastructure and policy.on_failure is OnFailure.fail:
+        return Verdict(Outcome.failed, label, cause)
+    if _restarts_before(run_dir, attempt) >= policy.max_restarts:
+        return Verdict(Outcome.failed, f"{cause.value}: max_restarts={policy.max_restarts} used up; last: {detail}",
+                       cause)
+    return Verdict(Outcome.requeue, label, cause)
+
+
+def _user_retries_before(run_dir: Path, attempt: Attempt) -> int:
+    """Attempts since the first (or a manual resume) that exist because the user's code raised."""
+    earlier = [a for a in Attempts(run_dir).all() if a.number < attempt.number]
+    tried = 0
+    for a in [*earlier, attempt]:
+        tried = 0 if a.cause in ("first", "resume") else tried + (a.cause == Cause.user_error.value)
+    return tried
 
 
 def _restarts_before(run_dir: Path, attempt: Attempt) -> int:
@@ -110,26 +128,93 @@ def rank_file(run_dir: Path, attempt: Attempt, rank: int, what: str) -> Path:
     return run_dir / "attempts" / f"{attempt.number:04d}" / f"rank-{rank:04d}.{what}.json"
 
 
-def mark_rank(run_dir: Path, attempt: Attempt, rank: RankInfo, what: str, detail: str = "") -> None:
-    """Each rank notes its start and end; a rank with a start and no end died without a word (SIGKILL, OOM)."""
+def mark_rank(run_dir: Path, attempt: Attempt, rank: RankInfo, what: str, detail: str = "",
+              ending: Ending | None = None) -> None:
+    """Each rank notes its start and end; a rank with a start and no end died without a word (SIGKILL, OOM).
+    The end holds the rank's own Ending, so that every rank can tell whose exception ended the attempt."""
     path = rank_file(run_dir, attempt, rank.global_rank, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-    path.write_text(json.dumps({"rank": rank.global_rank, "host": node, "pid": os.getpid(), "time": time.time(),
-                                "detail": detail[:1000]}))
+    record = {"rank": rank.global_rank, "host": node, "pid": os.getpid(), "time": time.time(), "detail": detail[:1000]}
+    if ending is not None:
+        record.update(cause=ending.cause.value, detail=f"{ending.cause.value} {ending.detail}"[:1000],
+                      reason=ending.detail[:1000])
+    atomic_write_text(path, json.dumps(record))
+
+
+def rank_endings(run_dir: Path, attempt: Attempt, world_size: int) -> dict[int, tuple[Ending, float]]:
+    """The Ending each rank recorded for this attempt (and when), for the ranks that recorded one."""
+    out: dict[int, tuple[Ending, float]] = {}
+    folder = rank_file(run_dir, attempt, 0, "end").parent
+    for path in folder.glob("rank-*.end.json"):  # one listing: cheap on shared storage, polled by every rank
+        try:
+            record = json.loads(path.read_text())
+            ending = Ending(Cause(record["cause"]), record.get("reason", ""))
+            if int(record["rank"]) < world_size:
+                out[int(record["rank"])] = ending, float(record["time"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
+def attempt_ending(run_dir: Path, attempt: Attempt, rank: RankInfo, own: Ending, wait_s: float = 5.0) -> Ending:
+    """What ended the attempt, seen from this rank. When one rank raises, its peers see a collective fail
+    (a reset connection): the attempt's Ending is then the user's exception (or the watchdog's stall) on that
+    rank, whichever rank asks; a peer that vanished without a word (SIGKILL, OOM, node loss) is named as the cause."""
+    if own.cause is not Cause.network or local_bind_failure(own):
+        return own
+    silent = silent_ranks(run_dir, attempt, rank.world_size, wait_s)
+    peers = rank_endings(run_dir, attempt, rank.world_size)
+    for cause in (Cause.user_error, Cause.stall):  # the first cause, before the failures it set off
+        first = sorted(r for r, (e, _) in peers.items() if e.cause is cause)
+        if first:
+            detail = peers[first[0]][0].detail
+            return Ending(cause, detail if cause is Cause.stall else f"rank {first[0]}: {detail}")
+    if silent:
+        return Ending(Cause.rank_lost, f"{', '.join(silent)} died without reporting; here: {own.detail}")
+    return own
+
+
+def peer_failure(run_dir: Path, attempt: Attempt, rank: RankInfo, grace_s: float) -> Ending | None:
+    """A peer that ended this attempt with a failure more than grace_s ago, while this rank is still running
+    (waiting on a rendezvous or a collective that will only time out): its Ending, as the attempt's."""
+    for r, (ending, at) in sorted(rank_endings(run_dir, attempt, rank.world_size).items()):
+        if r != rank.global_rank and ending.failure and time.time() - at > grace_s:
+            detail = ending.detail if ending.detail.startswith("rank ") else f"rank {r}: {ending.detail}"
+            return Ending(ending.cause, detail)
+    return None
 
 
 def silent_ranks(run_dir: Path, attempt: Attempt, world_size: int, wait_s: float = 5.0) -> list[str]:
-    """Ranks that started this attempt but never reported an end: 'rank R on HOST'."""
+    """Ranks that started this attempt but never reported an end: 'rank R on HOST'. Waits up to wait_s for the
+    missing end records first: a stuck rank's watchdog and its peer's collective timeout fire at about the same
+    time, and the stuck rank's record names the cause. A rank on this host whose process still runs is not silent,
+    only busy (blocked in a collective on a peer that raised)."""
     deadline = time.monotonic() + wait_s
     while True:
         missing = [r for r in range(world_size) if not rank_file(run_dir, attempt, r, "end").exists()]
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    out = []
-    for r in missing:
-        start = rank_file(run_dir, attempt, r, "start")
-        host = json.loads(start.read_text())["host"] if start.exists() else "?"
-        out.append(f"rank {r} on {host}")
-    return out
+    gone = [(r, start) for r in missing if not _alive_here(start := _start_record(run_dir, attempt, r))]
+    return [f"rank {r} on {start.get('host', '?')}" for r, start in gone]
+
+
+def _start_record(run_dir: Path, attempt: Attempt, rank: int) -> dict:
+    try:
+        return json.loads(rank_file(run_dir, attempt, rank, "start").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive_here(start: dict) -> bool:
+    """The rank's process runs on this host (not a zombie)."""
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    if start.get("host") != node or not start.get("pid"):
+        return False
+    try:
+        os.kill(int(start["pid"]), 0)
+        stat = Path(f"/proc/{int(start['pid'])}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

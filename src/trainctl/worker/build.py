@@ -10,6 +10,7 @@ from typing import Any
 from trainctl.callbacks import Built, build_callbacks
 from trainctl.callbacks.binding import make
 from trainctl.callbacks.grad_norm import GradNormLogger
+from trainctl.callbacks.progress import ProgressImpl
 from trainctl.callbacks.tracking_logger import TrackingLoggerImpl
 from trainctl.components import LightningNamespace, instantiate
 from trainctl.metrics import MetricsSink
@@ -31,6 +32,7 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
     """A Trainer whose strategy, devices, logger, callbacks and checkpoint IO trainctl owns."""
     user_callbacks = [instantiate(resolve_env(c), ns.pl.Callback) for c in spec.callbacks]  # type: ignore[arg-type]
     built = build_callbacks(ns, spec, run_dir, [*user_callbacks, *extra_callbacks])
+    built.callbacks.append(make(ProgressImpl, ns.pl.Callback))  # prints on global rank 0 only
     acc = accelerator(spec)
     if acc == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         import torch
@@ -70,7 +72,8 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
         devices=spec.resources.devices_per_node,
         num_nodes=spec.resources.nodes,
         strategy=strategy,
-        logger=make(TrackingLoggerImpl, ns.pl.loggers.Logger, run_id=run_id, save_dir=str(run_dir), sink=sink),
+        logger=make(TrackingLoggerImpl, ns.pl.loggers.Logger, run_id=run_id, save_dir=str(run_dir), sink=sink,
+                    tracking_uri=spec.tracking.uri or ""),  # submit resolved it into the spec
         callbacks=built.callbacks,
         enable_checkpointing=True,
         default_root_dir=str(run_dir),

@@ -10,28 +10,36 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from trainctl import tracking
 from trainctl.callbacks.binding import make
+from trainctl.callbacks.checkpoint_io import manifest_path
 from trainctl.callbacks.preemption import RequeueRequested
 from trainctl.callbacks.resume_checkpoint import latest_good
 from trainctl.components import import_class, instantiate, namespace_of
+from trainctl.logview import attempt_mark
 from trainctl.metrics import MetricsSink, logged_high_water
-from trainctl.rundir import JobFile
+from trainctl.rundir import JobFile, use_import_dirs
 from trainctl.spec import Spec, resolve_env, spec_from_dict
 from trainctl.tracking import State
 from trainctl.worker import attempt as attempts
+from trainctl.worker import quiet, system_metrics
 from trainctl.worker.build import build_trainer
 from trainctl.worker.data import ResumableData
 from trainctl.worker.env import RankInfo, export_from_submitit
 from trainctl.worker.loader_workers import fork_server_now
+from trainctl.worker.outcome import Cause, Ending, classify, stop_cause
 from trainctl.worker.signals import STOP
 from trainctl.worker.watchdog import HeartbeatImpl, Watchdog
 
@@ -48,6 +56,7 @@ def run_rank(run_dir: str) -> str:
     """submitit's callable on every rank (local executor or SLURM)."""
     STOP.install()  # replaces submitit's USR2/TERM handlers: trainctl alone owns preemption
     job = JobFile.read(Path(run_dir))
+    use_import_dirs(job.import_dirs)
     rank = export_from_submitit(job.master_port)
     verdict = train(Path(run_dir), job, rank)
     reason = act_on(verdict, job, rank)
@@ -71,6 +80,26 @@ def _exit_now() -> None:
     os._exit(0)
 
 
+# A peer that recorded a failure this long ago while this rank still waits (on a rendezvous or a collective that
+# would only time out after collective_timeout_s) ends this rank with the peer's verdict.
+PEER_GRACE_S = 10.0
+
+
+@dataclass
+class _Live:
+    """One rank's attempt while it runs: what ending it needs, from the main thread or the watchdog's."""
+
+    run_dir: Path
+    job: JobFile
+    rank: RankInfo
+    attempt: Any
+    spec: Spec
+    sink: MetricsSink | None = None
+    built: Any = None
+    unrecorded_tags: dict[str, str] = field(default_factory=dict)  # the attempt's tags, when MLflow was away
+    ending_claimed: threading.Lock = field(default_factory=threading.Lock)
+
+
 def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> attempts.Verdict:
     fork_server_now()  # before any other Python thread runs: loader workers are forked from that quiet copy
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank.global_rank}] %(levelname)s %(name)s: %(message)s")
@@ -79,75 +108,111 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
     attempt = attempts.begin(run_dir, rank)
     attempts.mark_rank(run_dir, attempt, rank, "start")
     ckpt_path, skipped = latest_good(run_dir)
-    sink = None
-    if zero:
-        _attach(job, rank, attempt, skipped)
-        sink = MetricsSink(job.tracking_uri, job.run_id, run_dir / "spool",
-                           high_water=logged_high_water(job.tracking_uri, job.run_id)
-                           if ckpt_path or attempt.number > 1 else None)  # a restart from scratch replays too
-    kind, detail, step = "crash", "", None
-    trainer = built = None
+    _mark_attempt(attempt, ckpt_path)
+    quiet.install()
+    live = _Live(run_dir, job, rank, attempt, spec)
+    ending, step = Ending(Cause.user_error, "the attempt ended before training"), None
+    trainer = None
+    if zero:  # before the watchdog: importing MLflow's client may take long on a busy node; it never raises
+        live.sink = _attach(live, skipped, resumed=bool(ckpt_path) or attempt.number > 1)
+    monitor = system_metrics.start(spec.tracking.system_metrics, job, rank, run_dir)  # local rank 0: system/<host>/
     watchdog = Watchdog(spec.fault_tolerance.collective_timeout_s, run_dir / "failures", rank.global_rank,
-                        attempt.number, on_stall=lambda why: _stalled(run_dir, job, rank, attempt, spec, why)).start()
+                        attempt.number, on_stall=lambda why: _end_early(live, Ending(Cause.stall, why)),
+                        peer_failed=lambda: attempts.peer_failure(run_dir, attempt, rank, PEER_GRACE_S),
+                        on_peer_failure=lambda peer: _end_early(live, peer)).start()
     try:
         ns = namespace_of(import_class(spec.model.class_path))
         if spec.seed_everything is not None:
             ns.pl.seed_everything(spec.seed_everything, workers=True, verbose=False)
         model = instantiate(resolve_env(spec.model), ns.pl.LightningModule)
         data = instantiate(resolve_env(spec.data), ns.pl.LightningDataModule) if spec.data else None
-        trainer, built = build_trainer(ns, spec, run_dir, job.run_id, sink, strategy=strategy,
-                                       extra_callbacks=(make(HeartbeatImpl, ns.pl.Callback, watchdog),))
+        trainer, live.built = build_trainer(ns, spec, run_dir, job.run_id, live.sink, strategy=strategy,
+                                            extra_callbacks=(make(HeartbeatImpl, ns.pl.Callback, watchdog),))
         data_path = ResumableData(ns, trainer, spec.seed_everything or 0, rank.global_rank, rank.world_size)
         data_path.install(data if data is not None else model)
         trainer.fit(model, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
         if _has_test(ns, model, data):
-            best = built.top_k.best_model_path if built.top_k else ""
+            best = live.built.top_k.best_model_path if live.built.top_k else ""
             trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False)
-        kind, step = "finished", trainer.global_step
+        ending, step = Ending(Cause.finished), trainer.global_step
     except RequeueRequested as stop:
-        kind, detail, step = f"stop:{stop.cause}", f"stopped at step {stop.step}", stop.step
+        ending, step = Ending(stop_cause(stop.cause), f"stopped at step {stop.step}"), stop.step
     except KeyboardInterrupt:
-        kind, detail = "killed", "interrupted (SIGINT)"
-    except Exception as exc:  # the user's code failed: the run records it, the policy decides
-        kind, detail = "crash", f"{type(exc).__name__}: {exc}"
-        log.error("training failed on rank %d:\n%s", rank.global_rank, traceback.format_exc())
+        ending = Ending(Cause.killed, "interrupted (SIGINT)")
+    except Exception as exc:  # the policy decides by whose fault it is: the user's code or the infrastructure
+        ending = classify(exc)
+        log.error("training failed on rank %d (%s):\n%s", rank.global_rank, ending.cause.value,
+                  traceback.format_exc())
         if STOP.requested:  # a preempted rank whose peer died: still a preemption
-            kind = f"stop:{STOP.cause}"
+            ending = Ending(stop_cause(STOP.cause), ending.detail)
+        attempts.mark_rank(run_dir, attempt, rank, "end", ending=ending)  # now: the peers look for whose it is
     finally:
         watchdog.stop()
+        built = live.built
         if built is not None and built.step_metrics is not None:
             with contextlib.suppress(Exception):
                 built.step_metrics.drain(block=True)  # the last steps' metrics, even on a stop or a crash
         if built is not None:
             built.checkpoint_io.teardown()  # every pending checkpoint is on disk before we go
+        monitor.stop()  # a last sample; what MLflow does not take within seconds is spooled
     step = step if step is not None else (trainer.global_step if trainer is not None else None)
-    attempts.mark_rank(run_dir, attempt, rank, "end", f"{kind} {detail}")
-    if zero and kind == "crash":
-        silent = attempts.silent_ranks(run_dir, attempt, rank.world_size)
-        if silent:  # a peer vanished (SIGKILL, OOM, node loss): name it, it is the cause
-            detail = f"{', '.join(silent)} died without reporting; here: {detail}"
-    verdict = attempts.decide(run_dir, attempt, spec.fault_tolerance, kind, detail)
+    if ending.cause.stop:  # the stop signal may be a cancel's: a cancelled job ends here, never requeued
+        from trainctl.launchers import registry
+
+        why = registry.load(job.backend).cancelled(job)
+        if why:
+            ending = Ending(Cause.killed, f"{why}; {ending.detail or 'stopped'}")
+    attempts.mark_rank(run_dir, attempt, rank, "end", ending=ending)
+    if not live.ending_claimed.acquire(blocking=False):
+        threading.Event().wait()  # the watchdog's thread is ending this attempt and the process
+    verdict = attempts.decide(run_dir, attempt, spec.fault_tolerance,
+                              attempts.attempt_ending(run_dir, attempt, rank, ending))
     if zero:
         attempts.end(run_dir, attempt, verdict, step)
-        _close_run(job, run_dir, verdict, sink, trainer, built)
+        _close_run(live, verdict)
     return verdict
 
 
-def _stalled(run_dir: Path, job: JobFile, rank: RankInfo, attempt: Any, spec: Spec, why: str) -> None:
-    """Watchdog thread: this rank is stuck. Its stacks are saved; leave so that the peers fail fast."""
-    log.error("%s; stacks saved under %s", why, run_dir / "failures")
-    verdict = attempts.decide(run_dir, attempt, spec.fault_tolerance, "crash", why)
-    if rank.global_rank == 0:
-        attempts.end(run_dir, attempt, verdict, None)
-        state = State.REQUEUED if verdict.outcome is attempts.Outcome.requeue else State.FAILED
-        failed = {"trainctl.failed_rank": str(rank.global_rank), "trainctl.failed_host": rank.host}
-        with contextlib.suppress(Exception):
-            tracking.set_state(job.tracking_uri, job.run_id, state, reason=verdict.reason, **failed)
-    act_on(verdict, job, rank)
-    os._exit(1)
+def _mark_attempt(attempt: Any, ckpt_path: Path | None) -> None:
+    """The attempt's first line in both of this rank's streams: it splits the rank's log by attempt (logview) and
+    is the banner a follower shows."""
+    step = None
+    if ckpt_path is not None:
+        with contextlib.suppress(OSError, ValueError):
+            step = json.loads(manifest_path(ckpt_path).read_text()).get("global_step")
+    line = attempt_mark(attempt.number, attempt.cause, step)
+    for stream in (sys.stdout, sys.stderr):
+        print(line, file=stream, flush=True)
 
 
-def _attach(job: JobFile, rank: RankInfo, attempt: Any, skipped: list[tuple[Path, str]]) -> None:
+def _end_early(live: _Live, ending: Ending) -> None:
+    """Watchdog thread: this rank is stuck, or a peer failed while this rank waits on it. Record the verdict
+    (global rank 0: the attempt, its artifacts and the run's state) and leave, so that no rank waits out a
+    timeout for a peer that is gone."""
+    if not live.ending_claimed.acquire(blocking=False):
+        return  # the main thread reached the end first
+    run_dir, rank, attempt = live.run_dir, live.rank, live.attempt
+    try:  # whatever happens here, the process leaves: the main thread waits for it
+        if ending.cause is Cause.stall:
+            log.error("%s; stacks saved under %s", ending.detail, run_dir / "failures")
+            attempts.mark_rank(run_dir, attempt, rank, "end", ending=ending)
+        else:  # no end record of its own: the peer's record is the attempt's cause
+            log.error("ending this rank: %s", ending.detail)
+        verdict = attempts.decide(run_dir, attempt, live.spec.fault_tolerance, ending)
+        if rank.global_rank == 0:
+            attempts.end(run_dir, attempt, verdict, None)
+            failed = {"trainctl.failed_rank": str(rank.global_rank), "trainctl.failed_host": rank.host} \
+                if ending.cause is Cause.stall else {}
+            _close_run(live, verdict, **failed)
+        act_on(verdict, live.job, rank)
+    finally:
+        os._exit(1)
+
+
+def _attach(live: _Live, skipped: list[tuple[Path, str]], resumed: bool) -> MetricsSink:
+    """Attach the attempt to the job's run. An unreachable server does not stop training: the tags are
+    recorded with the verdict, and the sink delivers the metrics once it answers (or spools them)."""
+    job, run_dir, rank, attempt = live.job, live.run_dir, live.rank, live.attempt
     tags = {
         "trainctl.attempt": str(attempt.number),
         f"trainctl.attempt.{attempt.number}.cause": attempt.cause,
@@ -160,19 +225,30 @@ def _attach(job: JobFile, rank: RankInfo, attempt: Any, skipped: list[tuple[Path
         tags["trainctl.skipped_checkpoints"] = "; ".join(f"{p.name}: {why}" for p, why in skipped)[:4000]
         for p, why in skipped:
             log.warning("skipping checkpoint %s: %s", p, why)
-    current = tracking.current_state(job.tracking_uri, job.run_id)
-    if current is not State.KILLED:
-        tracking.set_state(job.tracking_uri, job.run_id, State.RUNNING, **tags)
+    try:
+        if tracking.current_state(job.tracking_uri, job.run_id) is not State.KILLED:
+            tracking.set_state(job.tracking_uri, job.run_id, State.RUNNING, **tags)
+    except Exception as exc:
+        live.unrecorded_tags = tags
+        log.warning("MLflow unreachable at the attempt's start (%s: %s); training on, metrics are buffered and "
+                    "spooled to %s if it stays away", type(exc).__name__, exc, run_dir / "spool")
+    uri, run_id = job.tracking_uri, job.run_id
+    # A restart replays steps MLflow may hold already: the sink asks which once the server answers.
+    return MetricsSink(uri, run_id, run_dir / "spool",
+                       high_water=(lambda: logged_high_water(uri, run_id)) if resumed else None)
 
 
-def _close_run(job: JobFile, run_dir: Path, verdict: attempts.Verdict, sink: MetricsSink | None,
-               trainer: Any, built: Any) -> None:
-    if sink is not None:
-        sink.close(timeout_s=30.0)
+def _close_run(live: _Live, verdict: attempts.Verdict, **tags: str) -> None:
+    """Every ending (finished, requeued, failed, killed) uploads the logs and the newest good checkpoint."""
+    job, run_dir = live.job, live.run_dir
+    if live.sink is not None:  # while the server is away, spool soon: `trainctl sync` uploads the rest
+        live.sink.close(timeout_s=5.0 if live.sink.failing else 30.0)
     uri, run_id = job.tracking_uri, job.run_id
     uploads = [(p, "logs") for p in sorted((run_dir / "logs").glob("*_log.*"))]
     try:  # artifacts are best effort; the verdict below is not
-        if built is not None and _spec_flag(job, "log_checkpoints"):
+        if _spec_flag(job, "log_checkpoints"):
+            # Before the Trainer exists (or when it never did) the newest good checkpoint is still mirrored.
+            built = live.built or SimpleNamespace(save_last=live.spec.checkpoint.save_last, top_k=None)
             uploads += _checkpoints_to_mirror(run_dir, built)
         cl = tracking.client(uri)
         # One request per file: side by side, so that the job's end is not the sum of their round trips.
@@ -188,10 +264,10 @@ def _close_run(job: JobFile, run_dir: Path, verdict: attempts.Verdict, sink: Met
 
     def record() -> None:
         if tracking.current_state(uri, run_id) is not State.KILLED:  # a user's cancel wins
-            tracking.set_state(uri, run_id, state, reason=verdict.reason)
+            tracking.set_state(uri, run_id, state, reason=verdict.reason, **live.unrecorded_tags, **tags)
 
-    try:
-        _with_retries(record)
+    try:  # a requeued attempt's successor records its own state: it need not wait out a long outage
+        _with_retries(record, total_s=10.0 if state is State.REQUEUED else 180.0)
     except Exception:  # tracking down for good: the verdict is in attempts/, `trainctl status` reconciles
         log.exception("could not record the verdict in MLflow")
 
@@ -217,14 +293,22 @@ def _spec_flag(job: JobFile, name: str) -> bool:
 
 
 def _checkpoints_to_mirror(run_dir: Path, built: Any) -> list[tuple[Path, str]]:
-    """Best and last checkpoints (with manifests), and where they go in the run's artifacts (checkpoints/)."""
+    """Best and last checkpoints (with manifests), and where they go in the run's artifacts (checkpoints/).
+
+    MLflow artifacts only accumulate (nothing deletes one), so each goes up under a fixed name, `last.ckpt` and
+    `best.ckpt`, which every attempt overwrites: checkpoints/last holds the newest checkpoint only. The step is in
+    the manifest beside it. The fixed names are hard links (or copies) staged in checkpoints/mirror/.
+    """
+    from trainctl.callbacks.checkpoint_io import manifest_path, stage_as
+
     files: list[tuple[Path, str]] = []
+    staging = run_dir / "checkpoints" / "mirror"
     ckpt, _ = latest_good(run_dir)
     if ckpt is not None and built.save_last:
-        files += [(p, "checkpoints/last") for p in (ckpt, Path(f"{ckpt}.manifest.json"))]
+        files += [(p, "checkpoints/last") for p in stage_as(ckpt, staging / "last.ckpt")]
     best = getattr(built.top_k, "best_model_path", "") if built.top_k else ""
-    if best and Path(best).is_file():
-        files += [(p, "checkpoints/best") for p in (Path(best), Path(f"{best}.manifest.json")) if p.is_file()]
+    if best and Path(best).is_file() and manifest_path(best).is_file():
+        files += [(p, "checkpoints/best") for p in stage_as(Path(best), staging / "best.ckpt")]
     return files
 
 

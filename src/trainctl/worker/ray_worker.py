@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from trainctl import tracking
-from trainctl.rundir import Attempts, JobFile
+from trainctl.rundir import Attempts, JobFile, use_import_dirs
 from trainctl.spec import Spec, spec_from_dict
 from trainctl.tracking import State
 from trainctl.worker.env import RankInfo
@@ -350,6 +350,7 @@ def train_loop(config: dict[str, Any]) -> None:
                          f"node {ray.get_runtime_context().get_node_id()[:12]}, pid {os.getpid()})\n")
         sys.stderr.flush()
         job = JobFile.read(run_dir)
+        use_import_dirs(job.import_dirs)
         nodes, before, skip = _gather(rank, run_dir, job)
         if skip:  # every rank got rank 0's decision: return, so that Ray does not retry; the driver ends the job
             sys.stderr.write(f"trainctl: not training: {skip}\n")

@@ -2,8 +2,10 @@
 
 SIGUSR2 (the scheduler's warning before a time limit) and SIGTERM (preemption, requeue, or a cancel) only set a
 flag here; the ranks agree at the next step boundary (callbacks/preemption.py), save that step together and
-leave with a "requeue me" outcome. Installing these handlers inside the job's callable replaces submitit's
-own USR2/TERM handlers; callbacks/preemption.py re-installs them after Lightning registers its SIGTERM handler.
+leave with a "requeue me" outcome, or, when the job was cancelled (the run is KILLED, or SLURM cancelled it),
+end it `killed`: the worker asks its backend (`cancelled(job)`) before its verdict. Installing these handlers
+inside the job's callable replaces submitit's own USR2/TERM handlers; callbacks/preemption.py re-installs them
+after Lightning registers its SIGTERM handler.
 """
 
 from __future__ import annotations

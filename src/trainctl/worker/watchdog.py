@@ -2,10 +2,12 @@
 and leaves, so its peers' collectives fail fast and the job is requeued or fails by its policy.
 
 Gloo and NCCL time out a collective that waits on a dead peer; a rank stuck outside a collective (a deadlock in
-user code, a hung data-loader worker) is caught here. Heartbeats are a float assignment per batch.
-A Python thread cannot act while the main thread holds the interpreter lock (seen here: a rank stuck forking a
-loader worker), so faulthandler's C-level timer is armed as a backstop at twice the timeout: it writes every
-thread's stack and ends the process without needing the interpreter.
+user code, a hung data-loader worker) is caught here, and so is a peer that recorded a failure while this rank
+still waits on it (a rendezvous or collective that would only time out): this rank then ends at once.
+Heartbeats are a float assignment per batch. A Python thread cannot act while the main thread holds the
+interpreter lock (seen here: a rank stuck forking a loader worker), so faulthandler's C-level timer is armed
+as a backstop at twice the timeout: it writes every thread's stack and ends the process without needing the
+interpreter.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from typing import Any
 
 class Watchdog:
     def __init__(self, timeout_s: float, report_dir: Path, rank: int, attempt: int,
-                 on_stall: Callable[[str], None]) -> None:
+                 on_stall: Callable[[str], None], peer_failed: Callable[[], Any] | None = None,
+                 on_peer_failure: Callable[[Any], None] | None = None) -> None:
         self.timeout_s, self.report_dir, self.rank, self.attempt = timeout_s, report_dir, rank, attempt
         self.on_stall = on_stall
+        self.peer_failed, self.on_peer_failure = peer_failed, on_peer_failure
         self.last_beat = time.monotonic()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="trainctl-watchdog", daemon=True)
@@ -59,12 +63,24 @@ class Watchdog:
 
     def _watch(self) -> None:
         while not self.stopped.wait(min(5.0, self.timeout_s / 4)):
+            peer = self._peer_failure()
+            if peer is not None and self.on_peer_failure is not None:
+                self.on_peer_failure(peer)
+                return
             idle = time.monotonic() - self.last_beat
             if idle > self.timeout_s:
                 reason = f"rank {self.rank} on {socket.gethostname()} made no progress for {idle:.0f} s"
                 self.report(reason)
                 self.on_stall(reason)
                 return
+
+    def _peer_failure(self) -> Any:
+        if self.peer_failed is None:
+            return None
+        try:
+            return self.peer_failed()
+        except Exception:  # a half-written record on shared storage: look again next round
+            return None
 
     def report(self, reason: str) -> Path:
         self.report_dir.mkdir(parents=True, exist_ok=True)
