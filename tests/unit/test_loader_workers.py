@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +124,71 @@ def test_no_workers_or_the_users_own_start_method_are_left_alone() -> None:
     assert context_for(DataLoader(ds, num_workers=0)) is None
     assert context_for(DataLoader(ds, num_workers=2, multiprocessing_context="spawn")) is None
     assert context_for(DataLoader(_Lambda(), num_workers=2)) is None  # kept on fork, with a warning
+
+
+# A rank that starts persistent loader workers and is then SIGKILLed. "early": the server is forked from the rank
+# after the user's modules are imported; "late": the server is an interpreter of its own. A worker reports whether
+# Lightning was imported before it unpickled anything (this script's own top level does not import it).
+KILLED = r'''
+import json, os, sys, time
+
+from torch.utils.data import DataLoader, Dataset
+
+from trainctl.worker.loader_workers import context_for, fork_server_now
+
+
+class Probe(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return int("pytorch_lightning" in sys.modules)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "early":
+        assert fork_server_now(["trainctl.examples.digits"])
+    loader = DataLoader(Probe(), batch_size=4, num_workers=2, persistent_workers=True)
+    loader.multiprocessing_context = context_for(loader)
+    it = iter(loader)
+    batch = next(it)
+    import multiprocessing.forkserver as fs
+
+    print(json.dumps({"imported": batch.tolist(), "server": fs._forkserver._forkserver_pid,
+                      "workers": [w.pid for w in it._workers]}), flush=True)
+    time.sleep(3600)
+'''
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (reparented children wait for init to reap them)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.parametrize("server", ["early", "late"])
+def test_no_loader_process_outlives_a_killed_rank(tmp_path: Path, server: str) -> None:
+    script = tmp_path / "rank.py"
+    script.write_text(KILLED)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    rank = subprocess.Popen([sys.executable, str(script), server], stdout=subprocess.PIPE, text=True, env=env,
+                            cwd=tmp_path)
+    try:
+        ready, _, _ = select.select([rank.stdout], [], [], 300)
+        assert ready, "the rank printed nothing in 300 s"
+        out = json.loads(rank.stdout.readline())
+    finally:
+        rank.kill()
+        rank.wait(timeout=60)
+    if server == "early":  # the workers start with the user's modules (and Lightning) already in the server
+        assert out["imported"] == [1, 1, 1, 1], out
+    left = [out["server"], *out["workers"]]
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in left) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    outlived = [p for p in left if _alive(p)]
+    for p in outlived:
+        os.kill(p, signal.SIGKILL)
+    assert not outlived, f"outlived the rank by 30 s: {outlived} of {left}"

@@ -38,7 +38,7 @@ from trainctl.worker import quiet, system_metrics
 from trainctl.worker.build import build_trainer
 from trainctl.worker.data import ResumableData
 from trainctl.worker.env import RankInfo, export_from_submitit
-from trainctl.worker.loader_workers import fork_server_now
+from trainctl.worker.loader_workers import fork_server_now, worker_imports
 from trainctl.worker.outcome import Cause, Ending, classify, stop_cause
 from trainctl.worker.signals import STOP
 from trainctl.worker.watchdog import HeartbeatImpl, Watchdog
@@ -101,9 +101,10 @@ class _Live:
 
 
 def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> attempts.Verdict:
-    fork_server_now()  # before any other Python thread runs: loader workers are forked from that quiet copy
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank.global_rank}] %(levelname)s %(name)s: %(message)s")
     spec: Spec = spec_from_dict(job.spec)
+    # Before any other Python thread runs: loader workers are forked from that quiet copy, with the user's modules
+    fork_server_now(worker_imports((spec.model.class_path, spec.data.class_path if spec.data else None)))
     zero = rank.global_rank == 0
     attempt = attempts.begin(run_dir, rank)
     attempts.mark_rank(run_dir, attempt, rank, "start")

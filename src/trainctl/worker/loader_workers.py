@@ -7,10 +7,16 @@ needs it (torch.manual_seed's lazy-seed lock, a stream's buffer lock, a module's
 mutex) waits forever while the rank waits for its first batch. So these loaders use multiprocessing's forkserver,
 a single-threaded process that forks each worker from itself.
 
-The rank forks that server first thing (`fork_server_now`), while it runs no other Python thread: the server
-inherits every module imported so far and no lock another thread could own, and a worker costs one fork of it.
-Where the rank already runs threads (Ray runs training in a thread), the server starts as an interpreter of its
-own on the first loader with workers and imports torch and the modules the workers unpickle (seconds of CPU).
+The rank forks that server at its start (`fork_server_now`), after importing the user's modules and Lightning
+and before it runs any other Python thread: the server inherits those modules and no lock another thread could
+own, and a worker costs one fork of it (a server forked before those imports makes every worker import Lightning
+to unpickle its seeding worker_init_fn: seconds of CPU per worker). Where the rank already runs threads (Ray runs
+training in a thread), the server starts as an interpreter of its own on the first loader with workers and
+imports torch and the modules the workers unpickle.
+
+No process outlives its rank: the server dies with the rank and each worker with the server (PR_SET_PDEATHSIG).
+The server's end-of-file on its pipe from the rank is not enough: every worker holds a copy of that pipe's write
+end, and a worker watches only its own parent, the server.
 
 The server and its workers run with SIGTERM and SIGUSR2 blocked: a scheduler signals every process of a job
 step, and the rank alone acts on a warning or a preemption (workers forked from the rank inherited its
@@ -23,6 +29,8 @@ objects, copied to every worker): it is logged with the reason.
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import inspect
 import io
 import logging
@@ -36,6 +44,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -47,6 +56,9 @@ MAX_COPIED_BYTES = 64 << 20  # everything else is pickled into every worker at i
 _SERVER_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 _announced = False
 _SERVER_MAIN_ARGS = ["listener_fd", "alive_r", "preload", "main_path", "sys_path"]  # CPython 3.10-3.13.0's main()
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None  # loaded here, never in a fork
+SERVER_HOOKS = "trainctl.worker.loader_server"  # preloaded by a server of its own: its workers die with it
 
 
 class _Sizer(pickle.Pickler):
@@ -112,18 +124,48 @@ def _preload(objs: tuple[Any, ...], extra: tuple[str, ...]) -> list[str]:
     return mods
 
 
-def fork_server_now() -> bool:
-    """Fork this rank's forkserver now if no other Python thread runs; False (nothing done) otherwise."""
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when the thread that forked it ends (its process killed included)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent was gone before the request was in place
+        os._exit(1)
+
+
+def workers_die_with_this_server() -> None:
+    """In the forkserver: every process it forks from now on dies with it."""
+    server = os.getpid()
+    os.register_at_fork(after_in_child=lambda: die_with_parent(server))
+
+
+def worker_imports(class_paths: Iterable[str | None]) -> list[str]:
+    """The modules of the user's classes: their loaders' datasets, collate and worker_init functions live there
+    or in what they import (Lightning's seeding worker_init_fn among them)."""
+    return [path.rpartition(".")[0] for path in class_paths if isinstance(path, str) and "." in path]
+
+
+def fork_server_now(imports: Iterable[str] = ()) -> bool:
+    """Import `imports`, then fork this rank's forkserver if no other Python thread runs; False (nothing forked)
+    otherwise. A module that fails to import is left to the rank's own build, which reports it."""
     fs = multiprocessing.forkserver._forkserver
     if fs._forkserver_pid is not None:
         return True
     if list(inspect.signature(multiprocessing.forkserver.main).parameters) != _SERVER_MAIN_ARGS:
         return False  # another Python's forkserver protocol (e.g. with an authkey): it starts as its own interpreter
+    for name in imports:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the build imports it again inside the guarded part and reports it
+            continue
+    for fabric in ("lightning_fabric", "lightning.fabric"):
+        if fabric in sys.modules:  # its seeding worker_init_fn is in every worker Lightning starts
+            importlib.import_module(f"{fabric}.utilities.seed")
     # Python threads only: the native ones alive at a rank's start are numpy's and scipy's OpenBLAS pools,
     # idle, and OpenBLAS stops them itself around a fork.
     if threading.active_count() != 1:
         return False
     multiprocessing.resource_tracker.ensure_running()  # a process of its own (fork + exec), started now
+    rank = os.getpid()
     address = multiprocessing.connection.arbitrary_address("AF_UNIX")
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(address)
@@ -137,6 +179,8 @@ def fork_server_now() -> bool:
                 code = 1
                 try:
                     os.close(alive_w)
+                    die_with_parent(rank)
+                    workers_die_with_this_server()
                     multiprocessing.forkserver.main(listener.fileno(), alive_r, [])
                 except SystemExit:
                     code = 0
@@ -153,7 +197,7 @@ def start_server(preload: list[str]) -> None:
     """Start the forkserver as an interpreter of its own unless it runs (again if it died), signals blocked."""
     fs = multiprocessing.forkserver._forkserver
     if fs._forkserver_pid is None:
-        fs.set_forkserver_preload(preload)
+        fs.set_forkserver_preload([*preload, SERVER_HOOKS])
     # Started first: starting it unblocks SIGTERM (and SIGINT) in this thread once its own process is out.
     multiprocessing.resource_tracker.ensure_running()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SERVER_SIGNALS)
