@@ -94,8 +94,9 @@ def _rank(rank: int, port: int, cfg: dict[str, Any]) -> None:
     try:  # as worker.entrypoint.train does first thing (a tree without it forks loader workers from the rank)
         from trainctl.worker.loader_workers import fork_server_now
     except ImportError:
-        fork_server_now = bool
-    fork_server_now()
+        fork_server_now = None
+    if fork_server_now is not None:
+        fork_server_now(["trainctl.examples.digits"])
 
     from trainctl import tracking
     from trainctl.callbacks.binding import make

@@ -1,4 +1,5 @@
-"""Loader workers of rebuilt loaders start from the forkserver: a lock a rank's thread holds cannot hang them."""
+"""Loader workers of rebuilt loaders start from the forkserver: a lock a rank's thread holds cannot hang them,
+they start with the user's modules already imported, and none outlives a killed rank."""
 
 from __future__ import annotations
 

@@ -103,14 +103,14 @@ class _Live:
 def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> attempts.Verdict:
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank.global_rank}] %(levelname)s %(name)s: %(message)s")
     spec: Spec = spec_from_dict(job.spec)
-    # Before any other Python thread runs: loader workers are forked from that quiet copy, with the user's modules
-    fork_server_now(worker_imports((spec.model.class_path, spec.data.class_path if spec.data else None)))
     zero = rank.global_rank == 0
     attempt = attempts.begin(run_dir, rank)
     attempts.mark_rank(run_dir, attempt, rank, "start")
     ckpt_path, skipped = latest_good(run_dir)
     _mark_attempt(attempt, ckpt_path)
     quiet.install()
+    # Before any other Python thread runs: loader workers are forked from that quiet copy, with the user's modules
+    fork_server_now(worker_imports((spec.model.class_path, spec.data.class_path if spec.data else None)))
     live = _Live(run_dir, job, rank, attempt, spec)
     ending, step = Ending(Cause.user_error, "the attempt ended before training"), None
     trainer = None
