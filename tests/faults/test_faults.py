@@ -107,6 +107,24 @@ def test_killed_rank_is_named_and_the_job_resumes(mlflow_server: str, reference:
     print(f"rank killed -> attempt ended: < {detected:.1f} s after rank 1 started")
     assert_same_training_state(reference, final_checkpoint(rdir))
     _assert_history_once(mlflow_server, run_id)
+    # The killed rank's loader forkserver and workers (forks of the rank: its command line) went with it.
+    deadline = time.monotonic() + 30
+    while _processes_of(rdir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _processes_of(rdir), f"outlived the job: {_processes_of(rdir)}"
+
+
+def _processes_of(rdir: Path) -> list[str]:
+    """Live processes whose command line names the run directory (ranks and everything forked from them)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(rdir) in cmd:
+            found.append(f"{proc.name}: {cmd.strip()}")
+    return found
 
 
 def test_stuck_rank_fails_the_job_in_bounded_time_with_stacks(mlflow_server: str, tmp_path: Path) -> None:

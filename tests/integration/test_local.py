@@ -112,7 +112,7 @@ def test_best_checkpoint_loads_and_resume_forks(mlflow_server: str, digits_run: 
 
 
 def test_resume_last_continues_the_same_run(mlflow_server: str, tmp_path: Path) -> None:
-    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=2"])
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=2", "data.init_args.num_workers=2"])
     assert res.returncode == 0 and run_id, res.stderr[-2000:]
     before = steps(mlflow_server, run_id)
     res = run_cli("resume", run_id, "--set", "trainer.max_epochs=3", "--tracking-uri", mlflow_server, timeout=300)
@@ -131,6 +131,11 @@ def test_resume_last_continues_the_same_run(mlflow_server: str, tmp_path: Path) 
     got = client.download_artifacts(run_id, "checkpoints/last/last.ckpt.manifest.json", str(tmp_path))
     assert json.loads(Path(got).read_text())["global_step"] == 60
     assert run_cli("resume", run_id, "--from", "/nonexistent.ckpt", "--tracking-uri", mlflow_server).returncode == 2
+    # Loader workers came from each rank's forkserver in both attempts, none forked beside the rank's threads;
+    # the server was a fork of the rank made at its start (no interpreter of its own, nothing preloaded).
+    logs = run_cli("logs", run_id, "--tracking-uri", mlflow_server).stdout
+    assert logs.count("loader workers start from a forkserver") == 4, logs[-3000:]
+    assert "start by fork" not in logs and "preloading" not in logs, logs[-3000:]
 
 
 def test_early_stopping_stops_every_rank(mlflow_server: str, tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ trainctl rebuilds the user's map-style loaders with its own distributed samplers
   which is why the epoch is read lazily instead (Lightning issue #21938).
 - val/test: `UnpaddedDistributedSampler` gives each sample to exactly one rank (no padding duplicates), so
   metrics synced across ranks cover the whole set once.
-Each rebuilt loader gets its own torch.Generator, so creating an iterator never draws from the global RNG.
+Each rebuilt loader gets its own torch.Generator, so creating an iterator never draws from the global RNG, and
+starts its workers from a forkserver, never by forking the rank beside its threads (worker/loader_workers.py).
 Loaders trainctl cannot rebuild (iterable datasets, custom batch samplers, and with the speedups off DataLoader
 subclasses) are left to Lightning and resume at the epoch boundary; the run records each in the tag
 `trainctl.not_resumable`, and the rank logs a warning.
@@ -21,6 +22,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+from trainctl.worker.loader_workers import context_for
 
 log = logging.getLogger("trainctl.data")
 
@@ -155,6 +158,9 @@ class ResumableData:
             return self._left_to_lightning(name, f"a DataLoader subclass ({type(loader).__name__}) with the "
                                                  f"speedups off", loader)
         rebuilt.generator = torch.Generator().manual_seed(self.seed * 1000 + self.rank)
+        context = context_for(loader, preload=(f"{self.ns.fabric.__name__}.utilities.seed",))
+        if context is not None:
+            rebuilt.multiprocessing_context = context
         return rebuilt
 
     def _left_to_lightning(self, name: str, why: str, loader: Any) -> Any:

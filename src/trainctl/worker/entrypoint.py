@@ -35,6 +35,7 @@ from trainctl.worker import attempt as attempts
 from trainctl.worker import quiet, system_metrics
 from trainctl.worker.env import RankInfo, export_from_submitit
 from trainctl.worker.fit import Fit, fit
+from trainctl.worker.loader_workers import fork_server_now, worker_imports
 from trainctl.worker.outcome import Cause, Ending, classify, stop_cause
 from trainctl.worker.signals import STOP
 from trainctl.worker.watchdog import Watchdog
@@ -105,6 +106,8 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
     ckpt_path, skipped = latest_good(run_dir)
     _mark_attempt(attempt, ckpt_path)
     quiet.install()
+    # Before any other Python thread runs: loader workers are forked from that quiet copy, with the user's modules
+    fork_server_now(worker_imports((spec.model.class_path, spec.data.class_path if spec.data else None)))
     live = _Live(run_dir, job, rank, attempt, spec)
     ending, step = Ending(Cause.user_error, "the attempt ended before training"), None
     trainer = None
