@@ -21,7 +21,7 @@ CLI (`python -m trainctl.cli submit SPEC` — followed until the end; `--backend
   end_noticed  the CLI returned - the last rank's end marker (attempts/0001/rank-*.end.json, written when the
                rank's training is over and its verdict is known): closing the run (metrics drained, logs
                uploaded, the verdict recorded in MLflow), the processes exiting and the CLI's poll.
-SLURM is skipped (and marked so) when src/trainctl/launchers/slurm.py is absent or `cluster/slurm/status.sh`
+SLURM is skipped (and marked so) when src/trainctl/launchers/slurm/ is absent or `cluster/slurm/status.sh`
 reports the cluster down. Same host, same clock: the local SLURM cluster runs its nodes on this machine.
 """
 
@@ -61,8 +61,8 @@ def import_time(modules: str) -> float:
 
 
 def slurm_available() -> tuple[bool, str]:
-    if not (ROOT / "src" / "trainctl" / "launchers" / "slurm.py").is_file():
-        return False, "src/trainctl/launchers/slurm.py is not there"
+    if not (ROOT / "src" / "trainctl" / "launchers" / "slurm" / "submit.py").is_file():
+        return False, "src/trainctl/launchers/slurm/submit.py is not there"
     status = ROOT / "cluster" / "slurm" / "status.sh"
     if not status.is_file():
         return False, "no cluster/slurm/status.sh"
