@@ -20,9 +20,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imported(path: Path) -> set[str]:
-    """Every trainctl module this file imports, relative imports resolved."""
-    name = _module_name(path)
+def _imported(path: Path, name: str | None = None) -> set[str]:
+    """Every trainctl module this file (module `name`) imports, relative imports resolved."""
+    name = name or _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -88,9 +88,16 @@ def test_find_cycle_names_the_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_relative_imports_are_resolved(tmp_path: Path) -> None:
+def test_every_import_counts(tmp_path: Path) -> None:
+    """Relative imports resolve against the module's package; imports inside functions count too."""
+    source = tmp_path / "entrypoint.py"
+    source.write_text("from . import attempt\nfrom ..runstate import State\n"
+                      "def f():\n    import trainctl.launchers.registry\n    from trainctl.spec import Spec\n")
+    found = _imported(source, "trainctl.worker.entrypoint")
+    assert {"trainctl.worker.attempt", "trainctl.runstate", "trainctl.launchers.registry", "trainctl.spec"} <= found
+    assert {_unit(m) for m in found} == {"worker", "runstate", "launchers", "spec"}
     graph = unit_graph()
-    assert "worker" in graph and "callbacks" in graph, "the walk sees trainctl's packages"
+    assert {"worker", "callbacks", "launchers", "runstate", "injob"} <= set(graph), "the walk sees every unit"
 
 
 def test_no_cycle_between_packages_and_top_level_modules() -> None:

@@ -55,7 +55,8 @@ from trainctl.tracking import SECRET_NAME
 log = logging.getLogger("trainctl.ray")
 
 DRIVER_MODULE = "trainctl.launchers.ray.driver"
-SETUP_HOOK = "trainctl.launchers.ray.worker.setup_worker_process"
+WORKER_MODULE = "trainctl.launchers.ray.worker"
+SETUP_HOOK = f"{WORKER_MODULE}.setup_worker_process"
 # Passed to the driver and the workers; the driver refuses to run under another Ray.
 VERSION_ENV = "TRAINCTL_RAY_VERSION"
 SUBMISSION_ENV = "TRAINCTL_RAY_SUBMISSION_ID"
@@ -211,7 +212,7 @@ def render(spec: Spec, run_dir: Path, run_id: str = "<run-id>", sid: str = "<sub
         f"Ray Jobs API {spec.backend.ray.address}: JobSubmissionClient.submit_job(",
         json.dumps(req, indent=2),
         ")",
-        f"the driver ({DRIVER_MODULE}) runs ray.train.torch.TorchTrainer({DRIVER_MODULE}.train_loop,",
+        f"the driver ({DRIVER_MODULE}) runs ray.train.torch.TorchTrainer({WORKER_MODULE}.train_loop,",
         f"  scaling_config=ScalingConfig({_kwargs(sc)}),",
         f"  torch_config=TorchConfig({_kwargs(tc)}),",
         f"  run_config=RunConfig(name={rc['name']!r}, storage_path={rc['storage_path']!r}, "
