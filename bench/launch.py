@@ -47,7 +47,8 @@ IMPORTS = {
     "cli": "import trainctl.cli, trainctl.control, trainctl.spec, trainctl.components, mlflow, bench.common",
     # submitit's local controller process
     "controller": "import submitit, submitit.local.local",
-    # one rank: submitit unpickles trainctl.worker.entrypoint.run_rank; the spec's module; mlflow (rank 0)
+    # one rank: submitit unpickles launchers/<backend>/injob.run_rank (it imports trainctl.worker.entrypoint); the
+    # spec's module; mlflow (rank 0)
     "rank": "import submitit, trainctl.worker.entrypoint, trainctl.worker.build, bench.common, mlflow, "
             "sklearn.datasets",
 }

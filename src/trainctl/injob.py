@@ -1,8 +1,8 @@
 """What every rank shares, whatever its backend: its RankInfo, the stop flag, and the backend's in-job side.
 
-The worker (worker/) and each backend's in-job module (launchers/<backend>/injob.py) both import this module and
-nothing of each other's but one way: a backend's entry function (submitit's callable, Ray Train's train function)
-calls the worker and hands it the backend's `InJob`, the only backend code a rank runs.
+The worker (worker/) and each backend's in-job module (launchers/<backend>/injob.py) both import this module; the
+backend imports the worker, never the reverse: its entry function (submitit's callable, Ray Train's train
+function) calls the worker and hands it the backend's `InJob`, the only backend code the worker calls.
 
 The stop flag is the one owner of the preemption signals on every rank.
 
