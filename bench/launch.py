@@ -21,7 +21,7 @@ CLI (`python -m trainctl.cli submit SPEC` — followed until the end; `--backend
   end_noticed  the CLI returned - the last rank's end marker (attempts/0001/rank-*.end.json, written when the
                rank's training is over and its verdict is known): closing the run (metrics drained, logs
                uploaded, the verdict recorded in MLflow), the processes exiting and the CLI's poll.
-SLURM is skipped (and marked so) when src/trainctl/launchers/slurm.py is absent or `cluster/slurm/status.sh`
+SLURM is skipped (and marked so) when src/trainctl/launchers/slurm/ is absent or `cluster/slurm/status.sh`
 reports the cluster down. Same host, same clock: the local SLURM cluster runs its nodes on this machine.
 """
 
@@ -49,7 +49,8 @@ IMPORTS = {
     "cli": "import trainctl.cli, trainctl.control, trainctl.spec, trainctl.components, mlflow, bench.workload",
     # submitit's local controller process
     "controller": "import submitit, submitit.local.local",
-    # one rank: submitit unpickles trainctl.worker.entrypoint.run_rank; the spec's module; mlflow (rank 0)
+    # one rank: submitit unpickles launchers/<backend>/injob.run_rank (it imports trainctl.worker.entrypoint); the
+    # spec's module; mlflow (rank 0)
     "rank": "import submitit, trainctl.worker.entrypoint, trainctl.worker.build, bench.workload, mlflow, "
             "sklearn.datasets",
 }
@@ -63,8 +64,8 @@ def import_time(modules: str) -> float:
 
 
 def slurm_available() -> tuple[bool, str]:
-    if not (ROOT / "src" / "trainctl" / "launchers" / "slurm.py").is_file():
-        return False, "src/trainctl/launchers/slurm.py is not there"
+    if not (ROOT / "src" / "trainctl" / "launchers" / "slurm" / "submit.py").is_file():
+        return False, "src/trainctl/launchers/slurm/submit.py is not there"
     status = ROOT / "cluster" / "slurm" / "status.sh"
     if not status.is_file():
         return False, "no cluster/slurm/status.sh"

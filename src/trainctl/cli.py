@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from trainctl import __version__
 from trainctl.errors import UserError
+from trainctl.launchers import registry
 
 if TYPE_CHECKING:
     from trainctl.control import Cancelled
@@ -62,7 +63,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     print(f"run id:    {ref.run_id}\nrun dir:   {ref.run_dir}\nbackend:   {ref.backend} ({detail})\n"
           f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri)}\nrun page:  {tracking.run_page(ref.uri, ref.run_id)}")
-    if args.detach or (ref.backend != "local" and not args.wait):
+    if args.detach or not (args.wait or registry.backend(ref.backend).follow):
         return 0
     return _follow(ref)
 
@@ -147,10 +148,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
             lines = sec.lines if args.tail is None else sec.lines[-args.tail:] if args.tail > 0 else []
             body = "".join(f"{line}\n" for line in lines)
             print(f"==> attempt {sec.attempt} · rank {sec.rank} · std{sec.stream} ({sec.path.name}) <==\n{body}")
-    if ref.backend == "ray":  # the driver's log lives in the Jobs API, and the ranks' too where no copy is here
-        from trainctl.launchers import registry
-
-        for label, text in registry.load("ray").LAUNCHER.logs(ref.run_dir, ref.scheduler_job_id).items():
+    if registry.backend(ref.backend).scheduler_logs:  # e.g. Ray's driver log: in the Jobs API only
+        for label, text in registry.load(ref.backend).LAUNCHER.logs(ref.run_dir, ref.scheduler_job_id).items():
             mine = args.rank is None or f"rank {args.rank} " in label
             if ("driver" in label and args.rank is None) or (not found and mine):
                 print(f"==> {label} <==\n{text}")
@@ -160,7 +159,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def _check_rank_and_attempt(run_dir: Any, rank: int | None, attempt: int | None) -> None:
     """A rank outside the job or an attempt that never started is an error, not an empty answer."""
     from trainctl.logview import sections
-    from trainctl.rundir import Attempts, JobFile
+    from trainctl.rundir import JobFile
+    from trainctl.runstate import Attempts
 
     if rank is not None:
         try:
@@ -242,13 +242,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     ref, text = resume(args.run_id, _uri(args), args.from_, args.set, args.backend)
     print(text)
-    if ref is not None and ref.backend == "local" and not args.detach:
+    if ref is not None and registry.backend(ref.backend).follow and not args.detach:
         return _follow(ref)
     return 0
 
 
 def _states() -> list[Any]:
-    from trainctl.tracking import State
+    from trainctl.runstate import State
 
     return list(State)
 
@@ -281,7 +281,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print the exact request; submit nothing")
     s.add_argument("--detach", action="store_true", help="return at once (wins over --wait)")
     s.add_argument("--wait", action="store_true", help="follow cluster jobs too")
-    s.add_argument("--backend", choices=["local", "slurm", "ray"], help="override backend.kind")
+    s.add_argument("--backend", choices=registry.KINDS, help="override backend.kind")
     s.set_defaults(fn=cmd_submit)
     st = run_cmd("status", "the run's state and latest metrics")
     st.add_argument("--json", action="store_true")
@@ -301,7 +301,7 @@ def parser() -> argparse.ArgumentParser:
     r = run_cmd("resume", "resubmit a run from a checkpoint")
     r.add_argument("--from", dest="from_", default="last", help="last | best | PATH (default: last)")
     r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
-    r.add_argument("--backend", choices=["local", "slurm", "ray"])
+    r.add_argument("--backend", choices=registry.KINDS)
     r.add_argument("--detach", action="store_true")
     r.set_defaults(fn=cmd_resume)
     ls = sub.add_parser("ls", help="list trainctl runs")

@@ -18,11 +18,11 @@ from typing import Any
 from trainctl import store_read, stores, tracking
 from trainctl.errors import UserError
 from trainctl.launchers import registry
-from trainctl.launchers.base import Submission
+from trainctl.launchers.base import Launcher, Submission
 from trainctl.logview import Follower, Line, show
-from trainctl.rundir import Attempt, Attempts, JobFile, atomic_write_text, run_dir_for
+from trainctl.rundir import JobFile, atomic_write_text, run_dir_for
+from trainctl.runstate import Attempt, Attempts, Outcome, State, ended_state, restarts_used, state_of
 from trainctl.spec import Spec
-from trainctl.tracking import State
 
 log = logging.getLogger("trainctl")
 
@@ -62,8 +62,6 @@ def submit(spec: Spec, dry_run: bool = False, source: str | None = None, import_
     launcher = registry.load(spec.backend.kind.value).LAUNCHER
     if dry_run:
         return None, launcher.dry_run(spec, run_dir_for(spec.workdir, spec.name, "<run-id>"))
-    import yaml
-
     from trainctl import mlflow_server
 
     started = mlflow_server.serve_if_missing(uri, Path(spec.workdir))
@@ -72,20 +70,30 @@ def submit(spec: Spec, dry_run: bool = False, source: str | None = None, import_
     tracking.wait_for_server(uri, timeout_s=60.0 if started else 30.0)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    job, run_dir = create_job(spec, uri, launcher, source, import_dirs or [])
+    sub = launch(spec, run_dir, job)
+    return find_run(job.run_id, uri), sub.detail
+
+
+def create_job(spec: Spec, uri: str, launcher: Launcher, source: str | None, import_dirs: list[str]
+               ) -> tuple[JobFile, Path]:
+    """A new run and its directory, ready to launch: the MLflow run (PENDING), job.json, spec.yaml (also the run's
+    artifact) and the tag that points to the directory. `submit` and a forking `resume` both start here."""
+    import yaml
+
     run_id = tracking.create_run(spec, uri, launcher.kind, source=source)
     stores.remember(uri)
     run_dir = run_dir_for(spec.workdir, spec.name, run_id)
     spec_dict = spec.to_dict()
     job = JobFile(run_id=run_id, tracking_uri=uri, backend=launcher.kind, spec=spec_dict,
-                  master_port=_local_port(launcher.kind), import_dirs=list(import_dirs or []))
+                  master_port=launcher.rendezvous_port(), import_dirs=list(import_dirs))
     job.write(run_dir)
     redacted = tracking.redact_spec(spec_dict, spec.tracking.redact)
     atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(redacted, sort_keys=False))
     cl = tracking.client(uri)
     cl.log_artifact(run_id, str(run_dir / "spec.yaml"))
     cl.set_tag(run_id, "trainctl.run_dir", str(run_dir))
-    sub = launch(spec, run_dir, job)
-    return find_run(run_id, uri), sub.detail
+    return job, run_dir
 
 
 def launch(spec: Spec, run_dir: Path, job: JobFile) -> Submission:
@@ -103,14 +111,6 @@ def launch(spec: Spec, run_dir: Path, job: JobFile) -> Submission:
                                "check the backend's options and that its cluster is up") from None
     tracking.client(job.tracking_uri).set_tag(job.run_id, "trainctl.scheduler_job_id", sub.scheduler_job_id)
     return sub
-
-
-def _local_port(kind: str) -> int:
-    if kind != "local":
-        return 0
-    from trainctl.launchers.local import free_port
-
-    return free_port()
 
 
 def find_run(run_id: str, uri: str | None) -> RunRef:
@@ -157,7 +157,7 @@ def find_run(run_id: str, uri: str | None) -> RunRef:
 def ref_of(uri: str, rec: store_read.RunRecord) -> RunRef:
     tags = rec.tags
     return RunRef(rec.run_id, uri, Path(tags.get("trainctl.run_dir", "")), tags["trainctl.backend"],
-                  tags.get("trainctl.scheduler_job_id", ""), tracking.state_of(tags, rec.status),
+                  tags.get("trainctl.scheduler_job_id", ""), state_of(tags, rec.status),
                   tags.get("mlflow.runName", ""), dict(rec.metrics), dict(tags), rec.start_time, rec.end_time,
                   dict(rec.metric_steps))
 
@@ -170,25 +170,12 @@ def reconcile(ref: RunRef) -> RunRef:
     seen = launcher.status(ref.run_dir, ref.scheduler_job_id)
     if seen is not None and not seen.terminal:
         return ref
-    last = Attempts(ref.run_dir).all()[-1:] if ref.run_dir.is_dir() else []
-    state, reason = ended_state(seen, last[0] if last else None)
+    last = Attempts(ref.run_dir).last() if ref.run_dir.is_dir() else None
+    state, reason = ended_state(seen, last)
     if seen is State.KILLED:
         close_last_attempt(ref.run_dir, reason)
     tracking.set_state(ref.uri, ref.run_id, state, reason=reason)
     return find_run(ref.run_id, ref.uri)
-
-
-def ended_state(seen: State | None, last: Attempt | None) -> tuple[State, str]:
-    """(state, reason) of a run whose job the scheduler no longer runs: `seen` is the scheduler's final word (None:
-    it no longer knows the job), `last` the job's last attempt record (None: no rank wrote one)."""
-    if seen is State.KILLED:
-        return State.KILLED, "cancelled by the scheduler"
-    if last and last.outcome == "finished":
-        return State.FINISHED, "finished"
-    if last and last.outcome and last.outcome != "requeue":
-        return State(last.outcome.upper()), last.reason or ""
-    why = last.reason if last and last.reason else "its processes died without a verdict"
-    return State.FAILED, f"job ended without finishing: {why}"
 
 
 CANCEL_GRACE_S = 60.0  # how long the ranks get to save their current step and end before harder signals
@@ -227,10 +214,10 @@ def close_last_attempt(run_dir: Path, why: str) -> Attempt | None:
     if not last:
         return None
     attempt = last[0]
-    if attempt.outcome in (None, "requeue"):
+    if attempt.outcome in (None, Outcome.requeue):
         before = attempt.reason or "its ranks ended before a verdict"
         attempt.ended = attempt.ended or time.time()
-        attempt.outcome, attempt.reason = "killed", f"{why}; {before}"[:2000]
+        attempt.outcome, attempt.reason = Outcome.killed, f"{why}; {before}"[:2000]
         attempts.save(attempt)
     return attempt
 
@@ -268,7 +255,7 @@ def _say_attempt_ends(run_dir: Path, told: set[int], say: Callable[[str], Any], 
     """'attempt 1 ended: network (DistNetworkError: …); requeue 2/4' for each attempt that closed requeued (only
     those numbered below `before`)."""
     history = Attempts(run_dir).all()
-    fresh = [a for a in history if a.outcome == "requeue" and a.number not in told
+    fresh = [a for a in history if a.outcome is Outcome.requeue and a.number not in told
              and (before is None or a.number < before)]
     if not fresh:
         return
@@ -279,10 +266,7 @@ def _say_attempt_ends(run_dir: Path, told: set[int], say: Callable[[str], Any], 
     for a in fresh:
         told.add(a.number)
         cause, _, detail = (a.reason or "").partition(": ")
-        ordinal = 1  # this attempt's place since the first attempt (or a manual resume)
-        for earlier in history:
-            if earlier.number <= a.number:
-                ordinal = 1 if earlier.cause in ("first", "resume") else ordinal + 1
+        ordinal = 1 + restarts_used(e for e in history if e.number <= a.number)  # its place since a fresh start
         of = f"/{allowed}" if allowed else ""
         say(f"attempt {a.number} ended: {cause or 'unknown'} ({detail.strip() or 'no detail'}); "
             f"requeue {ordinal + 1}{of}")

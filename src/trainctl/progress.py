@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from trainctl.rundir import Attempts, JobFile
+from trainctl.rundir import JobFile
+from trainctl.runstate import Attempts
 
 if TYPE_CHECKING:
     from trainctl.control import RunRef

@@ -19,10 +19,9 @@ from trainctl.callbacks.checkpoint_io import manifest_path, verify
 from trainctl.callbacks.resume_checkpoint import latest_good, resume_dir
 from trainctl.errors import UserError
 from trainctl.launchers import registry
-from trainctl.rundir import JobFile, atomic_write_text, run_dir_for, use_import_dirs
+from trainctl.rundir import JobFile, atomic_write_text, use_import_dirs
+from trainctl.runstate import CAUSE_FILE, State
 from trainctl.spec import Spec, apply_override, parse_spec
-from trainctl.tracking import State
-from trainctl.worker.attempt import CAUSE_FILE
 
 
 def resume(run_id: str, uri: str | None, source: str, overrides: list[str], backend: str | None
@@ -55,19 +54,18 @@ def resume(run_id: str, uri: str | None, source: str, overrides: list[str], back
     launcher = registry.load(spec.backend.kind.value).LAUNCHER
     cl = tracking.client(uri)
     if source == "last":
-        target, new_job = ref.run_dir, dataclasses.replace(job, spec=spec.to_dict(), backend=launcher.kind)
+        target, new_job = ref.run_dir, dataclasses.replace(job, spec=spec.to_dict(), backend=launcher.kind,
+                                                           master_port=launcher.rendezvous_port())
+        new_job.write(target)
         atomic_write_text(target / "attempts" / CAUSE_FILE, "resume")
         run = ref.run_id
-    else:
-        run = tracking.create_run(spec, uri, launcher.kind, source=ref.tags.get("mlflow.source.name"))
-        target = run_dir_for(spec.workdir, spec.name, run)
-        new_job = JobFile(run_id=run, tracking_uri=job.tracking_uri, backend=launcher.kind, spec=spec.to_dict(),
-                          master_port=job.master_port, import_dirs=job.import_dirs)
+    else:  # a new run, made as `submit` makes one
+        new_job, target = control.create_job(spec, uri, launcher, ref.tags.get("mlflow.source.name"),
+                                             job.import_dirs)
+        run = new_job.run_id
         _seed_checkpoint(checkpoint, target)
         cl.set_tag(run, "mlflow.parentRunId", ref.run_id)
         cl.set_tag(run, "trainctl.resumed_from", f"{ref.run_id}:{checkpoint.name}")
-        cl.set_tag(run, "trainctl.run_dir", str(target))
-    new_job.write(target)
     if assignments:
         cl.set_tag(run, "trainctl.resume_overrides", json.dumps(assignments))
     cl.set_tag(run, "trainctl.backend", launcher.kind)

@@ -74,39 +74,3 @@ def atomic_write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-@dataclass
-class Attempt:
-    number: int
-    started: float
-    host: str
-    scheduler_job_id: str
-    cause: str  # why this attempt exists: first, resume, or how the one before ended (worker.outcome.Cause)
-    ended: float | None = None
-    outcome: str | None = None  # finished, requeue, failed, killed
-    reason: str | None = None
-    step: int | None = None
-
-
-class Attempts:
-    """The attempt log, written by global rank 0 only."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.dir = run_dir / "attempts"
-
-    def all(self) -> list[Attempt]:
-        if not self.dir.is_dir():
-            return []
-        items = [Attempt(**json.loads(p.read_text())) for p in sorted(self.dir.glob("*.json"))]
-        return sorted(items, key=lambda a: a.number)
-
-    def save(self, attempt: Attempt) -> None:
-        atomic_write_text(self.dir / f"{attempt.number:04d}.json", json.dumps(asdict(attempt), indent=2))
-
-    def restarts_used(self) -> int:
-        """Attempts after the first that the job's own faults caused (a manual resume starts a new count)."""
-        used = 0
-        for a in self.all():
-            used = 0 if a.cause in ("first", "resume") else used + 1
-        return used

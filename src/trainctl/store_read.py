@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import ssl
 
+    from mlflow import MlflowClient
+
 TRAINCTL_TAG = "trainctl.backend"  # every run trainctl created has it
 PAGE = 1000
 TIMEOUT_S = 30.0
@@ -49,6 +51,13 @@ class RunRecord:
 
 class StoreError(Exception):
     """The store answered with an error (not found is None/[] instead)."""
+
+
+def client(uri: str) -> MlflowClient:
+    """MLflow's client, for what only it can do (artifacts, other store kinds); importing it takes seconds."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
 
 
 def kind(uri: str) -> str:
@@ -101,8 +110,6 @@ def experiments(uri: str) -> dict[str, str]:
                 return {str(i): n for i, n in rows}
         except sqlite3.DatabaseError:
             pass
-    from trainctl.tracking import client
-
     return {e.experiment_id: e.name for e in client(uri).search_experiments()}
 
 
@@ -134,8 +141,6 @@ def search(uri: str, limit: int | None = 50, state: str | None = None, experimen
             out += [_rest_record(r) for r in page.get("runs", [])]
             token = page.get("next_page_token")
         else:
-            from trainctl.tracking import client
-
             res = client(uri).search_runs(ids, filter_string=query, max_results=n,
                                           order_by=["attributes.start_time DESC"], page_token=token)
             out += [_client_record(r) for r in res]
@@ -191,8 +196,6 @@ def write_state(uri: str, run_id: str, tags: dict[str, str], status: str | None,
                 db.execute("UPDATE runs SET status = ? WHERE run_uuid = ?", (status, run_id))
         return
     from mlflow.entities import RunTag
-
-    from trainctl.tracking import client
 
     cl = client(uri)
     cl.log_batch(run_id, tags=[RunTag(n, v) for n, v in tags.items()])
@@ -328,8 +331,6 @@ def _sqlite_fill(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[Ru
 
 def _client_get(uri: str, run_id: str) -> RunRecord | None:
     from mlflow.exceptions import MlflowException
-
-    from trainctl.tracking import client
 
     try:
         return _client_record(client(uri).get_run(run_id))

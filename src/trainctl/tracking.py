@@ -8,38 +8,30 @@ from the environment (${env:NAME}) stay as references, and spec paths listed in 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
 import subprocess
 import time
-from enum import Enum
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainctl import __version__
 from trainctl.errors import UserError
+from trainctl.runstate import REASON_TAG, STATE_TAG, State, state_of
+from trainctl.store_read import client as client  # one MlflowClient factory; store_read reads with it too
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from trainctl.spec import Spec
 
+log = logging.getLogger("trainctl")
+
 REDACTED = "***"
 SECRET_NAME = re.compile(r"(?i)(secret|token|password|passwd|api[_-]?key|credential|private[_-]?key)")
-
-
-class State(str, Enum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    REQUEUED = "REQUEUED"
-    FINISHED = "FINISHED"
-    FAILED = "FAILED"
-    KILLED = "KILLED"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (State.FINISHED, State.FAILED, State.KILLED)
 
 
 # MLflow's own variables: the CLI, the ranks and `trainctl sync` all read them (Ray/SLURM jobs inherit them).
@@ -54,12 +46,6 @@ def default_tracking_uri(workdir: str) -> str:
 def embedded_uri(workdir: str) -> str:
     """The embedded store: `<workdir>/mlflow.db`, workdir taken relative to the current directory."""
     return f"sqlite:///{Path(workdir).absolute() / 'mlflow.db'}"
-
-
-def client(uri: str) -> MlflowClient:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 # MLflow 3 tells GenAI experiments (traces, evaluations) from model-training ones by this experiment tag; its UI
@@ -189,7 +175,7 @@ def create_run(spec: Spec, uri: str, backend: str, source: str | None = None) ->
             **standard_tags(source),
             "trainctl.name": spec.name,
             "trainctl.backend": backend,
-            "trainctl.state": State.PENDING.value,
+            STATE_TAG: State.PENDING.value,
             "trainctl.version": __version__,
             "trainctl.world_size": str(spec.resources.nodes * spec.resources.devices_per_node),
             "trainctl.submit_host": socket.gethostname(),
@@ -214,22 +200,44 @@ def create_run(spec: Spec, uri: str, backend: str, source: str | None = None) ->
     return run_id
 
 
-def set_state(uri: str, run_id: str, state: State, reason: str | None = None, **tags: str) -> None:
-    """Record the job's state; a terminal state also ends the MLflow run (REST for a server: no mlflow import)."""
+def set_state(uri: str, run_id: str, state: State, reason: str | None = None, *,
+              unless: Callable[[State], bool] | None = None, retry_s: float = 0.0, **tags: str) -> bool:
+    """Record the job's state, the one writer of `trainctl.state`; a final state also ends the MLflow run (REST for a
+    server: no mlflow import).
+
+    unless: the state already recorded that wins over this one (`cancelled`: a user's KILLED over a verdict;
+    `ended`: any final state over the Ray driver's fallback); then nothing is written and False returned.
+    retry_s: retry through a tracking outage of up to that long (a verdict must reach MLflow), then raise.
+    """
     from trainctl import store_read
 
-    all_tags = {"trainctl.state": state.value, **{k: str(v) for k, v in tags.items()}}
+    all_tags = {STATE_TAG: state.value, **{k: str(v) for k, v in tags.items()}}
     if reason is not None:
-        all_tags["trainctl.reason"] = redact_text(reason)[:4000]
-    store_read.write_state(uri, run_id, all_tags, state.value if state.terminal else "RUNNING", end=state.terminal)
+        all_tags[REASON_TAG] = redact_text(reason)[:4000]
+    deadline, delay = time.monotonic() + retry_s, 1.0
+    while True:
+        try:
+            if unless is not None and unless(current_state(uri, run_id)):
+                return False
+            store_read.write_state(uri, run_id, all_tags, state.value if state.terminal else "RUNNING",
+                                   end=state.terminal)
+            return True
+        except Exception:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("MLflow unreachable while recording the run's state; retrying in %.0f s", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
-def state_of(tags: dict[str, str], status: str) -> State:
-    """The job's state: its tag, else MLflow's status of the run."""
-    tag = tags.get("trainctl.state")
-    if tag in State.__members__:
-        return State(tag)
-    return {"FINISHED": State.FINISHED, "FAILED": State.FAILED, "KILLED": State.KILLED}.get(status, State.RUNNING)
+def cancelled(state: State) -> bool:
+    """`unless=` for a rank's write: a user's cancel wins."""
+    return state is State.KILLED
+
+
+def ended(state: State) -> bool:
+    """`unless=` for a fallback: a state already final wins."""
+    return state.terminal
 
 
 def current_state(uri: str, run_id: str) -> State:

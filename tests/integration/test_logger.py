@@ -13,6 +13,7 @@ from helpers import JOB, ROOT, SHORT, run_info, steps, submit
 from mlflow import MlflowClient
 
 from trainctl import tracking
+from trainctl.runstate import State
 
 pytestmark = pytest.mark.mlflow
 
@@ -80,4 +81,4 @@ def test_runs_of_one_spec_have_names_of_their_own(mlflow_server: str, tmp_path: 
         assert {run_info(mlflow_server, i).data.tags["trainctl.name"] for i in ids} == {"digits"}
     finally:
         for i in ids:
-            tracking.set_state(mlflow_server, i, tracking.State.KILLED, reason="test run, never submitted")
+            tracking.set_state(mlflow_server, i, State.KILLED, reason="test run, never submitted")

@@ -7,11 +7,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from trainctl.rundir import Attempt, Attempts
+from trainctl.injob import RankInfo
+from trainctl.runstate import Attempt, Attempts, Cause, Outcome
 from trainctl.spec import FaultTolerance, OnFailure
-from trainctl.worker.attempt import Outcome, attempt_ending, decide, mark_rank, peer_failure, rank_file
-from trainctl.worker.env import RankInfo
-from trainctl.worker.outcome import Cause, Ending
+from trainctl.worker.attempt import attempt_ending, decide, mark_rank, peer_failure, rank_file
+from trainctl.worker.outcome import Ending
 
 USER = Ending(Cause.user_error, "ValueError: bad (at my_model.py:12 in training_step)")
 NETWORK = Ending(Cause.network, "DistNetworkError: Connection reset by peer")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from trainctl.control import close_last_attempt
 from trainctl.launchers.procs import job_processes, pid_alive
-from trainctl.rundir import Attempt, Attempts
+from trainctl.runstate import Attempt, Attempts, Outcome
 
 # A stand-in for a controller: leads its own session, starts a child that does not carry the marker.
 LEADER = "import subprocess,sys,time; subprocess.Popen(['sleep','60']); time.sleep(60)"
@@ -45,7 +45,7 @@ def test_a_jobs_processes_are_its_group_and_descendants(tmp_path: Path) -> None:
 def test_the_last_attempt_is_closed_killed(tmp_path: Path) -> None:
     store = Attempts(tmp_path)
     assert close_last_attempt(tmp_path, "cancelled by the user") is None  # no attempt yet
-    store.save(Attempt(1, time.time(), "h", "1", "first", ended=time.time(), outcome="requeue",
+    store.save(Attempt(1, time.time(), "h", "1", "first", ended=time.time(), outcome=Outcome.requeue,
                        reason="preempted: stopped at step 7", step=7))
     store.save(Attempt(2, time.time(), "h", "1", "preempted"))  # open: its ranks died before a verdict
     closed = close_last_attempt(tmp_path, "cancelled by the user")
@@ -53,10 +53,11 @@ def test_the_last_attempt_is_closed_killed(tmp_path: Path) -> None:
     assert closed.reason == "cancelled by the user; its ranks ended before a verdict" and closed.step is None
     assert store.all()[0].outcome == "requeue", "only the last attempt is the cancelled one"
     # a requeue decided before the cancel never happened: that attempt ends killed, its step and reason kept
-    store.save(Attempt(3, time.time(), "h", "1", "preempted", ended=1.0, outcome="requeue", reason="x", step=9))
+    store.save(Attempt(3, time.time(), "h", "1", "preempted", ended=1.0, outcome=Outcome.requeue, reason="x", step=9))
     closed = close_last_attempt(tmp_path, "cancelled by the scheduler")
     assert (closed.outcome, closed.ended, closed.step, closed.reason) == ("killed", 1.0, 9,
                                                                          "cancelled by the scheduler; x")
     # an attempt the ranks closed themselves keeps its verdict
-    store.save(Attempt(4, time.time(), "h", "1", "resume", ended=2.0, outcome="killed", reason="the run is KILLED"))
+    store.save(Attempt(4, time.time(), "h", "1", "resume", ended=2.0, outcome=Outcome.killed,
+                       reason="the run is KILLED"))
     assert close_last_attempt(tmp_path, "cancelled by the user").reason == "the run is KILLED"

@@ -14,8 +14,9 @@ import torch.distributed
 from pytorch_lightning.callbacks import Callback
 
 from trainctl.components import instantiate
+from trainctl.runstate import Cause
 from trainctl.spec import Component
-from trainctl.worker.outcome import Cause, classify, user_frame
+from trainctl.worker.outcome import classify, user_frame
 
 
 def _raise_from_user_file(tmp_path: Path, body: str) -> BaseException:
@@ -116,7 +117,8 @@ def test_trainctls_fault_injection_counts_as_user_code() -> None:
 
 
 def test_a_port_this_rank_could_not_bind_is_its_own_failure() -> None:
-    from trainctl.worker.outcome import Cause, Ending, local_bind_failure
+    from trainctl.runstate import Cause
+    from trainctl.worker.outcome import Ending, local_bind_failure
 
     assert local_bind_failure(Ending(Cause.network, "DistNetworkError: ... port: 28001, useIpv6: 0, code: -98, "
                                                     "name: EADDRINUSE, message: address already in use"))

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from trainctl.errors import UserError
-from trainctl.launchers import ray as rl
-from trainctl.launchers import ray_fit
+from trainctl.launchers.ray import fit as ray_fit
+from trainctl.launchers.ray import submit as rl
+from trainctl.runstate import Outcome, State
 from trainctl.spec import Spec, load_spec
-from trainctl.tracking import State
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = Path("/shared/runs/digits-ray-0123abcd")
@@ -30,13 +30,13 @@ def _spec(*sets: str) -> Spec:
 def test_request_is_a_quoted_driver_command_with_the_runtime_env() -> None:
     odd = Path("/shared/my runs/it's-here;$(rm -rf x)/digits-ray-0123abcd")
     req = rl.request(_spec(), odd, "0123abcd" * 4, "trainctl-digits-ray-0123abcd-abcdef")
-    assert shlex.split(req["entrypoint"]) == ["python", "-m", "trainctl.worker.ray_driver", str(odd)]
+    assert shlex.split(req["entrypoint"]) == ["python", "-m", "trainctl.launchers.ray.driver", str(odd)]
     assert req["submission_id"] == "trainctl-digits-ray-0123abcd-abcdef"
     assert req["entrypoint_num_cpus"] == 0
     env = req["runtime_env"]["env_vars"]
     assert env["TRAINCTL_RAY_VERSION"] == rl.ray_version() == "2.60.0"  # the pin in pyproject
     assert env["TRAINCTL_RAY_SUBMISSION_ID"] == req["submission_id"] and env["RAY_DEDUP_LOGS"] == "0"
-    assert req["runtime_env"]["worker_process_setup_hook"] == "trainctl.worker.ray_worker.setup_worker_process"
+    assert req["runtime_env"]["worker_process_setup_hook"] == "trainctl.launchers.ray.worker.setup_worker_process"
     assert "py_modules" not in req["runtime_env"], "trainctl's own example is installed on every node"
     assert req["metadata"]["trainctl.run_dir"] == str(odd)
 
@@ -59,7 +59,7 @@ def test_render_shows_request_and_plan() -> None:
     text = rl.render(_spec(), RUN_DIR)
     body = text[text.index("{"): text.index("\n)\n") + 1]
     req = json.loads(body)
-    assert req["entrypoint"] == f"python -m trainctl.worker.ray_driver {RUN_DIR}"
+    assert req["entrypoint"] == f"python -m trainctl.launchers.ray.driver {RUN_DIR}"
     for part in ("ScalingConfig(num_workers=2", "placement_strategy='SPREAD'", "TorchConfig(backend='gloo'",
                  f"storage_path='{RUN_DIR}/ray'", "FailureConfig(max_failures=3)", "Ray 2.60.0"):
         assert part in text, part
@@ -137,18 +137,19 @@ def test_requeue_self_raises_for_ray_to_restart(monkeypatch: pytest.MonkeyPatch)
     """On the train function's thread it raises (Ray retries the group); on another (the watchdog's) it leaves."""
     import threading
 
-    from trainctl.worker.env import RankInfo
+    from trainctl.injob import RankInfo
+    from trainctl.launchers.ray import injob
 
     rank = RankInfo(1, 0, 2, 1, 2, "worker-1", "s")
-    monkeypatch.setattr(rl, "TRAIN_THREAD", threading.get_ident())
-    with pytest.raises(rl.RestartRequested):
-        rl.requeue_self(rank)
+    ray_injob = injob.RayInJob()  # made on this (the train function's) thread
+    with pytest.raises(injob.RestartRequested):
+        ray_injob.requeue_self(rank)
     exits: list[int] = []
-    monkeypatch.setattr(rl.os, "_exit", lambda code: exits.append(code) or (_ for _ in ()).throw(SystemExit(code)))
+    monkeypatch.setattr(injob.os, "_exit", lambda code: exits.append(code) or (_ for _ in ()).throw(SystemExit(code)))
 
     def watchdog() -> None:
         with pytest.raises(SystemExit):
-            rl.requeue_self(rank)
+            ray_injob.requeue_self(rank)
 
     t = threading.Thread(target=watchdog)
     t.start()
@@ -191,7 +192,7 @@ def test_cluster_with_another_ray_version_is_refused(monkeypatch: pytest.MonkeyP
 
 def test_ray_strategy_in_either_lightning_namespace() -> None:
     from trainctl.components import namespace_named
-    from trainctl.worker.ray_worker import ray_strategy
+    from trainctl.launchers.ray.worker import ray_strategy
 
     for name in ("pytorch_lightning", "lightning.pytorch"):
         ns = namespace_named(name)
@@ -205,7 +206,7 @@ def test_ray_strategy_in_either_lightning_namespace() -> None:
 
 def test_report_every_epoch_callback_binds_to_each_namespace() -> None:
     from trainctl.components import namespace_named
-    from trainctl.worker import ray_worker
+    from trainctl.launchers.ray import worker as ray_worker
 
     assert issubclass(ray_worker.ReportEveryEpoch, namespace_named("pytorch_lightning").pl.Callback)
     assert issubclass(ray_worker.ReportEveryEpochLightning, namespace_named("lightning.pytorch").pl.Callback)
@@ -214,8 +215,10 @@ def test_report_every_epoch_callback_binds_to_each_namespace() -> None:
 def test_driver_final_state(tmp_path: Path) -> None:
     """After fit(): the workers' verdict when recorded; else FAILED with Ray's error; a final state is kept."""
     from trainctl import tracking
-    from trainctl.rundir import Attempt, Attempts, JobFile
-    from trainctl.worker import ray_driver, ray_worker
+    from trainctl.launchers.ray import driver as ray_driver
+    from trainctl.launchers.ray import worker as ray_worker
+    from trainctl.rundir import JobFile
+    from trainctl.runstate import Attempt, Attempts
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = _spec(f"workdir={tmp_path}")  # the job file, not the spec, says where the workers report
@@ -227,7 +230,8 @@ def test_driver_final_state(tmp_path: Path) -> None:
         job = JobFile(run_id=run_id, tracking_uri=uri, backend="ray", spec=spec.to_dict())
         job.write(rdir)
         Attempts(rdir).save(Attempt(1, 1.0, "head", "s", "first", ended=2.0 if outcome else None,
-                                    outcome=outcome, reason=f"{outcome}: why" if outcome else None))
+                                    outcome=Outcome(outcome) if outcome else None,
+                                    reason=f"{outcome}: why" if outcome else None))
         return rdir, job
 
     rdir, job = run("requeue")
@@ -270,7 +274,7 @@ def test_dry_run_through_the_cli_writes_nothing(tmp_path: Path) -> None:
 def test_setup_hook_module_does_not_import_torch() -> None:
     """The setup hook runs in every process of the job before Ray sets OMP_NUM_THREADS: importing torch there
     sized each worker's OpenMP pool to every core of the node (a 5-20x slower digits step on 2 cores)."""
-    code = ("import sys, trainctl.worker.ray_worker as d; d.setup_worker_process(); "
+    code = ("import sys, trainctl.launchers.ray.worker as d; d.setup_worker_process(); "
             "print(sorted(m for m in ('torch', 'mlflow', 'pytorch_lightning', 'ray') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -280,7 +284,7 @@ def test_setup_hook_module_does_not_import_torch() -> None:
 def test_training_thread_gets_the_workers_cpu_share(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from trainctl.worker import ray_worker
+    from trainctl.launchers.ray import worker as ray_worker
 
     before = torch.get_num_threads()
     try:

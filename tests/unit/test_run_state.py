@@ -1,4 +1,4 @@
-"""How a run's state is derived (control.py, tracking.py): from its tags and MLflow's status while it runs, and from
+"""How a run's state is derived (runstate.py): from its tags and MLflow's status while it runs, and from
 the scheduler's final word plus the last attempt record once its job is gone (closing that attempt after a cancel:
 test_cancel_parts.py)."""
 
@@ -8,14 +8,13 @@ import time
 
 import pytest
 
-from trainctl.control import ended_state
-from trainctl.rundir import Attempt
-from trainctl.tracking import State, state_of
+from trainctl.runstate import Attempt, Outcome, State, ended_state, state_of
 
 
 def _attempt(outcome: str | None, reason: str | None = None, number: int = 1) -> Attempt:
     return Attempt(number=number, started=time.time(), host="h", scheduler_job_id="7", cause="first",
-                   ended=None if outcome is None else time.time(), outcome=outcome, reason=reason, step=20)
+                   ended=None if outcome is None else time.time(),
+                   outcome=None if outcome is None else Outcome(outcome), reason=reason, step=20)
 
 
 def test_the_state_tag_wins_over_mlflows_status() -> None:

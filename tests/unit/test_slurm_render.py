@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from trainctl.errors import UserError
-from trainctl.launchers import slurm
 from trainctl.launchers.base import CancelReport
+from trainctl.launchers.slurm import submit as slurm
+from trainctl.runstate import State
 from trainctl.spec import Spec, load_spec
-from trainctl.tracking import State
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "digits-slurm.sbatch"

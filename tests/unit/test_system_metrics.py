@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from trainctl.injob import RankInfo
 from trainctl.metrics import upload_spool
 from trainctl.worker import system_metrics
-from trainctl.worker.env import RankInfo
 from trainctl.worker.system_metrics import OFF, StepClock, SystemMetrics, key_prefix
 
 from .spec_helpers import digits_raw, mutate, only_problem

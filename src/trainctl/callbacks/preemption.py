@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from trainctl.callbacks.resume_checkpoint import is_last_batch
-from trainctl.worker.signals import STOP, StopRequest
+from trainctl.injob import STOP, StopRequest
+from trainctl.runstate import Cause
 
 AGREE_EVERY_S = 0.02  # target time between two reduces: a stop is agreed at most ≈ this (plus a step) late
 MAX_AGREE_STEPS = 32
@@ -63,8 +64,8 @@ def batch_end_action(signalled: bool, deferred: bool, last_batch: bool) -> str:
 class RequeueRequested(BaseException):
     """Raised on every rank after the agreed checkpoint is saved; never caught by user code's `except Exception`."""
 
-    def __init__(self, cause: str, step: int, checkpoint: str) -> None:
-        super().__init__(f"stop agreed at step {step} ({cause}); checkpoint {checkpoint}")
+    def __init__(self, cause: Cause, step: int, checkpoint: str) -> None:
+        super().__init__(f"stop agreed at step {step} ({cause.value}); checkpoint {checkpoint}")
         self.cause, self.step, self.checkpoint = cause, step, checkpoint
 
 

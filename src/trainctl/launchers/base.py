@@ -1,8 +1,8 @@
-"""The one small interface every backend implements (torchx-style: submit = dry run + schedule)."""
+"""The submit side's one small interface, which every backend's launchers/<name>/submit.py implements (torchx-style:
+submit = dry run + schedule). The in-job side is trainctl.injob.InJob."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from trainctl.rundir import JobFile
+from trainctl.runstate import State
 from trainctl.spec import Spec
-from trainctl.tracking import State
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class CancelReport:
 class Launcher(Protocol):
     kind: str
     poll_s: float  # how often `submit --wait` asks status(): cheap locally, gentler on a shared scheduler
+
+    def rendezvous_port(self) -> int:
+        """The job's TCPStore port, fixed at submit (job.json); 0: the ranks derive one per attempt."""
+        ...
 
     def dry_run(self, spec: Spec, run_dir: Path) -> str:
         """The exact request that submit would send (an sbatch script, a Ray job request, executor settings)."""
@@ -79,27 +83,3 @@ def poll_until(look: Callable[[], T], over: Callable[[T], bool], timeout_s: floa
         if over(seen) or time.monotonic() >= deadline:
             return seen
         time.sleep(every_s)
-
-
-def run_killed(tracking_uri: str, run_id: str, wait_s: float = 10.0) -> str | None:
-    """Inside a rank: why the job must end here rather than requeue, when `trainctl cancel` marked the run KILLED.
-
-    Asked in a thread and given up after `wait_s`: with MLflow down, its client retries for minutes.
-    """
-    answer: list[str] = []
-
-    def ask() -> None:
-        from trainctl import tracking
-
-        if tracking.current_state(tracking_uri, run_id) is State.KILLED:
-            answer.append("the run is KILLED (trainctl cancel)")
-
-    t = threading.Thread(target=ask, daemon=True)
-    t.start()
-    t.join(timeout=wait_s)
-    return answer[0] if answer else None
-
-
-def cancelled(job: JobFile) -> str | None:
-    """Inside a rank, after a stop signal: why the job ends here instead of requeueing (None: requeue)."""
-    return run_killed(job.tracking_uri, job.run_id)

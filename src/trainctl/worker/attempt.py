@@ -11,30 +11,13 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
-from trainctl.rundir import Attempt, Attempts, atomic_write_text
+from trainctl.injob import RankInfo
+from trainctl.rundir import atomic_write_text
+from trainctl.runstate import CAUSE_FILE, Attempt, Attempts, Cause, Outcome, Verdict, await_attempt, restarts_used
 from trainctl.spec import FaultTolerance, OnFailure
-from trainctl.worker.env import RankInfo
-from trainctl.worker.outcome import Cause, Ending, local_bind_failure
-
-CAUSE_FILE = "next-cause"  # written by `trainctl resume` for the attempt it starts
-
-
-class Outcome(str, Enum):
-    finished = "finished"
-    requeue = "requeue"
-    failed = "failed"
-    killed = "killed"
-
-
-@dataclass
-class Verdict:
-    outcome: Outcome
-    reason: str  # "<cause>: <detail>"; the next attempt's cause is the part before the colon
-    cause: Cause | None = None
+from trainctl.worker.outcome import Ending, local_bind_failure
 
 
 def begin(run_dir: Path, rank: RankInfo, wait_s: float = 60.0) -> Attempt:
@@ -48,12 +31,10 @@ def begin(run_dir: Path, rank: RankInfo, wait_s: float = 60.0) -> Attempt:
         attempts.save(attempt)
         return attempt
     started = time.time()
-    since = started - 120
-    while time.time() - started < wait_s:
-        open_ = [a for a in attempts.all() if a.ended is None and a.started >= since]
-        if open_:
-            return open_[-1]
-        time.sleep(0.1)
+    found = await_attempt(run_dir, lambda log: next((a for a in reversed(log) if a.ended is None
+                                                     and a.started >= started - 120), None), wait_s, every_s=0.1)
+    if found is not None:
+        return found
     previous = attempts.all()
     return Attempt(len(previous) + 1, started, rank.host, rank.scheduler_job_id, cause="unknown")
 
@@ -66,7 +47,7 @@ def _cause(run_dir: Path, previous: Attempt | None) -> str:
         return cause
     if previous is None:
         return "first"
-    if previous.outcome == Outcome.requeue.value and previous.reason:
+    if previous.outcome is Outcome.requeue and previous.reason:
         return previous.reason.split(":", 1)[0]
     if previous.ended is None:
         # The previous attempt never reached a verdict: its processes were killed (node failure, SIGKILL,
@@ -101,24 +82,20 @@ def decide(run_dir: Path, attempt: Attempt, policy: FaultTolerance, ending: Endi
 
 def _user_retries_before(run_dir: Path, attempt: Attempt) -> int:
     """Attempts since the first (or a manual resume) that exist because the user's code raised."""
-    earlier = [a for a in Attempts(run_dir).all() if a.number < attempt.number]
-    tried = 0
-    for a in [*earlier, attempt]:
-        tried = 0 if a.cause in ("first", "resume") else tried + (a.cause == Cause.user_error.value)
-    return tried
+    return restarts_used([*_earlier(run_dir, attempt), attempt], cause=Cause.user_error)
 
 
 def _restarts_before(run_dir: Path, attempt: Attempt) -> int:
-    earlier = [a for a in Attempts(run_dir).all() if a.number < attempt.number]
-    used = 0
-    for a in [*earlier, attempt]:
-        used = 0 if a.cause in ("first", "resume") else used + 1
-    return used
+    return restarts_used([*_earlier(run_dir, attempt), attempt])
+
+
+def _earlier(run_dir: Path, attempt: Attempt) -> list[Attempt]:
+    return [a for a in Attempts(run_dir).all() if a.number < attempt.number]
 
 
 def end(run_dir: Path, attempt: Attempt, verdict: Verdict, step: int | None) -> None:
     attempt.ended = time.time()
-    attempt.outcome = verdict.outcome.value
+    attempt.outcome = verdict.outcome
     attempt.reason = verdict.reason[:2000]
     attempt.step = step
     Attempts(run_dir).save(attempt)

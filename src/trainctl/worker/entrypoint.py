@@ -1,8 +1,9 @@
 """The worker: what every rank runs, on every backend.
 
-run_rank (submitit: local and SLURM) and run_in_ray (Ray Train) differ only in how the process group's
-environment arrives; both call `train`, which reads in one screen: build the user's objects, attach to the
-job's MLflow run, resume from the newest good checkpoint, fit, test, and reach a verdict.
+Each backend's entry function calls it with the backend's in-job side (trainctl.injob.InJob): `run_rank` for
+submitit's ranks (local and SLURM: launchers/<backend>/injob.py), `train` directly from Ray Train's train function
+(launchers/ray/worker.py). `train` reads in one screen: build the user's objects, attach to the job's MLflow run,
+resume from the newest good checkpoint, fit, test, and reach a verdict.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 import os
 import sys
 import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,37 +26,31 @@ from trainctl import tracking
 from trainctl.callbacks.checkpoint_io import manifest_path
 from trainctl.callbacks.preemption import RequeueRequested
 from trainctl.callbacks.resume_checkpoint import latest_good
+from trainctl.injob import STOP, InJob, RankInfo, short_mlflow_requests
 from trainctl.logview import attempt_mark
 from trainctl.metrics import MetricsSink, logged_high_water
 from trainctl.rundir import JobFile, use_import_dirs
+from trainctl.runstate import Cause, Outcome, State, Verdict, state_after
 from trainctl.spec import Spec, spec_from_dict
-from trainctl.tracking import State
 from trainctl.worker import attempt as attempts
 from trainctl.worker import quiet, system_metrics
-from trainctl.worker.env import RankInfo, export_from_submitit
+from trainctl.worker.env import export_from_submitit
 from trainctl.worker.fit import Fit, fit
 from trainctl.worker.loader_workers import fork_server_now, worker_imports
-from trainctl.worker.outcome import Cause, Ending, classify, stop_cause
-from trainctl.worker.signals import STOP
+from trainctl.worker.outcome import Ending, classify
 from trainctl.worker.watchdog import Watchdog
 
 log = logging.getLogger("trainctl.worker")
 
 
-# MLflow's client retries one request for up to ~4 minutes; the metrics sink retries by itself, so keep each
-# request short and let trainctl's own loops (sink backoff, _with_retries) decide how long to keep trying.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-
-
-def run_rank(run_dir: str) -> str:
-    """submitit's callable on every rank (local executor or SLURM)."""
+def run_rank(run_dir: str, injob: InJob) -> str:
+    """A submitit rank (local executor or SLURM), called by its backend's callable with the backend's in-job side."""
     STOP.install()  # replaces submitit's USR2/TERM handlers: trainctl alone owns preemption
     job = JobFile.read(Path(run_dir))
     use_import_dirs(job.import_dirs)
     rank = export_from_submitit(job.master_port)
-    verdict = train(Path(run_dir), job, rank)
-    reason = act_on(verdict, job, rank)
+    verdict = train(Path(run_dir), job, rank, injob)
+    reason = act_on(verdict, job, rank, injob)
     atexit.register(_exit_now)  # runs first at exit, after submitit has written the result file
     return reason
 
@@ -89,6 +83,7 @@ class _Live:
     run_dir: Path
     job: JobFile
     rank: RankInfo
+    injob: InJob
     attempt: Any
     spec: Spec
     sink: MetricsSink | None = None
@@ -97,7 +92,8 @@ class _Live:
     ending_claimed: threading.Lock = field(default_factory=threading.Lock)
 
 
-def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> attempts.Verdict:
+def train(run_dir: Path, job: JobFile, rank: RankInfo, injob: InJob, strategy: Any = None) -> Verdict:
+    short_mlflow_requests()
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank.global_rank}] %(levelname)s %(name)s: %(message)s")
     spec: Spec = spec_from_dict(job.spec)
     zero = rank.global_rank == 0
@@ -108,7 +104,7 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
     quiet.install()
     # Before any other Python thread runs: loader workers are forked from that quiet copy, with the user's modules
     fork_server_now(worker_imports((spec.model.class_path, spec.data.class_path if spec.data else None)))
-    live = _Live(run_dir, job, rank, attempt, spec)
+    live = _Live(run_dir, job, rank, injob, attempt, spec)
     ending, step = Ending(Cause.user_error, "the attempt ended before training"), None
     trainer = None
     if zero:  # before the watchdog: importing MLflow's client may take long on a busy node; it never raises
@@ -128,7 +124,7 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
             ckpt_path=ckpt_path, strategy=strategy, started=started)
         ending, step = Ending(Cause.finished), trainer.global_step
     except RequeueRequested as stop:
-        ending, step = Ending(stop_cause(stop.cause), f"stopped at step {stop.step}"), stop.step
+        ending, step = Ending(stop.cause, f"stopped at step {stop.step}"), stop.step
     except KeyboardInterrupt:
         ending = Ending(Cause.killed, "interrupted (SIGINT)")
     except Exception as exc:  # the policy decides by whose fault it is: the user's code or the infrastructure
@@ -136,7 +132,7 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
         log.error("training failed on rank %d (%s):\n%s", rank.global_rank, ending.cause.value,
                   traceback.format_exc())
         if STOP.requested:  # a preempted rank whose peer died: still a preemption
-            ending = Ending(stop_cause(STOP.cause), ending.detail)
+            ending = Ending(STOP.cause, ending.detail)
         attempts.mark_rank(run_dir, attempt, rank, "end", ending=ending)  # now: the peers look for whose it is
     finally:
         watchdog.stop()
@@ -149,9 +145,7 @@ def train(run_dir: Path, job: JobFile, rank: RankInfo, strategy: Any = None) -> 
         monitor.stop()  # a last sample; what MLflow does not take within seconds is spooled
     step = step if step is not None else (trainer.global_step if trainer is not None else None)
     if ending.cause.stop:  # the stop signal may be a cancel's: a cancelled job ends here, never requeued
-        from trainctl.launchers import registry
-
-        why = registry.load(job.backend).cancelled(job)
+        why = injob.cancelled(job)
         if why:
             ending = Ending(Cause.killed, f"{why}; {ending.detail or 'stopped'}")
     attempts.mark_rank(run_dir, attempt, rank, "end", ending=ending)
@@ -196,7 +190,7 @@ def _end_early(live: _Live, ending: Ending) -> None:
             failed = {"trainctl.failed_rank": str(rank.global_rank), "trainctl.failed_host": rank.host} \
                 if ending.cause is Cause.stall else {}
             _close_run(live, verdict, **failed)
-        act_on(verdict, live.job, rank)
+        act_on(verdict, live.job, rank, live.injob)
     finally:
         os._exit(1)
 
@@ -218,8 +212,7 @@ def _attach(live: _Live, skipped: list[tuple[Path, str]], resumed: bool) -> Metr
         for p, why in skipped:
             log.warning("skipping checkpoint %s: %s", p, why)
     try:
-        if tracking.current_state(job.tracking_uri, job.run_id) is not State.KILLED:
-            tracking.set_state(job.tracking_uri, job.run_id, State.RUNNING, **tags)
+        tracking.set_state(job.tracking_uri, job.run_id, State.RUNNING, unless=tracking.cancelled, **tags)
     except Exception as exc:
         live.unrecorded_tags = tags
         log.warning("MLflow unreachable at the attempt's start (%s: %s); training on, metrics are buffered and "
@@ -230,7 +223,7 @@ def _attach(live: _Live, skipped: list[tuple[Path, str]], resumed: bool) -> Metr
                        high_water=(lambda: logged_high_water(uri, run_id)) if resumed else None)
 
 
-def _close_run(live: _Live, verdict: attempts.Verdict, **tags: str) -> None:
+def _close_run(live: _Live, verdict: Verdict, **tags: str) -> None:
     """Every ending (finished, requeued, failed, killed) uploads the logs and the newest good checkpoint."""
     job, run_dir = live.job, live.run_dir
     if live.sink is not None:  # while the server is away, spool soon: `trainctl sync` uploads the rest
@@ -249,36 +242,13 @@ def _close_run(live: _Live, verdict: attempts.Verdict, **tags: str) -> None:
                 done.result()
     except Exception as exc:
         log.warning("could not upload checkpoints/logs to MLflow: %s", exc)
-    state = {
-        attempts.Outcome.finished: State.FINISHED, attempts.Outcome.requeue: State.REQUEUED,
-        attempts.Outcome.failed: State.FAILED, attempts.Outcome.killed: State.KILLED,
-    }[verdict.outcome]
-
-    def record() -> None:
-        if tracking.current_state(uri, run_id) is not State.KILLED:  # a user's cancel wins
-            tracking.set_state(uri, run_id, state, reason=verdict.reason, **live.unrecorded_tags,
-                               **(live.built.tags if live.built else {}), **tags)
-
+    state = state_after(verdict.outcome)
     try:  # a requeued attempt's successor records its own state: it need not wait out a long outage
-        _with_retries(record, total_s=10.0 if state is State.REQUEUED else 180.0)
+        tracking.set_state(uri, run_id, state, reason=verdict.reason, unless=tracking.cancelled,
+                           retry_s=10.0 if state is State.REQUEUED else 180.0, **live.unrecorded_tags,
+                           **(live.built.tags if live.built else {}), **tags)
     except Exception:  # tracking down for good: the verdict is in attempts/, `trainctl status` reconciles
         log.exception("could not record the verdict in MLflow")
-
-
-def _with_retries(action: Any, total_s: float = 180.0) -> None:
-    """The verdict must reach MLflow: retry through an outage of up to `total_s`."""
-    deadline = time.monotonic() + total_s
-    delay = 1.0
-    while True:
-        try:
-            action()
-            return
-        except Exception:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("MLflow unreachable while recording the verdict; retrying in %.0f s", delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
 
 
 def _spec_flag(job: JobFile, name: str) -> bool:
@@ -305,13 +275,11 @@ def _checkpoints_to_mirror(run_dir: Path, built: Any) -> list[tuple[Path, str]]:
     return files
 
 
-def act_on(verdict: attempts.Verdict, job: JobFile, rank: RankInfo) -> str:
+def act_on(verdict: Verdict, job: JobFile, rank: RankInfo, injob: InJob) -> str:
     """Turn the verdict into the process's end: a backend requeue, a failure, or a normal return."""
-    if verdict.outcome is attempts.Outcome.requeue:
-        from trainctl.launchers import registry
-
-        registry.load(job.backend).requeue_self(rank)  # does not return
-    if verdict.outcome in (attempts.Outcome.failed, attempts.Outcome.killed):
+    if verdict.outcome is Outcome.requeue:
+        injob.requeue_self(rank)  # does not return
+    if verdict.outcome in (Outcome.failed, Outcome.killed):
         sys.stderr.write(f"trainctl: attempt ended {verdict.outcome.value}: {verdict.reason}\n")
         sys.stderr.flush()
         os._exit(1)  # no result file: the launcher reads the verdict from the run, not a pickle

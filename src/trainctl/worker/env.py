@@ -24,19 +24,8 @@ import signal
 import socket
 import sys
 import zlib
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class RankInfo:
-    global_rank: int
-    local_rank: int
-    world_size: int
-    node_rank: int
-    num_nodes: int
-    host: str
-    scheduler_job_id: str
-
+from trainctl.injob import RankInfo
 
 # Below Linux's default ephemeral range (32768-60999), where any process's outgoing connection or
 # listen(port 0) may already hold the port, and above Ray's worker ports (10002-19999) for Ray-on-SLURM.
@@ -58,8 +47,8 @@ def export_from_submitit(master_port: int = 0) -> RankInfo:
 
     On SLURM: MASTER_ADDR is the job's first node (submitit: hostnames[0] of SLURM_JOB_NODELIST) and
     MASTER_PORT is derived from the job id and the restart count (see job_master_port), so every rank of an
-    attempt computes the same one alone. Call it after STOP.install(): it unblocks the signals the SLURM
-    launcher blocked.
+    attempt computes the same one alone. Call it after STOP.install() (trainctl/injob.py): it unblocks the signals
+    the SLURM launcher blocked.
     """
     import submitit
 
@@ -73,7 +62,7 @@ def export_from_submitit(master_port: int = 0) -> RankInfo:
     # SLURM: a task's hostname may be shared by several nodes (the local cluster runs them all on one host).
     host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
-        # launchers/slurm.py starts every rank with SIGUSR2/SIGTERM blocked, so that a signal arriving during
+        # launchers/slurm/submit.py starts every rank with SIGUSR2/SIGTERM blocked, so that a signal arriving during
         # start-up waits; trainctl's handlers are installed now (run_rank calls STOP.install() first), so a
         # pending warning or preemption is delivered to them here.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGUSR2, signal.SIGTERM))
@@ -82,12 +71,3 @@ def export_from_submitit(master_port: int = 0) -> RankInfo:
                          f"{dist.master_addr}:{dist.master_port})\n")
         sys.stderr.flush()
     return RankInfo(dist.rank, dist.local_rank, dist.world_size, job.node, job.num_nodes, host, str(job.job_id))
-
-
-def from_environment() -> RankInfo:
-    """Read the variables a launcher (Ray Train, torchrun) already set."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    rank = int(os.environ.get("RANK", "0"))
-    return RankInfo(rank, int(os.environ.get("LOCAL_RANK", "0")), world, int(os.environ.get("NODE_RANK", "0")),
-                    max(1, world // max(1, local_world)), socket.gethostname(), os.environ.get("TRAINCTL_JOB_ID", ""))

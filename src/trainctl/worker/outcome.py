@@ -17,30 +17,9 @@ import sys
 import sysconfig
 import traceback
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
-
-class Cause(str, Enum):
-    """Why an attempt ended; its value is also the next attempt's cause in attempts/ and on the run."""
-
-    finished = "finished"
-    timeout = "timeout"  # the scheduler's warning before the time limit (SIGUSR2)
-    preempted = "preempted"  # SIGTERM: preemption, or a requeue from outside
-    rank_lost = "rank-lost"  # a peer vanished without a word: SIGKILL, OOM, node loss
-    network = "network"  # rendezvous or collective network error: EADDRINUSE, a reset connection
-    stall = "stall"  # the watchdog ended a rank that made no progress
-    user_error = "user-error"  # an exception raised from the user's code
-    killed = "killed"  # a user's cancel
-
-    @property
-    def stop(self) -> bool:
-        """An agreed stop: every rank saved the same step."""
-        return self in (Cause.timeout, Cause.preempted)
-
-    @property
-    def infrastructure(self) -> bool:
-        return self in (Cause.rank_lost, Cause.network, Cause.stall)
+from trainctl.runstate import Cause
 
 
 @dataclass(frozen=True)
@@ -66,11 +45,6 @@ _INFRA_ERRNOS = {errno.EADDRINUSE, errno.ECONNRESET, errno.ECONNREFUSED, errno.E
 _LIBRARY_PACKAGES = ("torch", "lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities",
                      "trainctl", "submitit", "ray", "mlflow")
 _USER_PARTS_OF_TRAINCTL = ("examples", "testing")  # trainctl's example models and fault injection are user code
-
-
-def stop_cause(name: str) -> Cause:
-    """The Cause of an agreed stop named by the signal handler (timeout | preempted)."""
-    return Cause.timeout if name == "timeout" else Cause.preempted
 
 
 def classify(exc: BaseException) -> Ending:

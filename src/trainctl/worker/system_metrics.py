@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from trainctl.injob import RankInfo
     from trainctl.rundir import JobFile
-    from trainctl.worker.env import RankInfo
 
 log = logging.getLogger("trainctl.system_metrics")
 

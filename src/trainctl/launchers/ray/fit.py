@@ -1,5 +1,5 @@
 """Can a Ray cluster ever place a job's workers? Checked before submission: Ray Train would otherwise wait for an
-impossible placement forever (launchers/ray.py check_cluster, worker/ray_driver.py)."""
+impossible placement forever (submit.py check_cluster, driver.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SLURM backend: submitit's SlurmExecutor writes one sbatch script; its `srun` starts one task (rank) per device.
+"""SLURM backend, submit side: submitit's SlurmExecutor writes one sbatch script; its `srun` starts one task
+(rank) per device.
 
 What the script asks for (cluster/slurm/README.md §2 says why):
 
@@ -11,10 +12,10 @@ What the script asks for (cluster/slurm/README.md §2 says why):
 
 Signals: every rank starts with SIGUSR2 and SIGTERM *blocked* (see `_python_command`), so a warning or a
 preemption that lands while Python is still importing torch waits instead of killing the rank. The worker
-installs its own handlers first thing in `run_rank` (worker/signals.py STOP.install: they replace submitit's
+installs its own handlers first thing in `run_rank` (trainctl/injob.py STOP.install: they replace submitit's
 USR2 checkpoint-and-requeue handler and its TERM "bypass"), then worker/env.py unblocks both and a pending
 signal reaches trainctl's handler. submitit's requeue logic never runs: the worker decides and calls
-`requeue_self`, which requeues the job under the same id (`scontrol requeue`) and leaves without a result
+`requeue_self` (injob.py), which requeues the job under the same id (`scontrol requeue`) and leaves without a result
 file, so submitit's client would keep waiting through the requeue.
 
 Quoting: every value that comes from the spec or the run directory reaches the script through submitit's
@@ -27,29 +28,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from trainctl.errors import UserError
-from trainctl.launchers.base import CancelReport, Say, Submission, poll_until, read_rank_logs, run_killed
-from trainctl.rundir import Attempts, JobFile, atomic_write_text
+from trainctl.launchers.base import CancelReport, Say, Submission, poll_until, read_rank_logs
+from trainctl.rundir import JobFile, atomic_write_text
+from trainctl.runstate import State
 from trainctl.spec import Accelerator, Spec
-from trainctl.tracking import State
-from trainctl.worker.env import RankInfo
 
 log = logging.getLogger("trainctl.slurm")
 
-WARNING_SIGNAL = "USR2"  # worker/signals.py WARNING_SIGNAL; set explicitly, whatever SUBMITIT_PREEMPT_SIGNAL says
-REQUEUE_EXIT_CODE = 144  # any non-zero code: no result file is written; SLURM is restarting the job anyway
-PEER_GRACE_S = 60.0  # after an agreed stop, how long other ranks leave global rank 0 to record, upload, requeue
+WARNING_SIGNAL = "USR2"  # trainctl/injob.py WARNING_SIGNAL; set explicitly, whatever SUBMITIT_PREEMPT_SIGNAL says
 CMD_TIMEOUT_S = 20.0
 
 # Every job state SLURM 22.05-24.x prints (squeue %T, sacct State), in trainctl's vocabulary. squeue shows the
@@ -185,7 +180,7 @@ def make_executor(spec: Spec, run_dir: Path, python: str | None = None) -> Any:
 # ---------------------------------------------------------------- scheduler commands
 
 
-def _run(*cmd: str, timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess:
+def run_cmd(*cmd: str, timeout: float = CMD_TIMEOUT_S) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -204,12 +199,12 @@ def slurm_view(job_id: str, name: str | None = None) -> tuple[str, str] | None:
     ("ended", …) from sacct once the controller has forgotten the job, ("unreachable", <sacct's state or "">)
     when the controller does not answer. None when nobody knows the job, or its id now names another job
     (job ids restart on a fresh cluster: the job name, the run directory's name, tells them apart)."""
-    sq = _run("squeue", "-h", "--states=all", "-j", job_id, "-o", "%T|%j")
+    sq = run_cmd("squeue", "-h", "--states=all", "-j", job_id, "-o", "%T|%j")
     if sq.returncode == 0 and sq.stdout.strip():
         state, _, got = sq.stdout.strip().splitlines()[0].partition("|")
         return None if name and got != name else ("live", state)
     where = "unreachable" if sq.returncode != 0 and "Invalid job id" not in sq.stderr else "ended"
-    ac = _run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,JobName")
+    ac = run_cmd("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,JobName")
     rows = [r.split("|") for r in ac.stdout.strip().splitlines() if r.strip()] if ac.returncode == 0 else []
     if not rows:
         return ("unreachable", "") if where == "unreachable" else None
@@ -221,6 +216,9 @@ class SlurmLauncher:
     kind = "slurm"
     poll_s = 0.5  # squeue/sacct on a shared controller
 
+    def rendezvous_port(self) -> int:
+        return 0  # worker/env.py job_master_port: from the job id and the restart count
+
     def dry_run(self, spec: Spec, run_dir: Path) -> str:
         return render(spec, run_dir)
 
@@ -228,7 +226,7 @@ class SlurmLauncher:
         if shutil.which("sbatch") is None or shutil.which("srun") is None:
             raise UserError.single("backend.kind", "slurm: sbatch/srun not found on this machine",
                                    "submit from a SLURM login node, or start the local cluster: make cluster-up")
-        from trainctl.worker.entrypoint import run_rank
+        from trainctl.launchers.slurm.injob import run_rank
 
         executor = make_executor(spec, run_dir)
         sub = executor.submit(run_rank, str(run_dir))
@@ -266,7 +264,7 @@ class SlurmLauncher:
         if not _live(seen):  # gone, over, or the id is someone else's job now
             report.step(f"SLURM job {scheduler_job_id} was no longer running")
             return report
-        res = _run("scancel", scheduler_job_id)
+        res = run_cmd("scancel", scheduler_job_id)
         over = ("already completing or completed", "Invalid job id")
         if res.returncode != 0 and not any(s in res.stderr for s in over):
             raise UserError.single("RUN_ID", f"scancel {scheduler_job_id} failed: {res.stderr.strip()}",
@@ -288,105 +286,6 @@ def _live(seen: tuple[str, str] | None) -> bool:
     """SLURM still holds processes of the job: squeue shows COMPLETING until the last task is gone, then the
     final state (CANCELLED)."""
     return seen is not None and seen[0] != "ended" and not (seen[1] and map_state(seen[1]).terminal)
-
-
-# ---------------------------------------------------------------- inside the job
-
-
-def _cancelled(job_id: str) -> str | None:
-    """Why this job must not be requeued: the run marked KILLED (trainctl cancel), or cancelled in SLURM."""
-    folder = os.environ.get("SUBMITIT_FOLDER")
-    return cancelled(JobFile.read(Path(folder).parent), job_id) if folder else _scancelled(job_id)
-
-
-def _scancelled(job_id: str) -> str | None:
-    """SLURM's accounting calls the job cancelled (scancel): `scontrol requeue` would bring it back."""
-    ac = _run("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State")
-    first = ac.stdout.strip().splitlines()[:1]
-    if first and map_state(first[0]) is State.KILLED:
-        return f"cancelled by the scheduler (SLURM job {job_id} is {first[0]})"
-    return None
-
-
-def cancelled(job: JobFile, job_id: str | None = None) -> str | None:
-    """Inside a rank, after a stop signal: why the job ends here instead of requeueing (None: requeue). SLURM's
-    view first (it answers at once); MLflow's KILLED then names a trainctl cancel, asked only briefly when SLURM
-    already said (KillWait is short) and long enough to ride out a slow server when it did not."""
-    job_id = os.environ.get("SLURM_JOB_ID", "") if job_id is None else job_id
-    in_slurm = _scancelled(job_id) if job_id else None
-    return run_killed(job.tracking_uri, job.run_id, wait_s=2.0 if in_slurm else 10.0) or in_slurm
-
-
-def _rank_zero_ended_otherwise() -> str | None:
-    """Global rank 0's verdict for this attempt, when it is not a requeue (then no rank requeues)."""
-    folder = os.environ.get("SUBMITIT_FOLDER")
-    if not folder:
-        return None
-    try:
-        last = Attempts(Path(folder).parent).all()[-1:]
-    except (OSError, ValueError, TypeError):
-        return None
-    if last and last[0].ended is not None and last[0].outcome not in (None, "requeue"):
-        return f"rank 0 ended the attempt {last[0].outcome}"
-    return None
-
-
-def _await_requeue(grace_s: float) -> bool:
-    """Wait (up to grace_s) for the SIGTERM that SLURM sends every task when the job is requeued (by rank 0),
-    preempted, cancelled or killed at its limit. True if one came (also before this call) or rank 0 ended
-    the attempt without a requeue."""
-    from trainctl.worker.signals import STOP
-
-    got: list[int] = []
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM,))
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if got or "SIGTERM" in STOP.events or _rank_zero_ended_otherwise():  # STOP heard those before
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def _leave(code: int, message: str) -> NoReturn:
-    sys.stderr.write(f"trainctl: {message}\n")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def requeue_self(rank: RankInfo) -> NoReturn:
-    """Requeue this job under the same id (`scontrol requeue`), then leave without a result file.
-
-    Any rank may requeue (global rank 0 may be on a dead node); a second `scontrol requeue` fails harmlessly.
-    Global rank 0 requeues as soon as it has recorded the verdict and closed the MLflow run. A requeue
-    SIGTERMs every task and SIGKILLs it KillWait seconds later, so after an agreed stop (a signal) the other
-    ranks do not requeue first: they wait up to PEER_GRACE_S for that SIGTERM (or leave at once if one came
-    already: SLURM is ending the attempt), and requeue only if none comes (rank 0 is gone). After a crash
-    they requeue at once (rank 0 may be stuck in a collective waiting for them). Nobody requeues a cancelled
-    job (`scontrol requeue` would bring a scancelled job back), nor an attempt rank 0 ended otherwise.
-    """
-    from trainctl.worker.signals import STOP
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    job_id = os.environ.get("SLURM_JOB_ID", "")
-    if not job_id:
-        _leave(REQUEUE_EXIT_CODE, "requeue wanted but SLURM_JOB_ID is not set")
-    if rank.global_rank != 0 and STOP.requested and _await_requeue(PEER_GRACE_S):
-        why_not = _rank_zero_ended_otherwise()
-        _leave(1 if why_not else REQUEUE_EXIT_CODE, why_not or "SLURM is ending this attempt (SIGTERM): "
-                                                                "rank 0 requeues it if SLURM does not")
-    why_not = (_rank_zero_ended_otherwise() if rank.global_rank != 0 else None) or _cancelled(job_id)
-    if why_not:
-        _leave(1, f"not requeueing: {why_not}")
-    res = _run("scontrol", "requeue", job_id, timeout=60)
-    if res.returncode == 0:
-        _leave(REQUEUE_EXIT_CODE, f"rank {rank.global_rank} requeued SLURM job {job_id}")
-    # Another rank (or SLURM itself, after a node failure) got there first, or the site forbids it.
-    _leave(REQUEUE_EXIT_CODE, f"rank {rank.global_rank}: scontrol requeue {job_id} failed "
-                              f"({res.returncode}): {res.stderr.strip()}")
 
 
 LAUNCHER = SlurmLauncher()

@@ -1,4 +1,4 @@
-"""What each Ray Train worker of a trainctl job runs (the driver, worker/ray_driver.py, starts them).
+"""What each Ray Train worker of a trainctl job runs (the driver, driver.py, starts them).
 
 Each worker runs the one trainctl worker, `entrypoint.train`, with
 - its rank from Ray Train's context (Ray exports RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/PORT and has already
@@ -10,7 +10,7 @@ Each worker runs the one trainctl worker, `entrypoint.train`, with
   requeued SLURM job. Nothing is reported to Ray Train per epoch: Ray's RayTrainReportCallback writes and
   reports a checkpoint every epoch, a cost (and a second copy) trainctl does not need. The switch
   TRAINCTL_RAY_REPORT_EVERY_EPOCH=1 puts that cost back, for bench/ray_overhead.py.
-A verdict of "requeue" is raised (launchers/ray.py requeue_self): Ray Train restarts the group. "failed" and
+A verdict of "requeue" is raised (injob.py RayInJob.requeue_self): Ray Train restarts the group. "failed" and
 "killed" return normally, so that Ray does not retry; the driver then ends the job with the run's state.
 
 Signals: Ray runs the train function in a thread, where no handler can be installed, and a Ray worker's main
@@ -30,17 +30,15 @@ import socket
 import sys
 import tempfile
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from trainctl import tracking
-from trainctl.rundir import Attempts, JobFile, use_import_dirs
+from trainctl.injob import STOP, WARNING_SIGNAL, RankInfo
+from trainctl.rundir import JobFile, use_import_dirs
+from trainctl.runstate import CAUSE_FILE, Attempts, Outcome, State, await_attempt
 from trainctl.spec import Spec, spec_from_dict
-from trainctl.tracking import State
-from trainctl.worker.env import RankInfo
-from trainctl.worker.signals import STOP, WARNING_SIGNAL
 
 log = logging.getLogger("trainctl.ray_worker")
 
@@ -257,12 +255,11 @@ def _rank_zero_view(run_dir: Path, job: JobFile) -> tuple[int, str]:
     whose verdict was "failed" can still leave by exiting (the watchdog's stall path), and Ray counts any dead
     worker as a failure to retry; a cancelled run (KILLED) is not retried either. `trainctl resume` leaves a
     cause marker: then the run goes on."""
-    from trainctl.worker.attempt import CAUSE_FILE
-
     previous = Attempts(run_dir).all()
     why = ""
-    if previous and previous[-1].outcome in ("failed", "killed") and not (run_dir / "attempts" / CAUSE_FILE).exists():
-        why = f"attempt {previous[-1].number} already ended the run {previous[-1].outcome}: {previous[-1].reason}"
+    last = previous[-1] if previous else None
+    if last and last.outcome in (Outcome.failed, Outcome.killed) and not (run_dir / "attempts" / CAUSE_FILE).exists():
+        why = f"attempt {last.number} already ended the run {last.outcome.value}: {last.reason}"
     with _quiet_errors():
         if tracking.current_state(job.tracking_uri, job.run_id) is State.KILLED:
             why = "the run is KILLED (cancelled)"
@@ -272,11 +269,7 @@ def _rank_zero_view(run_dir: Path, job: JobFile) -> tuple[int, str]:
 def _await_attempt(run_dir: Path, number: int, wait_s: float = 60.0) -> None:
     """Ranks > 0: wait until rank 0 has recorded attempt `number`, so that attempt.begin() picks this attempt and
     not the still-open record of a group that was killed (its rank 0 never closed it)."""
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        if any(a.number >= number for a in Attempts(run_dir).all()):
-            return
-        time.sleep(0.05)
+    await_attempt(run_dir, lambda log: True if any(a.number >= number for a in log) else None, wait_s, every_s=0.05)
 
 
 def _close_killed_attempt(run_dir: Path) -> None:
@@ -285,24 +278,20 @@ def _close_killed_attempt(run_dir: Path) -> None:
     restart count are what they would be for an open one (attempt.py)."""
     from trainctl.worker import attempt as attempts
 
-    last = Attempts(run_dir).all()[-1:]
-    if last and last[0].ended is None:
-        folder = attempts.rank_file(run_dir, last[0], 0, "start").parent
+    last = Attempts(run_dir).last()
+    if last is not None and last.ended is None:
+        folder = attempts.rank_file(run_dir, last, 0, "start").parent
         started = sorted(p.name.split(".")[0] for p in folder.glob("rank-*.start.json"))
         silent = [r for r in started if not (folder / f"{r}.end.json").exists()]
         why = f"{len(silent)} of {len(started)} ranks ended without a verdict"
-        attempts.end(run_dir, last[0], attempts.Verdict(attempts.Outcome.requeue, f"killed-without-verdict: {why}; "
+        attempts.end(run_dir, last, attempts.Verdict(Outcome.requeue, f"killed-without-verdict: {why}; "
                                                         "Ray Train restarted the worker group"), None)
 
 
-def _rank_zero_verdict(run_dir: Path, number: int, wait_s: float) -> str | None:
+def _rank_zero_verdict(run_dir: Path, number: int, wait_s: float) -> Outcome | None:
     """Rank 0's recorded outcome of attempt `number` (waiting up to wait_s for it), None if there is none."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        found = [a for a in Attempts(run_dir).all() if a.number == number and a.ended is not None]
-        if found or time.monotonic() > deadline:
-            return found[0].outcome if found else None
-        time.sleep(0.2)
+    return await_attempt(run_dir, lambda log: next((a.outcome for a in log if a.number == number
+                                                    and a.ended is not None), None), wait_s)
 
 
 def _threads(spec: Spec) -> None:
@@ -314,7 +303,7 @@ def _threads(spec: Spec) -> None:
     """
     import torch
 
-    from trainctl.launchers.ray import scaling
+    from trainctl.launchers.ray.submit import scaling
 
     if spec.resources.accelerator.value != "gpu":
         cpus = scaling(spec)["resources_per_worker"]["CPU"]
@@ -333,11 +322,11 @@ def _with_report_every_epoch(job: JobFile, ns: Any) -> JobFile:
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train's train_loop_per_worker: the trainctl worker on this rank."""
     from trainctl.components import import_class, namespace_of
-    from trainctl.launchers import ray as launcher
-    from trainctl.launchers.ray import REPORT_EVERY_EPOCH_ENV, SUBMISSION_ENV, requeue_self
+    from trainctl.launchers.ray.injob import RayInJob
+    from trainctl.launchers.ray.submit import REPORT_EVERY_EPOCH_ENV, SUBMISSION_ENV
     from trainctl.worker.entrypoint import train
 
-    launcher.TRAIN_THREAD = threading.get_ident()
+    injob = RayInJob()  # here, on the train function's thread
     run_dir = Path(config["run_dir"])
     ctx = _context()
     sid = os.environ.get(SUBMISSION_ENV, "ray")
@@ -366,19 +355,19 @@ def train_loop(config: dict[str, Any]) -> None:
         ns = namespace_of(import_class(spec.model.class_path))
         if os.environ.get(REPORT_EVERY_EPOCH_ENV) == "1":
             job = _with_report_every_epoch(job, ns)
-        verdict = train(run_dir, job, rank, strategy=ray_strategy(ns, spec, rank.world_size))
-        if verdict.outcome.value != "requeue":
-            if verdict.outcome.value != "finished":  # Ray must not retry: the driver ends the job
+        verdict = train(run_dir, job, rank, injob, strategy=ray_strategy(ns, spec, rank.world_size))
+        if verdict.outcome is not Outcome.requeue:
+            if verdict.outcome is not Outcome.finished:  # Ray must not retry: the driver ends the job
                 sys.stderr.write(f"trainctl: attempt ended {verdict.outcome.value}: {verdict.reason}\n")
             return
         if rank.global_rank != 0:
             # Rank 0 records the verdict; if it ended the attempt otherwise (or the run was cancelled), stop here.
             outcome = _rank_zero_verdict(run_dir, before + 1, wait_s=30.0)
-            if outcome is not None and outcome != "requeue":
+            if outcome is not None and outcome is not Outcome.requeue:
                 return
         with _quiet_errors():
             if tracking.current_state(job.tracking_uri, job.run_id) is State.KILLED:
                 return
-        requeue_self(rank)
+        injob.requeue_self(rank)
     finally:
         tee.stop()

@@ -1,9 +1,9 @@
-"""Local backend: submitit's LocalExecutor runs `devices_per_node` ranks on this machine.
+"""Local backend, submit side: submitit's LocalExecutor runs `devices_per_node` ranks on this machine.
 
 submitit's local controller is a detached process that starts one task per rank, sends USR2
 `signal_lead_s` before `resources.time_min`, forwards a SIGTERM it gets to every task, and restarts the tasks
-when one exits with its requeue code (144): that is the local requeue. Several jobs can run at once: each gets
-its own rendezvous port.
+when one exits with its requeue code (144): that is the local requeue (injob.py). Several jobs can run at once:
+each gets its own rendezvous port.
 
 The controller starts in a session (and process group) of its own, with SIGINT, SIGTERM and SIGUSR2 at their
 defaults and none blocked: a shell that starts `trainctl submit` under nohup or in the background (`&`) hands its
@@ -22,17 +22,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from trainctl.launchers.base import CancelReport, Say, Submission, poll_until, read_rank_logs
-from trainctl.launchers.base import cancelled as cancelled  # the rank asks its backend after a stop
 from trainctl.launchers.procs import describe, job_processes, own_group, pid_alive, send
 from trainctl.rundir import JobFile
+from trainctl.runstate import State
 from trainctl.spec import Spec
-from trainctl.tracking import State
-from trainctl.worker.env import RankInfo
 
-REQUEUE_EXIT_CODE = 144  # submitit.local.local.LOCAL_REQUEUE_RETURN_CODE
 MAX_ATTEMPTS = 6  # submitit's local controller restarts at most this many times
 TERM_GRACE_S = 5.0  # after the stop grace: SIGTERM to every process of the job, then SIGKILL this much later
 KILL_WAIT_S = 10.0  # after SIGKILL: how long the kernel may take to end them before cancel names what is left
@@ -63,17 +60,21 @@ class LocalLauncher:
     kind = "local"
     poll_s = 0.2  # a pid check
 
+    def rendezvous_port(self) -> int:
+        """Several local jobs may run at once: each gets a free port of its own."""
+        return free_port()
+
     def dry_run(self, spec: Spec, run_dir: Path) -> str:
         params = executor_parameters(spec)
         return (f"submitit.LocalExecutor(folder={run_dir / 'logs'})\n"
                 f"  parameters: {json.dumps(params)}\n"
                 f"  command (per rank): {sys.executable} -m submitit.core._submit {run_dir / 'logs'}\n"
-                f"  callable: trainctl.worker.entrypoint.run_rank({str(run_dir)!r})")
+                f"  callable: trainctl.launchers.local.injob.run_rank({str(run_dir)!r})")
 
     def submit(self, spec: Spec, run_dir: Path, job: JobFile) -> Submission:
         import submitit
 
-        from trainctl.worker.entrypoint import run_rank
+        from trainctl.launchers.local.injob import run_rank
 
         executor = _executor_class(submitit)(folder=run_dir / "logs")
         executor.update_parameters(**executor_parameters(spec))
@@ -175,13 +176,6 @@ def _stdio_to(path: Path) -> Iterator[None]:
         os.dup2(saved[1], 2)
         for f in (fd, *saved):
             os.close(f)
-
-
-def requeue_self(rank: RankInfo) -> NoReturn:
-    """Every rank exits with submitit's requeue code; the local controller starts the ranks again."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(REQUEUE_EXIT_CODE)
 
 
 LAUNCHER = LocalLauncher()

@@ -1,7 +1,7 @@
-"""The Ray job's driver: `python -m trainctl.worker.ray_driver <run dir>` (the Jobs API entrypoint; launchers/ray.py).
+"""The Ray job's driver: `python -m trainctl.launchers.ray.driver <run dir>` (the Jobs API entrypoint; submit.py).
 
 The driver checks the cluster (same Ray version, room for the workers: an impossible request would leave
-Ray Train waiting forever), then runs Ray Train's TorchTrainer with `ray_worker.train_loop` on
+Ray Train waiting forever), then runs Ray Train's TorchTrainer with `worker.train_loop` on
 nodes x devices_per_node workers and FailureConfig(max_failures=fault_tolerance.max_restarts). When fit() is over
 it makes sure the run has a final state: the workers' own verdict when rank 0 recorded one, else FAILED with
 Ray's error (retries used up, a worker dead at every try). A SIGTERM (`ray job stop`, `trainctl cancel`) marks
@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from trainctl import tracking
-from trainctl.rundir import Attempts, JobFile
+from trainctl.injob import short_mlflow_requests
+from trainctl.launchers.ray.fit import infeasible
+from trainctl.launchers.ray.submit import SUBMISSION_ENV, VERSION_ENV, run_config, scaling, torch_config
+from trainctl.rundir import JobFile
+from trainctl.runstate import Attempts, Outcome, State, Verdict, state_after
 from trainctl.spec import Spec, spec_from_dict
-from trainctl.tracking import State
 
 log = logging.getLogger("trainctl.ray_driver")
 
@@ -40,32 +43,23 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def _set_state(job: JobFile, state: State, reason: str) -> None:
     """The run's final state, unless it is already final (a user's cancel, or the workers' verdict, wins)."""
-    from trainctl.worker.entrypoint import _with_retries
-
-    def record() -> None:
-        if not tracking.current_state(job.tracking_uri, job.run_id).terminal:
-            tracking.set_state(job.tracking_uri, job.run_id, state, reason=reason)
-
     try:
-        _with_retries(record, total_s=60.0)
+        tracking.set_state(job.tracking_uri, job.run_id, state, reason=reason, unless=tracking.ended, retry_s=60.0)
     except Exception:
         log.exception("could not record %s in MLflow", state.value)
 
 
-def _close_attempt(run_dir: Path, outcome: str, reason: str) -> None:
+def _close_attempt(run_dir: Path, outcome: Outcome, reason: str) -> None:
     """Close the newest attempt if no rank 0 did (its group was killed): the attempt log stays complete."""
     from trainctl.worker import attempt as attempts
 
-    last = Attempts(run_dir).all()[-1:]
-    if last and last[0].ended is None:
-        attempts.end(run_dir, last[0], attempts.Verdict(attempts.Outcome(outcome), reason), None)
+    last = Attempts(run_dir).last()
+    if last is not None and last.ended is None:
+        attempts.end(run_dir, last, Verdict(outcome, reason), None)
 
 
 def _cluster_problem(spec: Spec) -> str | None:
     import ray
-
-    from trainctl.launchers.ray import scaling
-    from trainctl.launchers.ray_fit import infeasible
 
     sc = scaling(spec)
     alive = [{k: float(v) for k, v in n.get("Resources", {}).items()} for n in ray.nodes() if n.get("Alive")]
@@ -79,8 +73,6 @@ def _error_text(exc: BaseException) -> str:
 
 def run(run_dir: Path) -> int:
     """The driver: fit on the Ray cluster, then the run's final state. Returns the process's exit code."""
-    from trainctl.launchers.ray import SUBMISSION_ENV, VERSION_ENV, run_config, scaling, torch_config
-
     job = JobFile.read(run_dir)
     spec = spec_from_dict(job.spec)
     sid = os.environ.get(SUBMISSION_ENV, "")
@@ -106,7 +98,7 @@ def run(run_dir: Path) -> int:
         from ray.train.torch import TorchConfig, TorchTrainer
 
         rc = run_config(spec, run_dir, sid or f"trainctl-{run_dir.name}")
-        from trainctl.worker.ray_worker import train_loop  # pickled by reference: the workers import it
+        from trainctl.launchers.ray.worker import train_loop  # pickled by reference: the workers import it
 
         trainer = TorchTrainer(
             train_loop,
@@ -120,7 +112,7 @@ def run(run_dir: Path) -> int:
         log.info("Ray Train's fit() returned%s", f" an error: {_error_text(error)[:200]}" if error else "")
     except _Stopped:
         reason = f"Ray job {sid} stopped (ray job stop / trainctl cancel)"
-        _close_attempt(run_dir, "killed", reason)
+        _close_attempt(run_dir, Outcome.killed, reason)
         _set_state(job, State.KILLED, reason)
         sys.stderr.write(f"trainctl: {reason}\n")
         sys.stderr.flush()
@@ -153,24 +145,23 @@ def _fit(trainer: Any) -> BaseException | None:
 
 def _finish(job: JobFile, run_dir: Path, spec: Spec, error: BaseException | None) -> int:
     """The run's final state after fit(): rank 0's verdict if it recorded one, else FAILED with Ray's error."""
-    last = Attempts(run_dir).all()[-1:]
+    last = Attempts(run_dir).last()
     if error is not None:
         reason = (f"Ray Train gave up (FailureConfig(max_failures={spec.fault_tolerance.max_restarts})): "
                   f"{_error_text(error)}")
-        if last and last[0].reason and last[0].outcome == "requeue":
-            reason = f"{reason}; last attempt: {last[0].reason}"
-        _close_attempt(run_dir, "failed", reason)
+        if last and last.reason and last.outcome is Outcome.requeue:
+            reason = f"{reason}; last attempt: {last.reason}"
+        _close_attempt(run_dir, Outcome.failed, reason)
         _set_state(job, State.FAILED, reason)
-    elif last and last[0].outcome in ("finished", "failed", "killed"):
-        state = {"finished": State.FINISHED, "failed": State.FAILED, "killed": State.KILLED}[last[0].outcome]
-        _set_state(job, state, last[0].reason or last[0].outcome)  # only if rank 0 could not
+    elif last and last.closed_otherwise and last.outcome is not None:
+        _set_state(job, state_after(last.outcome), last.reason or last.outcome.value)  # only if rank 0 could not
     else:
-        _close_attempt(run_dir, "failed", "the workers ended without a verdict")
+        _close_attempt(run_dir, Outcome.failed, "the workers ended without a verdict")
         _set_state(job, State.FAILED, "the workers ended without a verdict")
     try:
         final = tracking.current_state(job.tracking_uri, job.run_id)
     except Exception:
-        final = State.FINISHED if last and last[0].outcome == "finished" and error is None else State.FAILED
+        final = State.FINISHED if last and last.outcome is Outcome.finished and error is None else State.FAILED
     sys.stderr.write(f"trainctl: run {job.run_id} {final.value}\n")
     return 0 if final is State.FINISHED else 1
 
@@ -178,11 +169,10 @@ def _finish(job: JobFile, run_dir: Path, spec: Spec, error: BaseException | None
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m trainctl.worker.ray_driver RUN_DIR\n")
+        sys.stderr.write("usage: python -m trainctl.launchers.ray.driver RUN_DIR\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="[driver %(asctime)s] %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    short_mlflow_requests()
     code = run(Path(args[0]).absolute())
     _exit_now(code)
     return code

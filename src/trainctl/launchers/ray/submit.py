@@ -1,20 +1,21 @@
-"""Ray backend: one Ray job per submission, through the Ray Jobs API (the dashboard, `backend.ray.address`).
+"""Ray backend, submit side: one Ray job per submission, through the Ray Jobs API (the dashboard,
+`backend.ray.address`).
 
 The request (`request()`; the dry run prints it as JSON):
 
-    entrypoint   python -m trainctl.worker.ray_driver <run dir>        every path shlex-quoted
+    entrypoint   python -m trainctl.launchers.ray.driver <run dir>      every path shlex-quoted
     runtime_env  py_modules: the user's own code (top-level modules of the spec's class paths that no installed
                  distribution provides; trainctl and its dependencies must be installed on every node);
                  env_vars: backend.ray.env_vars, the ${env:NAME} the spec references and MLflow credentials
                  (taken from the submitter's environment, as SLURM would export them), the pinned Ray version;
-                 worker_process_setup_hook: worker/ray_worker.setup_worker_process (SIGUSR2 → trainctl's stop flag)
+                 worker_process_setup_hook: worker.py setup_worker_process (SIGUSR2 → trainctl's stop flag)
     metadata     run id, run dir; submission_id `trainctl-<name>-<run id[:8]>-<random>` (a resume submits anew)
     entrypoint_num_cpus 0: the driver (and Ray Train's controller) take no CPU from the training workers
 
-The driver (worker/ray_driver.py) runs Ray Train's TorchTrainer: workers = nodes x devices_per_node, each
+The driver (driver.py) runs Ray Train's TorchTrainer: workers = nodes x devices_per_node, each
 {CPU: cpus_per_worker, GPU: 1 when accelerator is gpu, memory: mem_gb / devices_per_node}, SPREAD (or PACK),
 FailureConfig(max_failures=fault_tolerance.max_restarts), storage under the run directory. Each worker
-(worker/ray_worker.py) runs the one trainctl worker (entrypoint.train), so checkpoints, resume, callbacks and the
+(worker.py) runs the one trainctl worker (entrypoint.train), so checkpoints, resume, callbacks and the
 MLflow run are the same as on every backend.
 
 Before anything is sent the cluster is checked: its Ray version must equal this client's (pinned in
@@ -37,26 +38,25 @@ import secrets
 import shlex
 import sys
 import sysconfig
-import threading
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from trainctl.errors import UserError
 from trainctl.launchers.base import CancelReport, Say, Submission, poll_until, read_rank_logs
-from trainctl.launchers.base import cancelled as cancelled  # the rank asks its backend after a stop
-from trainctl.launchers.ray_fit import GIB, bundle_text, placement_problem
-from trainctl.launchers.ray_logs import split_logs as split_logs  # the Ray launcher's logs
+from trainctl.launchers.ray.fit import GIB, bundle_text, placement_problem
+from trainctl.launchers.ray.logs import split_logs
 from trainctl.launchers.registry import RAY_HINT
 from trainctl.rundir import JobFile, atomic_write_text
+from trainctl.runstate import State
 from trainctl.spec import Accelerator, Spec, env_refs, resolve_env
-from trainctl.tracking import SECRET_NAME, State
-from trainctl.worker.env import RankInfo
+from trainctl.tracking import SECRET_NAME
 
 log = logging.getLogger("trainctl.ray")
 
-DRIVER_MODULE = "trainctl.worker.ray_driver"
-SETUP_HOOK = "trainctl.worker.ray_worker.setup_worker_process"
+DRIVER_MODULE = "trainctl.launchers.ray.driver"
+WORKER_MODULE = "trainctl.launchers.ray.worker"
+SETUP_HOOK = f"{WORKER_MODULE}.setup_worker_process"
 # Passed to the driver and the workers; the driver refuses to run under another Ray.
 VERSION_ENV = "TRAINCTL_RAY_VERSION"
 SUBMISSION_ENV = "TRAINCTL_RAY_SUBMISSION_ID"
@@ -71,10 +71,6 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW
 # Ray's JobStatus values in trainctl's vocabulary.
 JOB_STATES = {"PENDING": State.PENDING, "RUNNING": State.RUNNING, "STOPPED": State.KILLED,
               "SUCCEEDED": State.FINISHED, "FAILED": State.FAILED}
-
-
-class RestartRequested(RuntimeError):
-    """Raised by a rank whose verdict is "requeue": Ray Train's FailureConfig restarts the worker group."""
 
 
 def ray_version() -> str:
@@ -216,12 +212,13 @@ def render(spec: Spec, run_dir: Path, run_id: str = "<run-id>", sid: str = "<sub
         f"Ray Jobs API {spec.backend.ray.address}: JobSubmissionClient.submit_job(",
         json.dumps(req, indent=2),
         ")",
-        f"the driver ({DRIVER_MODULE}) runs ray.train.torch.TorchTrainer({DRIVER_MODULE}.train_loop,",
+        f"the driver ({DRIVER_MODULE}) runs ray.train.torch.TorchTrainer({WORKER_MODULE}.train_loop,",
         f"  scaling_config=ScalingConfig({_kwargs(sc)}),",
         f"  torch_config=TorchConfig({_kwargs(tc)}),",
         f"  run_config=RunConfig(name={rc['name']!r}, storage_path={rc['storage_path']!r}, "
         f"failure_config=FailureConfig(max_failures={rc['max_failures']})))",
-        f"each worker: trainctl.worker.entrypoint.train({str(run_dir)!r}, <job.json>, <rank from Ray Train>)",
+        f"each worker: trainctl.worker.entrypoint.train({str(run_dir)!r}, <job.json>, <rank from Ray Train>, "
+        "RayInJob)",
         f"requires: Ray {ray_version()} on the cluster; nodes able to hold {sc['num_workers']} workers of "
         f"{bundle_text(sc['resources_per_worker'])}",
     ])
@@ -289,6 +286,9 @@ class RayLauncher:
     kind = "ray"
     poll_s = 0.5  # one Jobs API request
 
+    def rendezvous_port(self) -> int:
+        return 0  # Ray Train creates the process group
+
     def dry_run(self, spec: Spec, run_dir: Path) -> str:
         return render(spec, run_dir)
 
@@ -354,28 +354,6 @@ class RayLauncher:
         else:
             report.left = [f"Ray job {sid} ({now.value}): see `ray job status {sid}`"]
         return report
-
-
-# ---------------------------------------------------------------- inside the job
-
-
-TRAIN_THREAD: int | None = None  # the thread running Ray Train's train function (worker/ray_worker.train_loop)
-
-
-def requeue_self(rank: RankInfo) -> NoReturn:
-    """Raise: Ray Train counts the worker error against FailureConfig(max_failures) and restarts the group.
-
-    Off the train function's thread (the watchdog's stall path) an exception would end only that thread: the
-    process leaves instead, and Ray restarts the group for its dead worker just the same.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if TRAIN_THREAD is not None and threading.get_ident() != TRAIN_THREAD:
-        sys.stderr.write(f"trainctl: rank {rank.global_rank} leaves for Ray Train to restart the worker group\n")
-        sys.stderr.flush()
-        os._exit(1)
-    raise RestartRequested(f"rank {rank.global_rank}: trainctl's verdict is requeue; Ray Train restarts the "
-                           f"worker group, which resumes from the newest good checkpoint")
 
 
 LAUNCHER = RayLauncher()
