@@ -54,8 +54,8 @@ def farm(tmp: Path, runs: int, env: dict[str, str]) -> dict[str, Any]:
     from mlflow.entities import Metric
 
     from trainctl import tracking
+    from trainctl.runstate import State
     from trainctl.spec import parse_spec, read_yaml
-    from trainctl.tracking import State
 
     workdir = tmp / "runs"
     sql = tracking.embedded_uri(str(workdir))

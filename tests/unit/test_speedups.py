@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader, IterableDataset, RandomSampler, TensorD
 from trainctl.callbacks.binding import make
 from trainctl.callbacks.preemption import AgreedStopImpl, RequeueRequested
 from trainctl.components import namespace_named
+from trainctl.injob import STOP
 from trainctl.spec import parse_spec
 from trainctl.worker import speedups
 from trainctl.worker.build import build_trainer
 from trainctl.worker.data import ResumableData, ResumableDistributedSampler, rebuild_loader
-from trainctl.worker.signals import STOP
 
 from .spec_helpers import digits_raw
 

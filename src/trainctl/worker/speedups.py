@@ -5,7 +5,7 @@ Speedups (each measured; each replaces a Lightning internal, so each is tied to 
 - async_step_metrics: step metrics handed to the loggers without a host sync, `self.log` without no-op metric moves
   or an unused progress-bar `.item()`, and `grad/norm` without `self.log`'s bookkeeping (worker/fast_path.py);
 - no_sigterm_broadcast: Lightning's blocking per-step SIGTERM broadcast is skipped: trainctl's signal handlers
-  replace Lightning's (worker/signals.py), so that broadcast only ever sends 0, and the agreed stop's
+  replace Lightning's (injob.py), so that broadcast only ever sends 0, and the agreed stop's
   asynchronous reduce carries the signal instead (callbacks/preemption.py).
 Adapters that two correctness features go through; each has a plain path on public API, used when this is off:
 - stop_logs_now: the agreed stop logs its step's metrics itself and leaves at once (plain: it leaves at the next
