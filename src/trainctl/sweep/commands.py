@@ -18,7 +18,15 @@ from trainctl.spec import Spec, apply_override, parse_spec, read_yaml
 from trainctl.sweep import engine, runs
 from trainctl.sweep import local as local_sweep
 from trainctl.sweep.layout import SweepFile, trial_dir
-from trainctl.sweep.space import SweepConfig, assignments, check_trials, missing_paths, parse_sweep, sample_points
+from trainctl.sweep.space import (
+    SweepConfig,
+    assignments,
+    check_trials,
+    missing_paths,
+    parse_sweep,
+    read_sweep,
+    sample_points,
+)
 from trainctl.tracking import State
 
 BACKENDS = ("local", "slurm")
@@ -38,11 +46,9 @@ def load(path: str, overrides: list[str], backend: str | None = None) -> tuple[S
             apply_override(raw, assignment)
         except UserError as err:
             problems += err.problems
-    cfg = spec = None
-    try:
-        cfg = parse_sweep(raw.pop("sweep", None))
-    except UserError as err:
-        problems += err.problems
+    spec = None
+    cfg, found = read_sweep(raw.pop("sweep", None))
+    problems += found
     try:
         spec = parse_spec(raw, path)
     except UserError as err:
@@ -50,10 +56,11 @@ def load(path: str, overrides: list[str], backend: str | None = None) -> tuple[S
     if spec is not None and spec.backend.kind.value not in BACKENDS:
         problems.append(Problem("backend.kind", f"a sweep runs on {' or '.join(BACKENDS)}, not "
                                 f"{spec.backend.kind.value}", "use backend.kind local or slurm"))
-    if cfg is not None and spec is not None:
-        missing = missing_paths(cfg, spec.to_dict())
-        problems += missing or check_trials(raw, cfg, path)
-    if problems or spec is None or cfg is None:
+    if spec is not None:
+        problems += missing_paths(cfg, spec.to_dict())
+    if not problems:  # each trial's spec, once the sweep and the base spec are sound
+        problems += check_trials(raw, cfg, path)
+    if problems or spec is None:
         raise UserError(problems, path)
     return spec, cfg
 

@@ -37,9 +37,9 @@ def create_parent(spec: Spec, cfg: SweepConfig, uri: str, backend: str, source: 
     run_id = tracking.create_run(spec, uri, backend, source=source)
     space = {f"sweep/space/{path}": json.dumps(d.to_raw()) for path, d in cfg.space.items()}
     opts = {f"sweep/{k}": json.dumps(v) if isinstance(v, dict) else v for k, v in cfg.to_raw().items() if k != "space"}
-    _log(uri, run_id, {**space, **opts}, {PARENT_TAG: "parent", "mlflow.runName": f"{spec.name}-sweep-{run_id[:8]}",
-                                          "mlflow.note.content": f"sweep of {cfg.trials} trials of {spec.name} "
-                                          f"({cfg.method}, {cfg.max_concurrent} at once, by {cfg.mode} {cfg.metric})"})
+    note = (f"sweep of {cfg.trials} trials of {spec.name} ({cfg.method}, {cfg.max_concurrent} at once, by {cfg.mode} "
+            f"{cfg.metric})")
+    _log(uri, run_id, {**space, **opts}, {PARENT_TAG: "parent", "mlflow.note.content": note})
     return run_id
 
 

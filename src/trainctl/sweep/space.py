@@ -91,10 +91,18 @@ class SweepConfig:
 
 def parse_sweep(raw: Any) -> SweepConfig:
     """The `sweep:` mapping → SweepConfig; every problem at once (UserError)."""
+    cfg, problems = read_sweep(raw)
+    if problems:
+        raise UserError(problems)
+    return cfg
+
+
+def read_sweep(raw: Any) -> tuple[SweepConfig, list[Problem]]:
+    """The SweepConfig as far as it is valid (its valid dimensions), and every problem."""
     problems: list[Problem] = []
     if not isinstance(raw, dict):
-        raise UserError([Problem("sweep", "expected a mapping", "write `sweep:` with `space:`, `metric:`, "
-                                 "`trials:` (see jobs/digits-sweep.yaml)")])
+        return SweepConfig({}), [Problem("sweep", "expected a mapping", "write `sweep:` with `space:`, `metric:`, "
+                                         "`trials:` (see jobs/digits-sweep.yaml)")]
     for key in raw:
         if key not in KEYS:
             problems.append(Problem(f"sweep.{key}", "unknown key",
@@ -116,7 +124,7 @@ def parse_sweep(raw: Any) -> SweepConfig:
         if not_grid:
             problems.append(Problem("sweep.method", f"a grid needs finite values; {', '.join(not_grid)} is not "
                                     "grid/choice", "use method random or tpe, or give those paths {grid: [...]}"))
-        size = math.prod(len(d.values) for d in space.values())
+        size = math.prod(len(d.values) for d in space.values()) if not not_grid else 1
         cfg.trials = _int(raw, "trials", size, 1, MAX_TRIALS, problems)
         if "trials" in raw and cfg.trials != size and not not_grid:
             problems.append(Problem("sweep.trials", f"{raw['trials']} differs from the grid's {size} points",
@@ -126,9 +134,7 @@ def parse_sweep(raw: Any) -> SweepConfig:
                                 "write how many trials to run, e.g. `trials: 8`"))
     else:
         cfg.trials = _int(raw, "trials", 1, 1, MAX_TRIALS, problems)
-    if problems:
-        raise UserError(problems)
-    return cfg
+    return cfg, problems
 
 
 def _choice(raw: dict[str, Any], key: str, valid: tuple[str, ...], default: str, problems: list[Problem]) -> str:
@@ -203,7 +209,7 @@ def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         path = f"{prefix}{key}"
-        nested = isinstance(value, dict) and value and not any(k in KINDS for k in value)
+        nested = isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values())
         out.update(_flat(value, f"{path}.") if nested else {path: value})
     return out
 
