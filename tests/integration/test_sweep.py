@@ -143,8 +143,9 @@ def _sacct(array: str) -> list[tuple[str, str]]:
 def test_slurm_sweep_is_one_array_and_a_requeued_task_resumes_its_trial(slurm_cluster: None, mlflow_server: str,
                                                                        tmp_path: Path) -> None:
     uri = mlflow_server
+    slow = 'callbacks=[{class_path: trainctl.testing.faults.SlowSteps, init_args: {seconds: 0.5}}]'
     parent = _submit(SLURM, tmp_path, uri, ["sweep.space.model.init_args.lr.grid=[0.001, 0.01]",
-                                            "trainer.max_epochs=2", "checkpoint.every_n_train_steps=5"])
+                                            "trainer.max_epochs=2", "checkpoint.every_n_train_steps=5", slow])
     array = MlflowClient(tracking_uri=uri).get_run(parent).data.tags["trainctl.scheduler_job_id"]
     sweep_dir = Path(MlflowClient(tracking_uri=uri).get_run(parent).data.tags["trainctl.run_dir"])
     most, requeued, deadline = 0, None, time.monotonic() + 600
@@ -156,7 +157,7 @@ def test_slurm_sweep_is_one_array_and_a_requeued_task_resumes_its_trial(slurm_cl
         if requeued is None:  # a trial mid-run is requeued by SLURM; it goes on in its own run
             for trial in sweep_dir.glob("trials/*/job.json"):
                 run_id = json.loads(trial.read_text())["run_id"]
-                if len(steps(uri, run_id)) >= 12:
+                if 5 <= len(steps(uri, run_id)) <= 20:
                     job = json.loads((trial.parent / "scheduler.json").read_text())["job_id"]
                     subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
                     requeued = run_id

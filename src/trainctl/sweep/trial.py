@@ -34,6 +34,10 @@ def run_trial(sweep_dir: str, index: int) -> str:
                 print(f"trainctl: trial {index} not started: {why}", flush=True)
                 return why
             prepare(sd, sf, index, td)
+    done = runs.ended(sd, index)
+    if done is not None and done.outcome == "finished":  # a requeue that came as the trial finished
+        print(f"trainctl: trial {index} has finished already", flush=True)
+        return "finished"
     if sf.backend == "slurm":
         _slurm_task(sd, td)
     from trainctl.worker.entrypoint import run_rank
