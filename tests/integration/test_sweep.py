@@ -15,6 +15,9 @@ from conftest import run_cli
 from helpers import steps
 from mlflow import MlflowClient
 
+from trainctl.sweep import engine
+from trainctl.sweep.space import parse_sweep
+
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 
 LOCAL = "jobs/digits-sweep.yaml"
@@ -169,3 +172,22 @@ def test_slurm_sweep_is_one_array_and_a_requeued_task_resumes_its_trial(slurm_cl
     tags = MlflowClient(tracking_uri=uri).get_run(requeued).data.tags
     assert int(tags["trainctl.attempt"]) >= 2, tags
     _each_step_once(uri, requeued, STEPS)
+    cfg = parse_sweep(json.loads((sweep_dir / "sweep.json").read_text())["sweep"])
+    assert len(engine.load(sweep_dir, cfg).trials) == 4  # the requeued trial did not ask again
+
+
+def test_a_sweep_whose_trials_all_fail_says_so_once(mlflow_server: str, tmp_path: Path) -> None:
+    """Every trial raises in the user's code: the sweep ends FAILED after its first two trials, naming the first
+    failure, and starts no more trials."""
+    uri = mlflow_server
+    fail = 'callbacks=[{class_path: trainctl.testing.faults.RaiseAtStep, init_args: {step: 1, always: true}}]'
+    args = ["submit", LOCAL, "--set", f"workdir={tmp_path}", "--set", f"tracking.uri={uri}", "--set",
+            "sweep.trials=6", "--set", fail]
+    res = run_cli(*args, timeout=600)
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    parent = re.search(r"sweep id:\s+([0-9a-f]{32})", res.stdout).group(1)  # type: ignore[union-attr]
+    tags = MlflowClient(tracking_uri=uri).get_run(parent).data.tags
+    assert tags["trainctl.state"] == "FAILED" and "trials all failed" in tags["trainctl.reason"]
+    assert "injected failure" in tags["trainctl.reason"]
+    assert res.stdout.count("trials all failed") == 1
+    assert 2 <= len(_children(uri, parent)) <= 3  # the two that failed, and at most one started meanwhile
