@@ -216,14 +216,13 @@ def cancel(ref: control.RunRef, grace_s: float, say: Any) -> list[str]:
     sf = SweepFile.read(ref.run_dir)
     left: list[str] = []
     if ref.backend == "slurm":
-        from trainctl.launchers.slurm import LAUNCHER
+        from trainctl.sweep import slurm
 
         live = [control.ref_of(ref.uri, r) for r in runs.children(ref.uri, ref.run_id, sf.spec.get("experiment"))]
         for child in live:
             if not child.state.terminal:
                 tracking.set_state(ref.uri, child.run_id, State.KILLED, reason="cancelled with its sweep")
-        report = LAUNCHER.cancel(ref.run_dir, ref.scheduler_job_id, grace_s, say)
-        left += report.left
+        left += slurm.cancel(ref.scheduler_job_id, grace_s, say)
         for child in live:
             if not child.state.terminal:
                 control.close_last_attempt(child.run_dir, "cancelled with its sweep")

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainctl.errors import UserError
+from trainctl.launchers.base import Say, poll_until
 from trainctl.rundir import atomic_write_text
 from trainctl.spec import Spec
 from trainctl.sweep.layout import trial_dir
@@ -47,3 +49,27 @@ def submit(spec: Spec, sweep_dir: Path, indices: list[int], max_concurrent: int)
     for i in indices:
         trial_dir(sweep_dir, i).mkdir(parents=True, exist_ok=True)
     return array
+
+
+def cancel(array: str, grace_s: float, say: Say) -> list[str]:
+    """scancel the whole array (running and pending tasks), then wait (up to grace_s) until SLURM holds none of its
+    tasks: every task leaves squeue or shows a final state. Returns the tasks still there."""
+    from trainctl.launchers.slurm import _run, map_state
+
+    res = _run("scancel", array)
+    if res.returncode != 0 and "Invalid job id" not in res.stderr:
+        raise UserError.single("RUN_ID", f"scancel {array} failed: {res.stderr.strip()}",
+                               "is the SLURM controller reachable from here?")
+    say(f"scancel {array}: SLURM sends every running trial's ranks SIGTERM (each saves its step and ends) and drops "
+        f"the pending ones; waiting up to {grace_s:.0f} s for the array to end")
+
+    def live() -> list[str]:
+        out = _run("squeue", "-h", "--states=all", "-j", array, "-o", "%i %T")
+        rows = [line.split() for line in out.stdout.splitlines() if line.strip()]
+        return [f"{r[0]} {r[1]}" for r in rows if len(r) == 2 and not map_state(r[1]).terminal]
+
+    t0 = time.monotonic()
+    left = poll_until(live, lambda rows: not rows, grace_s, 0.5)
+    if not left:
+        say(f"SLURM array {array} ended in {time.monotonic() - t0:.1f} s")
+    return [f"SLURM task {row}: see squeue -j {array}" for row in left]
