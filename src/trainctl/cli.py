@@ -60,10 +60,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     dirs = _importable(args.job)
     if _sweep().is_sweep(args.job):
-        sweep_id, text = _sweep().submit(args.job, args.set, args.backend, args.dry_run, dirs)
-        print(text, flush=True)
-        follow = sweep_id is not None and not args.detach and (args.wait or "backend:   local" in text)
-        return _sweep().wait(sweep_id, _sweep_uri(sweep_id)) if follow and sweep_id else 0
+        sub = _sweep().submit(args.job, args.set, args.backend, args.dry_run, dirs)
+        print(sub.text, flush=True)
+        follow = not args.detach and (args.wait or sub.backend == "local")
+        return _sweep().wait(sub.sweep_id, sub.uri) if follow and sub.sweep_id else 0
     spec = load_spec(args.job, args.set)
     if args.backend:
         from trainctl.spec import apply_override, parse_spec, read_yaml
@@ -87,12 +87,6 @@ def _sweep() -> Any:
     from trainctl.sweep import commands
 
     return commands
-
-
-def _sweep_uri(sweep_id: str) -> str:
-    from trainctl import control
-
-    return control.find_run(sweep_id, None).uri
 
 
 def _is_sweep(ref: Any) -> bool:

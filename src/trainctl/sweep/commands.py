@@ -89,16 +89,22 @@ def dry_run(spec: Spec, cfg: SweepConfig) -> str:
     return "\n".join(lines)
 
 
-def submit(path: str, overrides: list[str], backend: str | None, dry: bool, import_dirs: list[str]
-           ) -> tuple[str | None, str]:
-    """(sweep id, text); the id is None for a dry run."""
+@dataclasses.dataclass
+class Submitted:
+    sweep_id: str | None  # None for a dry run
+    uri: str
+    backend: str
+    text: str
+
+
+def submit(path: str, overrides: list[str], backend: str | None, dry: bool, import_dirs: list[str]) -> Submitted:
     from trainctl import mlflow_server
 
     spec, cfg = load(path, overrides, backend)
     uri = control.resolve_uri(spec)
     spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, uri=uri))
     if dry:
-        return None, dry_run(spec, cfg)
+        return Submitted(None, uri, spec.backend.kind.value, dry_run(spec, cfg))
     started = mlflow_server.serve_if_missing(uri, Path(spec.workdir))
     tracking.wait_for_server(uri, timeout_s=60.0 if started else 30.0)
     if uri.startswith("sqlite:///"):
@@ -112,8 +118,9 @@ def submit(path: str, overrides: list[str], backend: str | None, dry: bool, impo
     tracking.client(uri).set_tag(parent, "trainctl.run_dir", str(sd))
     sched, detail = _start(spec, cfg, sd, list(range(cfg.trials)), resume=False)
     tracking.set_state(uri, parent, State.RUNNING, **{"trainctl.scheduler_job_id": sched})
-    return parent, (f"sweep id:  {parent}\nsweep dir: {sd}\nbackend:   {kind} ({detail})\ntracking:  {uri}\n"
-                    f"run page:  {tracking.run_page(uri, parent)}\nstatus:    trainctl status {parent}")
+    return Submitted(parent, uri, kind, f"sweep id:  {parent}\nsweep dir: {sd}\nbackend:   {kind} ({detail})\n"
+                     f"tracking:  {uri}\nrun page:  {tracking.run_page(uri, parent)}\n"
+                     f"status:    trainctl status {parent}")
 
 
 def _start(spec: Spec, cfg: SweepConfig, sd: Path, indices: list[int], resume: bool) -> tuple[str, str]:
