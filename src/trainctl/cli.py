@@ -45,6 +45,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from trainctl.spec import load_spec
 
     _importable(args.job)
+    if _sweep().is_sweep(args.job):
+        spec, cfg = _sweep().load(args.job, args.set)
+        print(f"{args.job}: valid sweep of {cfg.trials} trials ({spec.backend.kind.value} backend)")
+        return 0
     spec = load_spec(args.job, args.set, from_source=True)
     print(f"{args.job}: valid ({spec.backend.kind.value} backend, "
           f"{spec.resources.nodes}x{spec.resources.devices_per_node} ranks)")
@@ -56,6 +60,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from trainctl.spec import load_spec
 
     dirs = _importable(args.job)
+    if _sweep().is_sweep(args.job):
+        sub = _sweep().submit(args.job, args.set, args.backend, args.dry_run, dirs)
+        print(sub.text, flush=True)
+        follow = not args.detach and (args.wait or registry.backend(sub.backend).follow)
+        return _sweep().wait(sub.sweep_id, sub.uri) if follow and sub.sweep_id else 0
     spec = load_spec(args.job, [*args.set, *([f"backend.kind={args.backend}"] if args.backend else [])])
     ref, detail = control.submit(spec, dry_run=args.dry_run, source=args.job, import_dirs=dirs)
     if ref is None:
@@ -66,6 +75,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.detach or not (args.wait or registry.backend(ref.backend).follow):
         return 0
     return _follow(ref)
+
+
+def _sweep() -> Any:
+    from trainctl.sweep import commands
+
+    return commands
+
+
+def _is_sweep(ref: Any) -> bool:
+    from trainctl.sweep import PARENT_TAG
+
+    return ref.tags.get(PARENT_TAG) == "parent"
 
 
 def _ui_hint(uri: str) -> str:
@@ -119,7 +140,11 @@ def _follow(ref: Any, ranks: set[int] | None = None, attempt: int | None = None,
 def cmd_status(args: argparse.Namespace) -> int:
     from trainctl import control, progress
 
-    ref = control.reconcile(control.find_run(args.run_id, _uri(args)))
+    found = control.find_run(args.run_id, _uri(args))
+    if _is_sweep(found):
+        print(_sweep().status(found, args.json))
+        return 0
+    ref = control.reconcile(found)
     out = {
         "run_id": ref.run_id, "name": ref.name, "status": ref.state.value, "backend": ref.backend,
         "scheduler_job_id": ref.scheduler_job_id, "attempt": int(ref.tags.get("trainctl.attempt", "0") or 0),
@@ -186,7 +211,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if not grace > 0:
         raise UserError.single("--grace", f"{args.grace} is not a number of seconds above 0",
                                f"the time the ranks get to save their step; default {control.CANCEL_GRACE_S:.0f}")
-    done = control.cancel(control.find_run(args.run_id, _uri(args)), grace, say=_progress(sys.stdout))
+    ref = control.find_run(args.run_id, _uri(args))
+    if _is_sweep(ref):
+        left = _sweep().cancel(ref, grace, _progress(sys.stdout))
+        print(f"sweep {ref.run_id}: cancelled (KILLED)" + (f"; still running: {'; '.join(left)}" if left else
+                                                             "; no trial of it is left running"))
+        return 1 if left else 0
+    done = control.cancel(ref, grace, say=_progress(sys.stdout))
     return _print_cancelled(done, sys.stdout)
 
 
@@ -222,7 +253,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(f"no tracking store here (runs/mlflow.db) nor in {stores.index_path()}: nothing submitted yet",
               file=sys.stderr)
     for store in searched:
-        refs = control.list_runs(store, args.limit, args.state, args.experiment)
+        refs = [r for r in control.list_runs(store, args.limit, args.state, args.experiment)
+                if "trainctl.sweep_id" not in r.tags]  # a sweep is one line: its trials are in `status SWEEP`
         print(progress.render_ls(store, refs))
     return 0
 
@@ -238,8 +270,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from trainctl import control
     from trainctl.resume import resume
 
+    found = control.find_run(args.run_id, _uri(args))
+    if _is_sweep(found):
+        print(_sweep().resume(found))
+        follow = registry.backend(found.backend).follow and not args.detach
+        return _sweep().wait(found.run_id, found.uri) if follow else 0
     ref, text = resume(args.run_id, _uri(args), args.from_, args.set, args.backend)
     print(text)
     if ref is not None and registry.backend(ref.backend).follow and not args.detach:

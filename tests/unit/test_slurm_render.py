@@ -107,7 +107,7 @@ def test_percent_in_run_dir_is_refused() -> None:
 def test_signals_blocked_until_handlers() -> None:
     """Each rank's interpreter starts with USR2/TERM blocked (pending, not lost) until trainctl's handlers."""
     script = "import signal; print(sorted(s.name for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])))"
-    out = subprocess.run(f"{slurm._python_command(sys.executable)} -c {shlex.quote(script)}", shell=True,
+    out = subprocess.run(f"{slurm.python_command(sys.executable)} -c {shlex.quote(script)}", shell=True,
                          capture_output=True, text=True, check=True)
     assert "SIGUSR2" in out.stdout and "SIGTERM" in out.stdout
 

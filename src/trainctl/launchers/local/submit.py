@@ -76,7 +76,7 @@ class LocalLauncher:
 
         from trainctl.launchers.local.injob import run_rank
 
-        executor = _executor_class(submitit)(folder=run_dir / "logs")
+        executor = executor_class(submitit)(folder=run_dir / "logs")
         executor.update_parameters(**executor_parameters(spec))
         with _stdio_to(run_dir / "logs" / "controller.log"):  # the job must not hold our stdout open
             sub = executor.submit(run_rank, str(run_dir))
@@ -133,7 +133,7 @@ def _wait_gone(leader: int, marker: str, timeout_s: float) -> list[int]:
     return poll_until(lambda: job_processes(leader, marker), lambda left: not left, timeout_s, 0.2)
 
 
-def _executor_class(submitit: Any) -> Any:
+def executor_class(submitit: Any) -> Any:
     """submitit's LocalExecutor, with its controller started through CONTROLLER_STUB in a session of its own."""
     from submitit.local.local import LocalJob
 

@@ -10,7 +10,7 @@ What the script asks for (cluster/slurm/README.md §2 says why):
     --job-name=<run dir name>   (<name>-<run id[:8]>: it also tells this run's job from a recycled job id)
     --partition --account --qos --constraint, then backend.slurm.sbatch last
 
-Signals: every rank starts with SIGUSR2 and SIGTERM *blocked* (see `_python_command`), so a warning or a
+Signals: every rank starts with SIGUSR2 and SIGTERM *blocked* (see `python_command`), so a warning or a
 preemption that lands while Python is still importing torch waits instead of killing the rank. The worker
 installs its own handlers first thing in `run_rank` (trainctl/injob.py STOP.install: they replace submitit's
 USR2 checkpoint-and-requeue handler and its TERM "bypass"), then worker/env.py unblocks both and a pending
@@ -103,7 +103,7 @@ def job_name(run_dir: Path) -> str:
     return run_dir.name
 
 
-def _python_command(python: str) -> str:
+def python_command(python: str) -> str:
     """The interpreter each rank runs, with SIGUSR2/SIGTERM blocked until trainctl's handlers are in place.
 
     A blocked signal stays pending (an ignored one would be lost) and the mask survives exec, so the real
@@ -163,7 +163,7 @@ def render(spec: Spec, run_dir: Path, python: str | None = None) -> str:
 
     _check_run_dir(run_dir)
     folder = run_dir / "logs"
-    command = " ".join([_python_command(python or sys.executable), "-u -m submitit.core._submit",
+    command = " ".join([python_command(python or sys.executable), "-u -m submitit.core._submit",
                         shlex.quote(str(folder))])
     return _make_sbatch_string(command=command, folder=folder, **executor_parameters(spec, run_dir))
 
@@ -172,7 +172,7 @@ def make_executor(spec: Spec, run_dir: Path, python: str | None = None) -> Any:
     import submitit
 
     _check_run_dir(run_dir)
-    executor = submitit.SlurmExecutor(folder=run_dir / "logs", python=_python_command(python or sys.executable))
+    executor = submitit.SlurmExecutor(folder=run_dir / "logs", python=python_command(python or sys.executable))
     executor.update_parameters(**executor_parameters(spec, run_dir))
     return executor
 

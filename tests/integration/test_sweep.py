@@ -1,0 +1,192 @@
+"""Sweeps on the real thing: a local sweep cancelled mid-run and resumed, and a SLURM sweep as one job array with a
+task requeued mid-run; a real MLflow server, the real CLI, real Optuna."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import run_cli, steps
+from mlflow import MlflowClient
+
+from trainctl.sweep import engine
+from trainctl.sweep.space import parse_sweep
+
+pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
+
+LOCAL = "jobs/digits-sweep.yaml"
+SLURM = "jobs/digits-sweep-slurm.yaml"
+STEPS = 40  # 2 epochs x 20 steps of digits on one rank
+# The local trials: one epoch (20 steps) of a second each, so that a cancel lands mid-run.
+LOCAL_SETS = ["sweep.trials=3", "trainer.max_epochs=1",
+              'callbacks=[{class_path: trainctl.testing.faults.SlowSteps, init_args: {seconds: 1.0}}]']
+
+
+def _submit(job: str, workdir: Path, uri: str, sets: list[str], *extra: str) -> str:
+    args = ["submit", job, "--set", f"workdir={workdir}", "--set", f"tracking.uri={uri}"]
+    for s in sets:
+        args += ["--set", s]
+    res = run_cli(*args, *extra, timeout=300)
+    match = re.search(r"sweep id:\s+([0-9a-f]{32})", res.stdout)
+    assert res.returncode == 0 and match, res.stdout[-2000:] + res.stderr[-2000:]
+    return match.group(1)
+
+
+def _children(uri: str, parent: str) -> list[Any]:
+    cl = MlflowClient(tracking_uri=uri)
+    exp = cl.get_run(parent).info.experiment_id
+    return cl.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+
+
+def _wait(what: str, check: Any, timeout: float, poll: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(poll)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def _state(uri: str, run_id: str) -> str:
+    return MlflowClient(tracking_uri=uri).get_run(run_id).data.tags.get("trainctl.state", "")
+
+
+def _attempt_windows(sweep_dir: Path) -> list[tuple[float, float]]:
+    out = []
+    for f in sweep_dir.glob("trials/*/attempts/*.json"):
+        a = json.loads(f.read_text())
+        out.append((a["started"], a["ended"] or time.time()))
+    return out
+
+
+def _most_at_once(windows: list[tuple[float, float]]) -> int:
+    return max(sum(1 for s, e in windows if s <= t < e) for t, _ in windows)
+
+
+def _check_parent_and_children(uri: str, parent: str, trials: int, full: int, metric: str = "val/loss"
+                               ) -> list[Any]:
+    """The parent holds the space and names its best trial; every trial is a FINISHED child run with its values."""
+    cl = MlflowClient(tracking_uri=uri)
+    run = cl.get_run(parent)
+    assert run.data.tags["trainctl.sweep"] == "parent" and run.data.tags["trainctl.state"] == "FINISHED"
+    assert any(k.startswith("sweep/space/") for k in run.data.params)
+    kids = _children(uri, parent)
+    assert len(kids) == trials
+    assert all(k.data.tags["trainctl.state"] == "FINISHED" for k in kids), [k.data.tags for k in kids]
+    assert all(any(p.startswith("sweep/model.init_args.") for p in k.data.params) for k in kids)
+    ranked = [k for k in kids if "trainctl.pruned" not in k.data.tags]
+    best = min(ranked, key=lambda k: k.data.metrics[metric])
+    assert run.data.tags["trainctl.best_trial"] == best.info.run_id
+    assert run.data.metrics[f"best/{metric}"] == pytest.approx(best.data.metrics[metric])
+    for k in kids:  # a pruned trial stopped early at a rung, and still FINISHED
+        if "trainctl.pruned" in k.data.tags:
+            assert int(k.data.tags["trainctl.pruned_rung"]) >= 1 and len(steps(uri, k.info.run_id)) <= full
+    return kids
+
+
+def _each_step_once(uri: str, run_id: str, count: int) -> None:
+    got = steps(uri, run_id)
+    assert got == list(range(got[0], got[0] + count)), got
+
+
+def test_local_sweep_cancelled_then_resumed(mlflow_server: str, tmp_path: Path) -> None:
+    """3 trials, 2 at once: cancel while the first two run (nothing is left running, the third does not start),
+    then `resume SWEEP` continues both in their own runs, runs the third, and the parent names the best trial."""
+    uri = mlflow_server
+    parent = _submit(LOCAL, tmp_path, uri, LOCAL_SETS, "--detach")
+
+    def two_training() -> list[Any]:
+        kids = _children(uri, parent)
+        busy = [k for k in kids if len(steps(uri, k.info.run_id)) >= 2]
+        return kids if len(busy) == 2 else []
+
+    first = _wait("two trials training", two_training, 240)
+    res = run_cli("cancel", parent, "--tracking-uri", uri, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "no trial of it is left running" in res.stdout
+    assert _state(uri, parent) == "KILLED"
+    assert {_state(uri, k.info.run_id) for k in first} == {"KILLED"}
+    sweep_dir = Path(MlflowClient(tracking_uri=uri).get_run(parent).data.tags["trainctl.run_dir"])
+    ps = subprocess.run(["pgrep", "-f", str(sweep_dir)], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", ps.stdout  # neither the driver nor a trial's process is left
+    assert len(_children(uri, parent)) == 2
+
+    res = run_cli("resume", parent, "--tracking-uri", uri, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    kids = _check_parent_and_children(uri, parent, 3, 20)
+    for k in first:  # continued in the same child run, every step once
+        again = MlflowClient(tracking_uri=uri).get_run(k.info.run_id).data.tags
+        assert int(again["trainctl.attempt"]) >= 2 and "resume" in again.values()
+        if "trainctl.pruned" not in again:
+            _each_step_once(uri, k.info.run_id, 20)
+    assert _most_at_once(_attempt_windows(sweep_dir)) <= 2
+
+    status = run_cli("status", parent, "--tracking-uri", uri, "--json")
+    table = json.loads(status.stdout)["trial_runs"]
+    assert table[0]["run_id"] == MlflowClient(tracking_uri=uri).get_run(parent).data.tags[
+        "trainctl.best_trial"]
+    listed = run_cli("ls", "--tracking-uri", uri).stdout
+    assert parent in listed and not any(k.info.run_id in listed for k in kids)
+
+
+def _sacct(array: str) -> list[tuple[str, str]]:
+    res = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State"], capture_output=True,
+                         text=True, timeout=30)
+    return [tuple(line.split("|")[:2]) for line in res.stdout.split()]  # type: ignore[misc]
+
+
+@pytest.mark.slurm
+def test_slurm_sweep_is_one_array_and_a_requeued_task_resumes_its_trial(slurm_cluster: None, mlflow_server: str,
+                                                                       tmp_path: Path) -> None:
+    uri = mlflow_server
+    slow = 'callbacks=[{class_path: trainctl.testing.faults.SlowSteps, init_args: {seconds: 0.5}}]'
+    parent = _submit(SLURM, tmp_path, uri, ["sweep.space.model.init_args.lr.grid=[0.001, 0.01]",
+                                            "trainer.max_epochs=2", "checkpoint.every_n_train_steps=5", slow])
+    array = MlflowClient(tracking_uri=uri).get_run(parent).data.tags["trainctl.scheduler_job_id"]
+    sweep_dir = Path(MlflowClient(tracking_uri=uri).get_run(parent).data.tags["trainctl.run_dir"])
+    most, requeued, deadline = 0, None, time.monotonic() + 600
+    while _state(uri, parent) not in ("FINISHED", "FAILED", "KILLED"):
+        assert time.monotonic() < deadline, f"the sweep did not end: {_sacct(array)}"
+        rows = _sacct(array)
+        assert rows and all(job.startswith(f"{array}_") for job, _ in rows), rows  # one array job
+        most = max(most, sum(1 for _, state in rows if state == "RUNNING"))
+        if requeued is None:  # a trial mid-run is requeued by SLURM; it goes on in its own run
+            for trial in sweep_dir.glob("trials/*/job.json"):
+                run_id = json.loads(trial.read_text())["run_id"]
+                if 5 <= len(steps(uri, run_id)) <= 20:
+                    job = json.loads((trial.parent / "scheduler.json").read_text())["job_id"]
+                    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+                    requeued = run_id
+                    break
+        time.sleep(0.5)
+    assert most <= 2, most
+    assert requeued is not None
+    _check_parent_and_children(uri, parent, 4, STEPS)
+    tags = MlflowClient(tracking_uri=uri).get_run(requeued).data.tags
+    assert int(tags["trainctl.attempt"]) >= 2, tags
+    _each_step_once(uri, requeued, STEPS)
+    cfg = parse_sweep(json.loads((sweep_dir / "sweep.json").read_text())["sweep"])
+    assert len(engine.load(sweep_dir, cfg).trials) == 4  # the requeued trial did not ask again
+
+
+def test_a_sweep_whose_trials_all_fail_says_so_once(mlflow_server: str, tmp_path: Path) -> None:
+    """Every trial raises in the user's code: the sweep ends FAILED after its first two trials, naming the first
+    failure, and starts no more trials."""
+    uri = mlflow_server
+    fail = 'callbacks=[{class_path: trainctl.testing.faults.RaiseAtStep, init_args: {step: 1, always: true}}]'
+    args = ["submit", LOCAL, "--set", f"workdir={tmp_path}", "--set", f"tracking.uri={uri}", "--set",
+            "sweep.trials=6", "--set", fail]
+    res = run_cli(*args, timeout=600)
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    parent = re.search(r"sweep id:\s+([0-9a-f]{32})", res.stdout).group(1)  # type: ignore[union-attr]
+    tags = MlflowClient(tracking_uri=uri).get_run(parent).data.tags
+    assert tags["trainctl.state"] == "FAILED" and "trials all failed" in tags["trainctl.reason"]
+    assert "injected failure" in tags["trainctl.reason"]
+    assert res.stdout.count("trials all failed") == 1
+    assert 2 <= len(_children(uri, parent)) <= 3  # the two that failed, and at most one started meanwhile
