@@ -17,11 +17,36 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+
+class JsonRecord:
+    """A dataclass kept as one JSON file in a directory, written atomically; fields it does not know are ignored on
+    read (a newer submitter's extra fields)."""
+
+    FILE: ClassVar[str]
+
+    @classmethod
+    def path(cls, directory: Path) -> Path:
+        return directory / cls.FILE
+
+    def write(self, directory: Path) -> None:
+        atomic_write_text(self.path(directory), json.dumps(asdict(self), indent=2))  # type: ignore[call-overload]
+
+    @classmethod
+    def read(cls, directory: Path) -> Self:
+        data = json.loads(cls.path(directory).read_text())
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
-class JobFile:
+class JobFile(JsonRecord):
+    FILE: ClassVar[str] = "job.json"
+
     run_id: str
     tracking_uri: str
     backend: str
@@ -30,18 +55,6 @@ class JobFile:
     created: float = field(default_factory=time.time)
     import_dirs: list[str] = field(default_factory=list)  # where the user's modules were importable at submit
 
-    @staticmethod
-    def path(run_dir: Path) -> Path:
-        return run_dir / "job.json"
-
-    def write(self, run_dir: Path) -> None:
-        atomic_write_text(self.path(run_dir), json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def read(cls, run_dir: Path) -> JobFile:
-        data = json.loads(cls.path(run_dir).read_text())
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})  # a newer submitter's extra fields
 
 
 def import_dirs_for(spec_path: str | Path) -> list[str]:

@@ -7,15 +7,17 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from trainctl.rundir import atomic_write_text
+from trainctl.rundir import JsonRecord, atomic_write_text
 
 
 @dataclass
-class SweepFile:
+class SweepFile(JsonRecord):
+    FILE: ClassVar[str] = "sweep.json"
+
     parent_run_id: str
     tracking_uri: str
     backend: str
@@ -24,18 +26,6 @@ class SweepFile:
     import_dirs: list[str] = field(default_factory=list)
     source: str = ""  # the spec file
 
-    @staticmethod
-    def path(sweep_dir: Path) -> Path:
-        return sweep_dir / "sweep.json"
-
-    def write(self, sweep_dir: Path) -> None:
-        atomic_write_text(self.path(sweep_dir), json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def read(cls, sweep_dir: Path) -> SweepFile:
-        data = json.loads(cls.path(sweep_dir).read_text())
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def trial_dir(sweep_dir: Path, index: int) -> Path:
