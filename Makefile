@@ -49,7 +49,7 @@ test: venv-all ## Run the whole test suite (starts MLflow/SLURM/Ray when it can)
 lint: venv-dev ## ruff check (the code is hand-formatted at 120 columns; `ruff format` is not enforced)
 	$(VENV)/bin/ruff check src tests bench
 
-mlflow: venv-server ## Serve the tracking store trainctl uses on 127.0.0.1:5000 (lean: 1 worker)
+mlflow: venv-server ## Serve the embedded sqlite store on 127.0.0.1:5000 (lean: 1 worker; a cluster: mlflow-server)
 	$(PY) -m trainctl.mlflow_server --port $${PORT:-5000}
 
 bench: venv-all ## Run the benchmarks; writes bench/results.json and bench/results.md
@@ -60,5 +60,6 @@ clean: ## Remove caches (keeps .venv and runs/)
 
 -include cluster/slurm/slurm.mk
 -include cluster/ray/ray.mk
+-include cluster/mlflow/mlflow.mk
 
 .PHONY: help venv venv-ray venv-server venv-dev venv-all validate submit resume test lint mlflow bench clean

@@ -88,6 +88,41 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from serve_mlflow(tmp_path_factory.mktemp("mlflow-server"), "an MLflow server")
 
 
+def serve_production_mlflow(what: str, workers: int = 2) -> Iterator[str]:
+    """cluster/mlflow/up.sh (PostgreSQL + an MLflow server with `workers` workers) on free ports in a fresh DIR:
+    yields its URI, then stops exactly it (down.sh) and removes the DIR. The DIR is world-traversable because
+    PostgreSQL runs as the `postgres` user when the tests run as root."""
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="trainctl-mlflow-"))
+    workdir.chmod(0o755)
+    env = {**os.environ, "DIR": str(workdir), "PORT": str(_free_port()), "PGPORT": str(_free_port()),
+           "WORKERS": str(workers), "PY": sys.executable}
+    up = subprocess.run(["bash", str(ROOT / "cluster" / "mlflow" / "up.sh")], capture_output=True, text=True,
+                        env=env, timeout=300)
+    try:
+        require(up.returncode == 0, what, f"cluster/mlflow/up.sh failed: {up.stderr[-2000:]}")
+        yield f"http://127.0.0.1:{env['PORT']}"
+    finally:
+        subprocess.run(["bash", str(ROOT / "cluster" / "mlflow" / "down.sh")], capture_output=True, env=env,
+                       timeout=120)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_mlflow() -> Iterator[str]:
+    """The production tracking server (`make mlflow-server`: PostgreSQL + several MLflow workers) that the SLURM
+    and Ray tests log to, as a cluster's jobs do: TRAINCTL_TEST_CLUSTER_MLFLOW_URI when it answers (.ci/run starts
+    one), else one started for the session."""
+    from trainctl.mlflow_server import answers
+
+    existing = os.environ.get("TRAINCTL_TEST_CLUSTER_MLFLOW_URI")
+    if existing and answers(existing):
+        yield existing
+        return
+    yield from serve_production_mlflow("the PostgreSQL-backed MLflow server")
+
+
 def _cluster(kind: str, count_env: str, count: str) -> Iterator[None]:
     scripts = ROOT / "cluster" / kind
     up = subprocess.run(["bash", str(scripts / "status.sh")], capture_output=True, text=True)
