@@ -255,6 +255,10 @@ def _close_run(live: _Live, verdict: attempts.Verdict, **tags: str) -> None:
                 done.result()
     except Exception as exc:
         log.warning("could not upload checkpoints/logs to MLflow: %s", exc)
+    if verdict.outcome is attempts.Outcome.finished:  # after the upload: the version's source is checkpoints/best
+        from trainctl import model_registry
+
+        model_registry.on_finished(live.spec, uri, run_id, live.built.top_k if live.built else None)
     state = {
         attempts.Outcome.finished: State.FINISHED, attempts.Outcome.requeue: State.REQUEUED,
         attempts.Outcome.failed: State.FAILED, attempts.Outcome.killed: State.KILLED,
