@@ -55,7 +55,7 @@ lint: venv-dev ## ruff check (the code is hand-formatted at 120 columns; `ruff f
 readme-fields: venv ## Regenerate the README's spec field table from the spec's dataclasses
 	$(PY) -m trainctl.spec_doc --write README.md
 
-mlflow: venv-server ## Serve the tracking store trainctl uses on 127.0.0.1:5000 (lean: 1 worker)
+mlflow: venv-server ## Serve the embedded sqlite store on 127.0.0.1:5000 (lean: 1 worker; a cluster: mlflow-server)
 	$(PY) -m trainctl.mlflow_server --port $${PORT:-5000}
 
 bench: venv-all ## Run the benchmarks; writes bench/results.json and bench/results.md
@@ -66,5 +66,6 @@ clean: ## Remove caches (keeps .venv and runs/)
 
 -include cluster/slurm/slurm.mk
 -include cluster/ray/ray.mk
+-include cluster/mlflow/mlflow.mk
 
 .PHONY: help venv venv-ray venv-server venv-dev venv-all validate submit resume test test-stock lint readme-fields mlflow bench clean

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import checkpointing, cli_latency, cpu_ddp, launch, memory, system_metrics, tracking
+from bench import checkpointing, cli_latency, cpu_ddp, launch, memory, system_metrics, tracking, tracking_load
 from bench.procs import ROOT, machine
 from bench.report import chart, markdown
 from bench.stats import median
@@ -54,6 +54,10 @@ GOALS: dict[str, tuple[float | None, str, str]] = {
     "cli_validate_s": (3.0, "s", "`trainctl validate jobs/digits.yaml` cold, median wall (classes read from source)"),
     "memory_peak_ratio": (None, "x", "peak RSS per rank, trainctl ÷ raw DDP loop"),
     "memory_growth_mb_per_10k_steps": (5.0, "MiB", "RSS slope over the 2nd half of a ≥ 10k-step run (abs)"),
+    "tracking_load_points_per_s_sqlite": (None, "points/s", "N simulated jobs logging every step through the sink "
+                                          "to the lean sqlite server: the most sustained (bench/tracking_load.py)"),
+    "tracking_load_points_per_s_postgres": (None, "points/s", "the same to `make mlflow-server` (PostgreSQL, 4 "
+                                            "workers)"),
     "system_metrics_ratio": (1.01, "x", "mean step, system metrics every 1 s (10x the default rate) ÷ off, "
                              "MLflow logging on (hidden 1024)"),
 }
@@ -250,6 +254,16 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
                     "system_metrics_ratio", sm["ratio"], mean_step_ms=sm["mean_step_ms"], spread=_spread(sm, "ratio"),
                     sample_cpu_ms=sm["sample_cpu_ms"], core_share_at_default_interval=sm[
                         "core_share_at_default_interval"])
+
+            # ---- the tracking server's ceiling, on servers of its own (quick: sqlite, 1 and 4 jobs)
+            tl = section("tracking_load", lambda: tracking_load.run(
+                [1, 4] if quick else [1, 4, 16, 64], 3.0 if quick else 8.0, 20, 5,
+                ["sqlite"] if quick else ["sqlite", "postgres"], 4, log=log))
+            for server in ("sqlite", "postgres") if tl else ():
+                key = f"tracking_load_points_per_s_{server}"
+                ratios[key] = _skipped(key, "quick") if server not in tl else _entry(
+                    key, tl[server]["max_points_per_s"], knee_jobs=tl[server]["knee_jobs"], lost=tl[server]["lost"],
+                    p99_batch_ms=max(r["p99_batch_ms"] for r in tl[server]["rows"]))
     results["ratios"] = ratios
     results["errors"] = errors
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -291,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.quick, set(args.only.split(",")) if args.only else None, log)
     if args.merge and args.out.is_file():  # keep the other sections of an earlier run, this run's win
         earlier = json.loads(args.out.read_text())
-        for key in ("cpu_ddp", "tracking", "checkpointing", "launch", "cli", "memory", "system_metrics", "seconds"):
+        for key in ("cpu_ddp", "tracking", "checkpointing", "launch", "cli", "memory", "system_metrics",
+                    "tracking_load", "seconds"):
             if key not in results and key in earlier:
                 results[key] = earlier[key]
         results["ratios"] = {**earlier.get("ratios", {}), **results["ratios"]}

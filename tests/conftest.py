@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import IN_CI, ROOT, require, serve_mlflow
+from helpers import IN_CI, ROOT, require, serve_mlflow, serve_production_mlflow
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,6 +39,20 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield existing
         return
     yield from serve_mlflow(tmp_path_factory.mktemp("mlflow-server"), "an MLflow server")
+
+
+@pytest.fixture(scope="session")
+def cluster_mlflow() -> Iterator[str]:
+    """The production tracking server (`make mlflow-server`: PostgreSQL + several MLflow workers) that the SLURM
+    and Ray tests log to, as a cluster's jobs do: TRAINCTL_TEST_CLUSTER_MLFLOW_URI when it answers (.ci/run starts
+    one), else one started for the session."""
+    from trainctl.mlflow_server import answers
+
+    existing = os.environ.get("TRAINCTL_TEST_CLUSTER_MLFLOW_URI")
+    if existing and answers(existing):
+        yield existing
+        return
+    yield from serve_production_mlflow("the PostgreSQL-backed MLflow server")
 
 
 def _cluster(kind: str, count_env: str, count: str) -> Iterator[None]:

@@ -10,9 +10,11 @@ import glob
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,3 +177,22 @@ def wait_steps(uri: str, run_id: str, n: int, timeout: float = 300) -> float:
             return None
 
     return wait_for(f"run {run_id} logging {n} steps", logged, timeout, every=0.3)
+
+
+def serve_production_mlflow(what: str, workers: int = 2) -> Iterator[str]:
+    """cluster/mlflow/up.sh (PostgreSQL + an MLflow server with `workers` workers) on free ports in a fresh DIR:
+    yields its URI, then stops exactly it (down.sh) and removes the DIR. The DIR is world-traversable because
+    PostgreSQL runs as the `postgres` user when the tests run as root."""
+    workdir = Path(tempfile.mkdtemp(prefix="trainctl-mlflow-"))
+    workdir.chmod(0o755)
+    env = {**os.environ, "DIR": str(workdir), "PORT": str(free_port()), "PGPORT": str(free_port()),
+           "WORKERS": str(workers), "PY": sys.executable}
+    up = subprocess.run(["bash", str(ROOT / "cluster" / "mlflow" / "up.sh")], capture_output=True, text=True,
+                        env=env, timeout=300)
+    try:
+        require(up.returncode == 0, what, f"cluster/mlflow/up.sh failed: {up.stderr[-2000:]}")
+        yield f"http://127.0.0.1:{env['PORT']}"
+    finally:
+        subprocess.run(["bash", str(ROOT / "cluster" / "mlflow" / "down.sh")], capture_output=True, env=env,
+                       timeout=120)
+        shutil.rmtree(workdir, ignore_errors=True)

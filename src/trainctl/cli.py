@@ -1,4 +1,4 @@
-"""trainctl command line: validate | submit | status | logs | cancel | ls | resume | sync.
+"""trainctl command line: validate | submit | status | logs | cancel | ls | resume | sync | register | reproduce | gc.
 
 Bad input prints what is wrong, where, what is valid and a HINT, and exits 2 with no traceback.
 """
@@ -285,6 +285,33 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    from trainctl import control, model_registry
+
+    ref = control.find_run(args.run_id, _uri(args))
+    done = model_registry.register_best(ref.uri, ref.run_id, args.name, args.alias)
+    print(f"run {ref.run_id}: best checkpoint registered as {args.name} version {done.version} ({done.uri})")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from trainctl import control, reproduce
+
+    new_id, uri, text = reproduce.reproduce(args.run_id, _uri(args), args.into, args.backend)
+    print(text)
+    ref = control.find_run(new_id, uri)
+    return 0 if args.detach or ref.backend != "local" else _follow(ref)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trainctl.gc import gc
+
+    print(gc(Path(args.workdir), args.older_than, args.keep_best, args.delete))
+    return 0
+
+
 def _states() -> list[Any]:
     from trainctl.runstate import State
 
@@ -342,6 +369,22 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=registry.KINDS)
     r.add_argument("--detach", action="store_true")
     r.set_defaults(fn=cmd_resume)
+    rg = run_cmd("register", "make the run's best checkpoint a new version of a registered model")
+    rg.add_argument("name", metavar="NAME", help="registered model name")
+    rg.add_argument("--alias", help="alias to move to the new version, e.g. champion")
+    rg.set_defaults(fn=cmd_register)
+    rp = run_cmd("reproduce", "re-submit the run's spec in a checkout of its recorded commit and changes")
+    rp.add_argument("--into", help="checkout directory (default: "
+                    "<workdir>/reproduce/<run name>)")
+    rp.add_argument("--backend", choices=["local", "slurm", "ray"])
+    rp.add_argument("--detach", action="store_true")
+    rp.set_defaults(fn=cmd_reproduce)
+    g = sub.add_parser("gc", help="remove local files of ended runs (dry run unless --delete)")
+    g.add_argument("--workdir", default="runs", help="the runs' workdir (default: runs)")
+    g.add_argument("--older-than", default="7d", help="only runs that ended longer ago (90s, 12h, 7d; default 7d)")
+    g.add_argument("--keep-best", action="store_true", help="keep each run's checkpoints/best/")
+    g.add_argument("--delete", action="store_true", help="remove what the dry run lists")
+    g.set_defaults(fn=cmd_gc)
     ls = sub.add_parser("ls", help="list trainctl runs")
     _store_args(ls)
     ls.add_argument("--limit", type=int, default=50, help="runs per store, newest first (default: 50)")

@@ -93,6 +93,12 @@ class FaultTolerance:
 
 
 @dataclass
+class Register:
+    name: str = _f(doc="registered model that each FINISHED run's best checkpoint becomes a version of")
+    alias: str | None = _f(None, doc="alias moved to that version, e.g. champion")
+
+
+@dataclass
 class Tracking:
     uri: str | None = _f(None, doc="MLflow URI; default MLFLOW_TRACKING_URI, else sqlite in workdir")
     log_every_n_steps: int = _f(1, lo=1, hi=10**6, doc="step metrics logged every N steps")
@@ -101,6 +107,7 @@ class Tracking:
     system_metrics: float | None = _f(10.0, lo=0, hi=86400, doc="seconds between samples of each node's CPU, "
                                       "memory, disk, network, GPUs (system/<host>/…); 0 or null = off")
     redact: list[str] = _f(factory=list, doc="spec paths whose values are secret (never sent to MLflow)")
+    register: Register | None = _f(None, doc="hand the best checkpoint to the Model Registry (optional)")
 
 
 @dataclass

@@ -197,6 +197,12 @@ def create_run(spec: Spec, uri: str, backend: str, source: str | None = None) ->
     for i in range(0, max(len(items), 1), 100):  # MLflow takes at most 100 params per request
         name = [RunTag("mlflow.runName", run_name(spec.name, run_id))] if i == 0 else []
         cl.log_batch(run_id, params=items[i : i + 100], tags=name)
+    from trainctl import provenance
+
+    try:  # best effort: a run whose provenance could not be recorded still trains
+        provenance.record(cl, run_id, Path.cwd() if git_commit() or not source else Path(source).absolute().parent)
+    except Exception as exc:
+        provenance.log.warning("could not record the run's code and packages: %s: %s", type(exc).__name__, exc)
     return run_id
 
 

@@ -15,12 +15,12 @@ RATIO_KEYS = {
     "cpu_ddp_ratio", "cpu_ddp_added_ms", "tracking_ratio", "tracking_ratio_tiny", "checkpoint_blocking_ratio",
     "checkpoint_write_slowdown", "launch_local_first_step_s", "launch_local_end_noticed_s",
     "launch_slurm_first_step_s", "launch_slurm_end_noticed_s", "memory_peak_ratio", "memory_growth_mb_per_10k_steps",
-    "system_metrics_ratio",
+    "system_metrics_ratio", "tracking_load_points_per_s_sqlite", "tracking_load_points_per_s_postgres",
     "cli_status_s", "cli_ls_s", "cli_logs_s", "cli_cancel_s", "cli_validate_s",
 }
 MEASURED_IN_QUICK = {"cpu_ddp_added_ms", "tracking_ratio_tiny", "checkpoint_blocking_ratio",
                      "checkpoint_write_slowdown", "memory_peak_ratio", "memory_growth_mb_per_10k_steps",
-                     "system_metrics_ratio"}
+                     "system_metrics_ratio", "tracking_load_points_per_s_sqlite"}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,7 @@ def test_every_ratio_is_there_with_its_goal(quick: tuple[subprocess.CompletedPro
         assert r["met"] in (True, False, None), key
     for key in MEASURED_IN_QUICK:
         assert not ratios[key].get("skipped"), key
+    assert ratios["tracking_load_points_per_s_sqlite"]["lost"] == 0, "every logged point reaches the server"
 
 
 def test_sections_hold_their_raw_figures(quick: tuple[subprocess.CompletedProcess, Path]) -> None:

@@ -84,8 +84,8 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def uri(ray_cluster: None, mlflow_server: str) -> Iterator[str]:
-    yield mlflow_server
+def uri(ray_cluster: None, cluster_mlflow: str) -> Iterator[str]:
+    yield cluster_mlflow
     client = _client()
     for sid in SUBMITTED:  # a failed test leaves its job behind: do not let it hold the cluster
         if not client.get_job_status(sid).is_terminal():

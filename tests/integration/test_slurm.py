@@ -106,8 +106,8 @@ def _contiguous(history: list[int]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def uri(slurm_cluster: None, mlflow_server: str) -> Iterator[str]:
-    yield mlflow_server
+def uri(slurm_cluster: None, cluster_mlflow: str) -> Iterator[str]:
+    yield cluster_mlflow
     live = [j for j in SUBMITTED if _sh("squeue", "-h", "-j", j, "-o", "%T").strip()]
     if live:  # a failed test leaves its job behind: do not let it run on
         subprocess.run(["scancel", *live], timeout=30)

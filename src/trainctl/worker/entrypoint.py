@@ -242,6 +242,10 @@ def _close_run(live: _Live, verdict: Verdict, **tags: str) -> None:
                 done.result()
     except Exception as exc:
         log.warning("could not upload checkpoints/logs to MLflow: %s", exc)
+    if verdict.outcome is Outcome.finished:  # after the upload: the version's source is checkpoints/best
+        from trainctl import model_registry
+
+        model_registry.on_finished(live.spec, uri, run_id, live.built.top_k if live.built else None)
     state = state_after(verdict.outcome)
     try:  # a requeued attempt's successor records its own state: it need not wait out a long outage
         tracking.set_state(uri, run_id, state, reason=verdict.reason, unless=tracking.cancelled,
