@@ -300,7 +300,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     new_id, uri, text = reproduce.reproduce(args.run_id, _uri(args), args.into, args.backend)
     print(text)
     ref = control.find_run(new_id, uri)
-    return 0 if args.detach or ref.backend != "local" else _follow(ref)
+    return _follow(ref) if registry.backend(ref.backend).follow and not args.detach else 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -376,7 +376,7 @@ def parser() -> argparse.ArgumentParser:
     rp = run_cmd("reproduce", "re-submit the run's spec in a checkout of its recorded commit and changes")
     rp.add_argument("--into", help="checkout directory (default: "
                     "<workdir>/reproduce/<run name>)")
-    rp.add_argument("--backend", choices=["local", "slurm", "ray"])
+    rp.add_argument("--backend", choices=registry.KINDS)
     rp.add_argument("--detach", action="store_true")
     rp.set_defaults(fn=cmd_reproduce)
     g = sub.add_parser("gc", help="remove local files of ended runs (dry run unless --delete)")
