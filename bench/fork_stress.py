@@ -1,6 +1,6 @@
 """Stress: DataLoader workers started beside a rank's threads, with every stack saved when a rank stalls.
 
-One run is the shortest job that starts loader workers, on trainctl's worker path (as `bench.common._worker_rank`:
+One run is the shortest job that starts loader workers, on trainctl's worker path (as `bench.worker_path`:
 the real `build_trainer`, callbacks, async checkpoint writer, heartbeat and watchdog, resumable data path, rank 0's
 metrics sink on an sqlite store): the digits example on 2 gloo ranks with 2 persistent workers per loader; sanity
 check, one short epoch with validation and a checkpoint every 2 steps, then test from the best checkpoint. That is
@@ -91,21 +91,15 @@ def _rank(rank: int, port: int, cfg: dict[str, Any]) -> None:
                       WORLD_SIZE="2", NODE_RANK="0", LOCAL_WORLD_SIZE="2")
     import logging
 
-    try:  # as worker.entrypoint.train does first thing (a tree without it forks loader workers from the rank)
-        from trainctl.worker.loader_workers import fork_server_now
-    except ImportError:
-        fork_server_now = None
-    if fork_server_now is not None:
-        fork_server_now(["trainctl.examples.digits"])
+    from trainctl.worker.loader_workers import fork_server_now
+
+    fork_server_now(["trainctl.examples.digits"])  # as worker.entrypoint.train does before its threads start
 
     from trainctl import tracking
-    from trainctl.callbacks.binding import make
-    from trainctl.components import import_class, instantiate, namespace_of
     from trainctl.metrics import MetricsSink
-    from trainctl.spec import parse_spec, resolve_env
-    from trainctl.worker.build import build_trainer
-    from trainctl.worker.data import ResumableData
-    from trainctl.worker.watchdog import HeartbeatImpl, Watchdog
+    from trainctl.spec import parse_spec
+    from trainctl.worker.fit import fit
+    from trainctl.worker.watchdog import Watchdog
 
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     stall_dir = Path(cfg["stall_dir"])
@@ -139,29 +133,21 @@ def _rank(rank: int, port: int, cfg: dict[str, Any]) -> None:
         spec = parse_spec(job_spec(run_dir, cfg["stall_s"], cfg["workers"]), check_classes=False)
         watchdog = Watchdog(spec.fault_tolerance.collective_timeout_s, run_dir / "failures", rank, i + 1,
                             on_stall=stalled).start()
-        ns = namespace_of(import_class(spec.model.class_path))
-        ns.pl.seed_everything(spec.seed_everything, workers=True, verbose=False)
-        model = instantiate(resolve_env(spec.model), ns.pl.LightningModule)
-        data = instantiate(resolve_env(spec.data), ns.pl.LightningDataModule)
-        trainer, built = build_trainer(ns, spec, run_dir, cfg["run_id"], sink,
-                                       extra_callbacks=(make(HeartbeatImpl, ns.pl.Callback, watchdog),))
-        ResumableData(ns, trainer, spec.seed_everything or 0, rank, 2).install(data)
-        trainer.fit(model, datamodule=data)
-        trainer.test(model, datamodule=data, ckpt_path=built.top_k.best_model_path or None, verbose=False)
+        done = fit(spec, run_dir, cfg["run_id"], sink, rank, 2, watchdog=watchdog)
         watchdog.stop()
-        built.checkpoint_io.teardown()
+        done.built.checkpoint_io.teardown()
         progress.write(f"{i}\n")
         progress.flush()
     if sink is not None:
         sink.close(timeout_s=30)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)  # no interpreter teardown (see bench.common.run_json: a gloo destructor can deadlock)
+    os._exit(0)  # no interpreter teardown (see bench.procs.run_json: a gloo destructor can deadlock)
 
 
 def one_job(n: int, iterations: int, out: Path, args: argparse.Namespace, run_id: str, uri: str) -> dict[str, Any]:
     """Two ranks running `iterations` runs; the row says how many finished on both and how the job ended."""
-    from bench.common import free_port
+    from bench.procs import free_port
 
     run_dir = out / "jobs" / f"job-{n:04d}"
     stall_dir = out / "stalls" / f"job-{n:04d}"

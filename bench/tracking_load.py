@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, free_port, write_json
+from bench.procs import ROOT, free_port, write_json
 from bench.tracking import mlflow_server, new_run
 
 MAX_JOBS, MAX_PROCS = 64, 4
