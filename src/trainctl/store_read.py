@@ -113,22 +113,25 @@ def experiments(uri: str) -> dict[str, str]:
     return {e.experiment_id: e.name for e in client(uri).search_experiments()}
 
 
-def search(uri: str, limit: int | None = 50, state: str | None = None, experiment: str | None = None
-           ) -> list[RunRecord]:
+def search(uri: str, limit: int | None = 50, state: str | None = None, experiment: str | None = None,
+           tag: tuple[str, str] | None = None, experiment_id: str | None = None) -> list[RunRecord]:
     """trainctl's runs (active ones, in active experiments), newest first; `state`: the trainctl.state tag,
-    `experiment`: an experiment's name; all of them when limit is None."""
-    exps = experiments(uri)
-    ids = [i for i, name in exps.items() if experiment is None or name == experiment]
+    `experiment`: an experiment's name (or `experiment_id`); `tag`: (key, value) a run must carry, asked of the
+    store so that the answer does not grow with the experiment's other runs; all of them when limit is None."""
+    exps = {experiment_id: ""} if experiment_id else experiments(uri)
+    ids = [i for i, name in exps.items() if experiment is None or experiment_id or name == experiment]
     if not ids:
         return []
     k = kind(uri)
+    wanted = [("trainctl.state", state)] if state else []
+    wanted += [tag] if tag else []
     if k == "sqlite":
         try:
             with _sqlite(uri) as db:
-                return _sqlite_search(db, ids, limit, state)
+                return _sqlite_search(db, ids, limit, wanted)
         except sqlite3.DatabaseError:
             pass
-    query = f"tags.`{TRAINCTL_TAG}` != ''" + (f" and tags.`trainctl.state` = '{state}'" if state else "")
+    query = " and ".join([f"tags.`{TRAINCTL_TAG}` != ''", *(f"tags.`{key}` = '{value}'" for key, value in wanted)])
     out: list[RunRecord] = []
     token = None
     while limit is None or len(out) < limit:
@@ -296,16 +299,16 @@ def _sqlite_run(db: sqlite3.Connection, run_id: str) -> RunRecord | None:
     return None if row is None else _sqlite_fill(db, [row])[0]
 
 
-def _sqlite_search(db: sqlite3.Connection, exp_ids: list[str], limit: int | None, state: str | None
-                   ) -> list[RunRecord]:
+def _sqlite_search(db: sqlite3.Connection, exp_ids: list[str], limit: int | None,
+                   wanted: list[tuple[str, str]]) -> list[RunRecord]:
     marks = ",".join("?" * len(exp_ids))
     sql = (f"SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time FROM runs r JOIN tags t ON "
            f"t.run_uuid = r.run_uuid AND t.key = ? AND t.value != '' WHERE r.lifecycle_stage = 'active' AND "
            f"r.experiment_id IN ({marks})")
     args: list[Any] = [TRAINCTL_TAG, *exp_ids]
-    if state:
+    for key, value in wanted:
         sql += " AND EXISTS (SELECT 1 FROM tags s WHERE s.run_uuid = r.run_uuid AND s.key = ? AND s.value = ?)"
-        args += ["trainctl.state", state]
+        args += [key, value]
     sql += " ORDER BY r.start_time DESC, r.run_uuid" + (" LIMIT ?" if limit is not None else "")
     args += [limit] if limit is not None else []
     return _sqlite_fill(db, db.execute(sql, args).fetchall())

@@ -169,7 +169,7 @@ def rows(ref: control.RunRef) -> tuple[SweepFile, SweepConfig, list[dict[str, An
     with contextlib.suppress(Exception):  # the ledger is as fresh as the trials' attempt logs
         runs.settle(sd)
     out = []
-    for rec in runs.children(ref.uri, ref.run_id, sf.spec.get("experiment")):
+    for rec in runs.children(ref.uri, ref.run_id):
         child = control.ref_of(ref.uri, rec)
         if not child.state.terminal:
             with contextlib.suppress(Exception):
@@ -220,12 +220,11 @@ def cancel(ref: control.RunRef, grace_s: float, say: Any) -> list[str]:
         raise UserError.single("RUN_ID", f"sweep {ref.run_id} already ended {ref.state.value}", "nothing to cancel")
     tracking.set_state(ref.uri, ref.run_id, State.KILLED, reason="cancelled by the user")
     say(f"sweep {ref.run_id} is KILLED in MLflow: no further trial starts")
-    sf = SweepFile.read(ref.run_dir)
     left: list[str] = []
     if ref.backend == "slurm":
         from trainctl.sweep import slurm
 
-        live = [control.ref_of(ref.uri, r) for r in runs.children(ref.uri, ref.run_id, sf.spec.get("experiment"))]
+        live = [control.ref_of(ref.uri, r) for r in runs.children(ref.uri, ref.run_id)]
         for child in live:
             if not child.state.terminal:
                 tracking.set_state(ref.uri, child.run_id, State.KILLED, reason="cancelled with its sweep")
@@ -236,7 +235,7 @@ def cancel(ref: control.RunRef, grace_s: float, say: Any) -> list[str]:
         return left
     _stop_driver(int(ref.scheduler_job_id), ref.run_dir, say)
     for _ in range(2):  # a trial that was starting as the driver stopped has its run by the second look
-        for rec in runs.children(ref.uri, ref.run_id, sf.spec.get("experiment")):
+        for rec in runs.children(ref.uri, ref.run_id):
             child = control.ref_of(ref.uri, rec)
             if not child.state.terminal:
                 left += control.cancel(child, grace_s, say).left
