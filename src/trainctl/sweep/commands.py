@@ -175,12 +175,13 @@ def rows(ref: control.RunRef) -> tuple[SweepFile, SweepConfig, list[dict[str, An
             with contextlib.suppress(Exception):
                 child = control.reconcile(child)
         index = int(rec.tags.get("trainctl.trial", "-1"))
+        from trainctl.progress import training_step
         from trainctl.sweep.layout import read_json
 
         metric = read_json(trial_dir(sd, index) / "metric.json") or {}
         value = metric.get("value", rec.metrics.get(cfg.metric))
         out.append({"trial": index, "run_id": rec.run_id, "state": child.state.value, "value": value,
-                    "step": metric.get("step", max(rec.metric_steps.values(), default=None)),
+                    "step": metric.get("step", training_step(rec.metric_steps)),
                     "attempts": int(rec.tags.get("trainctl.attempt", "0") or 0),
                     "pruned": rec.tags.get("trainctl.pruned_rung"), "overrides": json.loads(
                         rec.tags.get("trainctl.overrides", "{}"))})
