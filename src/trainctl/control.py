@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,3 +289,28 @@ def list_runs(uri: str, limit: int | None = 50, state: str | None = None, experi
     if not stores.exists(uri):
         return []
     return [ref_of(uri, r) for r in store_read.search(uri, limit, state, experiment, hide_tag)]
+
+
+def each_store(uri: str | None, limit: int | None, state: str | None, experiment: str | None, hide_tag: str | None
+               ) -> Iterator[tuple[str, list[RunRef]]]:
+    """(store, its runs) for the store named, else for this directory's and every store of the index. A store of
+    the index that does not answer, or cannot be read, is named once the others are listed (UserError)."""
+    searched, silent = ([uri], []) if uri is not None else stores.search_plan()
+    unread: list[str] = []
+    for store in searched:
+        try:
+            refs = list_runs(store, limit, state, experiment, hide_tag)
+        except store_read.StoreError as exc:
+            if uri is not None:
+                raise
+            if isinstance(exc, store_read.StoreUnreachable):
+                silent.append(store)
+            else:
+                unread.append(f"{store} ({exc})"[:300])
+            continue
+        yield store, refs
+    if silent:
+        raise stores.not_answering(silent, named=uri is not None)
+    if unread:
+        raise UserError.single("tracking store", f"could not read {'; '.join(unread)}",
+                               "pass it with --tracking-uri (and MLflow's login variables if it asks for one)")

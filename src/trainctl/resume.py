@@ -107,25 +107,28 @@ def _nothing_to_train(checkpoint: Path, spec: Spec) -> tuple[str, str] | None:
 
 def _pick(ref: control.RunRef, source: str) -> Path:
     if source in ("last", "best"):
-        last, best = latest_good(ref.run_dir)[0], _best(ref.run_dir)
-        if last is None and best is None:  # no other --from to point to: start over from the spec
+        pick, other = (_last(ref.run_dir), _best) if source == "last" else (_best(ref.run_dir), _last)
+        if pick is not None:
+            return pick
+        if other(ref.run_dir) is None:  # no other --from to point to: start over from the spec
             raise UserError.single("--from", f"run {ref.run_id} has no verified checkpoint (neither last nor best):"
                                    " nothing to resume from",
                                    f"start it over: `trainctl submit {ref.run_dir / 'spec.yaml'}`")
         if source == "last":
-            if last is None:
-                raise UserError.single("--from", f"run {ref.run_id} has no verified resume checkpoint",
-                                       "use --from best (it has one) or --from PATH")
-            return last
-        if best is None:
-            raise UserError.single("--from", f"run {ref.run_id} has no verified best checkpoint",
-                                   "use --from last (it has one); best checkpoints need checkpoint.monitor")
-        return best
+            raise UserError.single("--from", f"run {ref.run_id} has no verified resume checkpoint",
+                                   "use --from best (it has one) or --from PATH")
+        raise UserError.single("--from", f"run {ref.run_id} has no verified best checkpoint",
+                               "use --from last (it has one); best checkpoints need checkpoint.monitor")
     path = Path(source)
     problem = verify(path) if path.is_file() else "no such file"
     if problem:
         raise UserError.single("--from", f"{source}: {problem}", "give last, best, or a verified .ckpt path")
     return path
+
+
+def _last(run_dir: Path) -> Path | None:
+    """The newest verified resume checkpoint, or None."""
+    return latest_good(run_dir)[0]
 
 
 def _best(run_dir: Path) -> Path | None:

@@ -55,6 +55,19 @@ def test_ls_limit_counts_only_the_runs_shown(store: dict[str, Any], tmp_path: Pa
     assert all(name in every for name in ("plain-0", "plain-1", "broken")) and "trial-" not in every, every
 
 
+def test_a_dead_server_of_the_index_does_not_hide_the_others(store: dict[str, Any], tmp_path: Path) -> None:
+    from .test_cli_store_down import dead_uri
+
+    dead = dead_uri()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "stores").write_text(f"{store['uri']}\n{dead}\n")
+    found = trainctl("status", store["broken"][:10], cwd=tmp_path)
+    assert found.returncode == 0 and "FAILED" in found.stdout, found.stderr
+    listed = trainctl("ls", cwd=tmp_path)
+    assert f"store {store['uri']}" in listed.stdout and "plain-1" in listed.stdout, listed.stdout
+    assert_clean_usage_error(listed, dead, "does not answer")
+
+
 def test_ls_into_a_closed_pipe_ends_quietly(store: dict[str, Any], tmp_path: Path) -> None:
     import os
 
