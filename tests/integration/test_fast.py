@@ -66,6 +66,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def test_lean_reads_equal_mlflow_client(farm: dict[str, Any]) -> None:
     refs = {}
+    MlflowClient(tracking_uri=farm["sql"]).set_tag(farm["newest"], "test.hidden", "yes")  # as a sweep's trial
     for uri in (farm["sql"], farm["http"]):
         cl = MlflowClient(tracking_uri=uri)
         exps = {e.experiment_id: e.name for e in cl.search_experiments()}
@@ -81,6 +82,7 @@ def test_lean_reads_equal_mlflow_client(farm: dict[str, Any]) -> None:
         assert [r.run_id for r in store_read.search(uri, None)] == listed == [
             farm["newest"], farm["other"], farm["done"]]
         assert [r.run_id for r in store_read.search(uri, 1)] == listed[:1]
+        assert [r.run_id for r in store_read.search(uri, 1, hide_tag="test.hidden")] == listed[1:2]  # not []
         assert [r.run_id for r in store_read.search(uri, None, state="FINISHED")] == [farm["done"]]
         assert [r.run_id for r in store_read.search(uri, None, experiment="other")] == [farm["other"]]
         job = ("trainctl.scheduler_job_id", cl.get_run(farm["done"]).data.tags["trainctl.scheduler_job_id"])
