@@ -140,10 +140,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     """Every attempt in order, each rank under its own header (rank 0 first); -f follows until the run ends."""
     from trainctl import control
-    from trainctl.logview import sections
+    from trainctl.logview import check_selection, sections
 
     ref = control.find_run(args.run_id, _uri(args))
-    _check_rank_and_attempt(ref.run_dir, args.rank, args.attempt)
+    check_selection(ref.run_dir, args.rank, args.attempt)
     if args.follow:
         return _follow(ref, {args.rank if args.rank is not None else 0}, args.attempt, args.tail)
     found = sections(ref.run_dir / "logs")
@@ -158,29 +158,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if ("driver" in label and args.rank is None) or (not found and mine):
                 print(f"==> {label} <==\n{text}")
     return 0
-
-
-def _check_rank_and_attempt(run_dir: Any, rank: int | None, attempt: int | None) -> None:
-    """A rank outside the job or an attempt that never started is an error, not an empty answer."""
-    from trainctl.logview import sections
-    from trainctl.rundir import JobFile
-    from trainctl.runstate import Attempts
-
-    if rank is not None:
-        try:
-            res = JobFile.read(run_dir).spec.get("resources", {})
-            world = int(res.get("nodes", 1)) * int(res.get("devices_per_node", 1))
-        except (OSError, ValueError):
-            world = 1 + max((s.rank for s in sections(run_dir / "logs")), default=0)
-        if not 0 <= rank < world:
-            raise UserError.single("--rank", f"no rank {rank}: the job has ranks 0…{world - 1}",
-                                   "leave --rank out to see every rank")
-    if attempt is not None:
-        known = {a.number for a in Attempts(run_dir).all()} | {s.attempt for s in sections(run_dir / "logs")}
-        if attempt not in known:
-            listed = ", ".join(map(str, sorted(known))) or "none yet"
-            raise UserError.single("--attempt", f"no attempt {attempt} (attempts so far: {listed})",
-                                   "leave --attempt out to see every attempt")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -288,7 +288,7 @@ def list_runs(uri: str, limit: int | None = 50, state: str | None = None, experi
     hide_tag: runs with this tag are not listed, nor counted toward the limit."""
     if not stores.exists(uri):
         return []
-    return [ref_of(uri, r) for r in store_read.search(uri, limit, state, experiment, hide_tag)]
+    return [ref_of(uri, r) for r in store_read.search(uri, limit, state, experiment, hide_tag=hide_tag)]
 
 
 def each_store(uri: str | None, limit: int | None, state: str | None, experiment: str | None, hide_tag: str | None
