@@ -107,9 +107,12 @@ def _follow(ref: Any, ranks: set[int] | None = None, attempt: int | None = None,
     try:
         final = control.watch(ref, out.line, out.say, follower=follower, attempt=attempt)
     except KeyboardInterrupt:
+        now = control.find_run(ref.run_id, ref.uri)
+        if now.state.terminal:  # the job ended as the key was pressed: nothing to cancel, say how it ended
+            print(f"\ninterrupted: run {now.run_id} had already ended {now.state.value}", file=sys.stderr)
+            return 0 if now.state.value == "FINISHED" else 1
         print("\ninterrupted: cancelling the job", file=sys.stderr)
-        _print_cancelled(control.cancel(control.find_run(ref.run_id, ref.uri), say=_progress(sys.stderr)),
-                         sys.stderr)
+        _print_cancelled(control.cancel(now, say=_progress(sys.stderr)), sys.stderr)
         return 130
     more = [f"trainctl status {final.run_id}", f"trainctl logs {final.run_id}", f"UI: {stores.ui_command(final.uri)}"]
     out.end(final.run_id, final.state.value, final.tags.get("trainctl.reason", ""), final.metrics, more)
