@@ -82,7 +82,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"System metrics (every {sm['interval_s']:g} s, hidden {sm['hidden']}): mean step ms " +
                   ", ".join(f"{k} {v:.3f}" for k, v in sm["mean_step_ms"].items()) +
                   f"; one sample takes {sm['sample_cpu_ms']:.2f} ms of CPU in the monitor's thread, "
-                  f"{100 * sm['core_share_at_default_interval']:.4f} % of a core at the default 10 s"]
+                  f"{100 * sm['core_share_at_default_interval']:.4f} % of a core at the default 10 s"
+                  + (f"; step-time ratio {sm['ratio']:.3f} at this rate, {sm['ratio_at_default_interval']:.4f} at the "
+                     "default 10 s (the cost is per sample)" if "ratio_at_default_interval" in sm else "")]
     if results.get("errors"):
         lines += ["", "Errors:"] + [f"- {k}: {v.splitlines()[0]}" for k, v in results["errors"].items()]
     return "\n".join(lines) + "\n"
