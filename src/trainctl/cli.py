@@ -146,9 +146,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from trainctl.logview import check_selection, sections
 
     ref = control.find_run(args.run_id, _uri(args))
+    check_selection(ref.run_dir, args.rank, args.attempt, sweep=_is_sweep(ref))
     if _is_sweep(ref):
         return _sweep_logs(args, ref)
-    check_selection(ref.run_dir, args.rank, args.attempt)
     if args.follow:
         return _follow(ref, {args.rank if args.rank is not None else 0}, args.attempt, args.tail)
     found = sections(ref.run_dir / "logs")
@@ -169,10 +169,6 @@ def _sweep_logs(args: argparse.Namespace, ref: Any) -> int:
     """A sweep's driver log and its trials with the command for each one's output; -f follows it to its end."""
     from trainctl.logview import render_sweep
 
-    for flag, value in (("--rank", args.rank), ("--attempt", args.attempt)):
-        if value is not None:
-            raise UserError.single(flag, f"{ref.run_id} is a sweep: ranks and attempts are its trials'",
-                                   f"pass a trial's run id (`trainctl logs {ref.run_id}` lists them) with {flag}")
     if not args.follow:
         print(render_sweep(ref.run_id, ref.run_dir / "logs", _sweep().rows(ref)[2], args.tail))
         return 0

@@ -201,11 +201,16 @@ def tail_lines(items: list[Line], n: int | None) -> list[Line]:
     return shown if n is None else shown[-n:] if n > 0 else []
 
 
-def check_selection(run_dir: Path, rank: int | None, attempt: int | None) -> None:
-    """A rank outside the job or an attempt that never started is an error, not an empty answer."""
+def check_selection(run_dir: Path, rank: int | None, attempt: int | None, sweep: bool = False) -> None:
+    """A rank outside the job or an attempt that never started is an error, not an empty answer; a sweep's ranks
+    and attempts are its trials'."""
     from trainctl.rundir import JobFile
     from trainctl.runstate import Attempts
 
+    for flag, value in (("--rank", rank), ("--attempt", attempt)):
+        if sweep and value is not None:
+            raise UserError.single(flag, f"{run_dir.name} is a sweep: ranks and attempts are its trials'",
+                                   f"pass a trial's run id with {flag} (`trainctl logs SWEEP` lists them)")
     if rank is not None:
         try:
             res = JobFile.read(run_dir).spec.get("resources", {})

@@ -212,13 +212,12 @@ def status(ref: control.RunRef, as_json: bool) -> str:
     paths = list(dict.fromkeys([*cfg.space, *(k for r in table for k in r["overrides"])]))
     names = short_names(paths)
 
-    def shown(v: Any) -> str:
-        text = "-" if v is None else f"{v:.4g}" if isinstance(v, float) else v if isinstance(v, str) else \
-            json.dumps(v, ensure_ascii=False)
+    def shown(v: Any) -> str:  # a string with a newline or tab is quoted, so that it stays on its row
+        text = "-" if v is None else f"{v:.4g}" if isinstance(v, float) else v if isinstance(v, str) and \
+            v.isprintable() else json.dumps(v, ensure_ascii=False)
         return fit(text, 40)
 
-    numeric = [all(isinstance(r["overrides"].get(p), (int, float, type(None))) and not isinstance(
-        r["overrides"].get(p), bool) for r in table) for p in paths]
+    numeric = [all(type(r["overrides"].get(p)) in (int, float, type(None)) for r in table) for p in paths]
     cells = [[str(r["trial"]), f"PRUNED@{r['pruned']}" if r["pruned"] else r["state"],
               "-" if r["value"] is None else f"{r['value']:.6g}", "-" if r["step"] is None else str(r["step"]),
               str(r["attempts"]), r["run_id"], *(shown(r["overrides"].get(p)) for p in paths)] for r in table]
