@@ -29,6 +29,8 @@ from trainctl.signature import Signature, Unresolved, type_text
 if TYPE_CHECKING:
     from trainctl.spec_types import Component, Spec
 
+LIGHTNING_PACKAGES = ("pytorch_lightning", "lightning")
+
 
 @dataclass(frozen=True)
 class ClassInfo:
@@ -39,11 +41,20 @@ class ClassInfo:
     namespace: str | None  # the first Lightning package in its MRO
     cls: type | None = None  # the imported class; None when read from source
     lightning: frozenset[tuple[str, str]] = frozenset()  # (namespace, kind), read from source
+    own_names: frozenset[str] = frozenset()  # bound ahead of Lightning's classes in the MRO, read from source
 
     def is_a(self, namespace: str, kind: str) -> bool:
         if self.cls is not None:
             return issubclass(self.cls, getattr(namespace_named(namespace).pl, kind))
         return (namespace, kind) in self.lightning
+
+    def overrides(self, hook: str) -> bool:
+        """Whether the class's own code, not Lightning's default, provides `hook`: the Trainer's own test
+        (`is_overridden`) for the dataloader hooks, judged before the job runs."""
+        if self.cls is None:
+            return hook in self.own_names
+        owner = next((c for c in self.cls.__mro__ if hook in vars(c)), None)
+        return owner is not None and owner.__module__.split(".")[0] not in LIGHTNING_PACKAGES
 
 
 class Classes(Protocol):
@@ -96,7 +107,8 @@ class FromSource:
         if not isinstance(path, str) or not path.count("."):
             raise Unresolved(str(path))
         found = static_sig.read_class(path)
-        return ClassInfo(path, found.signature, found.namespace, lightning=found.lightning), None
+        return ClassInfo(path, found.signature, found.namespace, lightning=found.lightning,
+                         own_names=found.own_names), None
 
     def trainer(self, namespace: str) -> Signature:
         from trainctl import static_sig
@@ -133,6 +145,7 @@ def check_components(spec: Spec, from_source: bool = True) -> list[Problem]:
 def check_with(classes: Classes, spec: Spec) -> list[Problem]:
     problems: list[Problem] = []
     ns = None
+    model = data = None
     if spec.model is not None and isinstance(spec.model.class_path, str):
         model, prob = classes.find("model", spec.model.class_path)
         problems += [prob] if prob else []
@@ -158,8 +171,12 @@ def check_with(classes: Classes, spec: Spec) -> list[Problem]:
         prob = _same_namespace(where, info, own, kind, comp, ns is not None)
         if prob:
             problems.append(prob)
-        elif comp.init_args is not None:
+            continue
+        data = info if where == "data" else data
+        if comp.init_args is not None:
             problems += check_args(classes, where, info.signature, comp.init_args)
+    if ns is not None and model is not None and not model.overrides("train_dataloader"):
+        problems += _no_training_data(spec, data)
     if spec.trainer is not None:
         problems += check_trainer_args(classes, seen_ns or classes.default_namespace(), spec.trainer)
     return problems
@@ -192,6 +209,21 @@ def check_args(classes: Classes, where: str, sig: Signature, init_args: Any, dep
             problems.append(Problem(f"{where}.init_args.{name}", f"is required by {sig.name}",
                                     f"add `{name}:` ({type_text(sig.annotation(name))}) under {where}.init_args"))
     return problems
+
+
+def _no_training_data(spec: Spec, data: ClassInfo | None) -> list[Problem]:
+    """The model defines no train_dataloader: the data module must, or fit fails at its start. Lightning takes
+    each loader from the data module when it defines one, else from the model."""
+    model = spec.model.class_path
+    if spec.data is None:
+        return [Problem("data", f"is missing, and {model} defines no train_dataloader: the Trainer would have no "
+                        "training data", "add `data:` with the class_path of a LightningDataModule (e.g. "
+                        f"trainctl.examples.digits.DigitsDataModule), or define train_dataloader() in {model}")]
+    if data is not None and not data.overrides("train_dataloader"):
+        return [Problem("data.class_path", f"{data.path} defines no train_dataloader, nor does {model}: the "
+                        "Trainer would have no training data", f"define train_dataloader() in {data.path} "
+                        "(or in the model)")]
+    return []
 
 
 def _same_namespace(where: str, info: ClassInfo, ns: str, kind: str, comp: Component, model_known: bool

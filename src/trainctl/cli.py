@@ -146,7 +146,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from trainctl.logview import check_selection, sections
 
     ref = control.find_run(args.run_id, _uri(args))
-    check_selection(ref.run_dir, args.rank, args.attempt)
+    check_selection(ref.run_dir, args.rank, args.attempt, sweep=_is_sweep(ref))
+    if _is_sweep(ref):
+        return _sweep_logs(args, ref)
     if args.follow:
         return _follow(ref, {args.rank if args.rank is not None else 0}, args.attempt, args.tail)
     found = sections(ref.run_dir / "logs")
@@ -161,6 +163,21 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if ("driver" in label and args.rank is None) or (not found and mine):
                 print(f"==> {label} <==\n{text}")
     return 0
+
+
+def _sweep_logs(args: argparse.Namespace, ref: Any) -> int:
+    """A sweep's driver log and its trials with the command for each one's output; -f follows it to its end."""
+    from trainctl.logview import render_sweep
+
+    if not args.follow:
+        print(render_sweep(ref.run_id, ref.run_dir / "logs", _sweep().rows(ref)[2], args.tail))
+        return 0
+    print(f"following sweep {ref.run_id} until it ends; `trainctl logs -f RUN_ID` follows one trial's output")
+    try:
+        return int(_sweep().wait(ref.run_id, ref.uri))
+    except KeyboardInterrupt:  # watching stops; the sweep is not cancelled (`trainctl cancel` does that)
+        print(f"\nstopped following sweep {ref.run_id}; it goes on", file=sys.stderr)
+        return 130
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

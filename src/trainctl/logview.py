@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trainctl.errors import UserError
 
@@ -200,11 +201,16 @@ def tail_lines(items: list[Line], n: int | None) -> list[Line]:
     return shown if n is None else shown[-n:] if n > 0 else []
 
 
-def check_selection(run_dir: Path, rank: int | None, attempt: int | None) -> None:
-    """A rank outside the job or an attempt that never started is an error, not an empty answer."""
+def check_selection(run_dir: Path, rank: int | None, attempt: int | None, sweep: bool = False) -> None:
+    """A rank outside the job or an attempt that never started is an error, not an empty answer; a sweep's ranks
+    and attempts are its trials'."""
     from trainctl.rundir import JobFile
     from trainctl.runstate import Attempts
 
+    for flag, value in (("--rank", rank), ("--attempt", attempt)):
+        if sweep and value is not None:
+            raise UserError.single(flag, f"{run_dir.name} is a sweep: ranks and attempts are its trials'",
+                                   f"pass a trial's run id with {flag} (`trainctl logs SWEEP` lists them)")
     if rank is not None:
         try:
             res = JobFile.read(run_dir).spec.get("resources", {})
@@ -220,3 +226,23 @@ def check_selection(run_dir: Path, rank: int | None, attempt: int | None) -> Non
             listed = ", ".join(map(str, sorted(known))) or "none yet"
             raise UserError.single("--attempt", f"no attempt {attempt} (attempts so far: {listed})",
                                    "leave --attempt out to see every attempt")
+
+
+def render_sweep(sweep_id: str, log_dir: Path, trials: list[dict[str, Any]], tail: int | None) -> str:
+    """`logs SWEEP`: the sweep's own log (a local driver's `*.log`; a SLURM array's task files are its trials'
+    output), then its trials in index order, each with the command that prints that trial's output. A sweep's
+    trials are runs: printing every rank of every trial would bury the one a person is looking for."""
+    out = []
+    for path in sorted(log_dir.glob("*.log")):
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        lines = lines if tail is None else lines[-tail:] if tail > 0 else []
+        out.append(f"==> sweep {sweep_id} · driver ({path.name}) <==")
+        out += [*lines, ""]
+    out.append(f"==> trials of sweep {sweep_id[:8]}: each is a run; `trainctl logs RUN_ID` prints its output <==")
+    if not trials:
+        return "\n".join([*out, "  no trial has started yet"])
+    out.append(f"  {'TRIAL':>5}  {'STATE':11} {'ATT':>3}  OUTPUT")
+    for r in sorted(trials, key=lambda r: r["trial"]):
+        state = f"PRUNED@{r['pruned']}" if r.get("pruned") else r["state"]
+        out.append(f"  {r['trial']:>5}  {state:11} {r['attempts']:>3}  trainctl logs {r['run_id']}")
+    return "\n".join(out)

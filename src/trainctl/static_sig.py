@@ -50,6 +50,7 @@ class StaticClass:
     signature: Signature
     lightning: frozenset[tuple[str, str]]  # (namespace, kind) of the Lightning bases in its MRO
     namespace: str | None  # the first Lightning package in its MRO
+    own_names: frozenset[str] = frozenset()  # bound by its classes ahead of Lightning's in the MRO (its hooks)
 
 
 _modules: dict[tuple[str, str, int], Module] = {}  # by (module, file, mtime)
@@ -194,15 +195,17 @@ def read_class(path: str) -> StaticClass:
     mro = _linearize(found[1], found[2], 0)
     lightning = frozenset(TERMINALS[q] for q, _, _ in mro if q in TERMINALS)
     namespace = next((TERMINALS[q][0] for q, _, _ in mro if q in TERMINALS), None)
+    ahead = [node for _, _, node in mro[: next((i for i, (q, _, _) in enumerate(mro) if q in TERMINALS), len(mro))]]
+    own = frozenset(n for node in ahead for n in _class_names(node))
     for qual, mod, node in mro:
         if qual in TERMINALS:  # Lightning's own __init__ takes (*args, **kwargs)
-            return StaticClass(path, Signature(owner, name, {}, True), lightning, namespace)
+            return StaticClass(path, Signature(owner, name, {}, True), lightning, namespace, own)
         init = _init_of(node)
         if init is not None:
             if init.decorator_list:
                 raise Unresolved(f"{qual}.__init__ is decorated")
-            return StaticClass(path, _signature(owner, name, mod, init, lazy=False), lightning, namespace)
-    return StaticClass(path, Signature(owner, name, {}, False), lightning, namespace)  # object.__init__
+            return StaticClass(path, _signature(owner, name, mod, init, lazy=False), lightning, namespace, own)
+    return StaticClass(path, Signature(owner, name, {}, False), lightning, namespace, own)  # object.__init__
 
 
 def read_init(path: str) -> Signature:
@@ -225,6 +228,21 @@ def _init_of(node: ast.ClassDef) -> ast.FunctionDef | None:
     if len(defs) > 1 or others:
         raise Unresolved(f"{node.name}.__init__ is bound more than once or conditionally")
     return defs[0] if defs else None
+
+
+def _class_names(node: ast.ClassDef) -> set[str]:
+    """The names a class body binds (methods, properties, assignments); those under if/try count as bound, so a
+    hook defined conditionally is never reported missing."""
+    out: set[str] = set()
+    compound = (ast.If, ast.Try, ast.With, ast.For, ast.While)
+    for stmt in node.body:
+        for sub in ast.walk(stmt) if isinstance(stmt, compound) else [stmt]:
+            if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                out.add(sub.name)
+            elif isinstance(sub, (ast.Assign, ast.AnnAssign)) and sub.value is not None:
+                targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
+                out.update(t.id for t in targets if isinstance(t, ast.Name))
+    return out
 
 
 def _binds_init(node: ast.AST) -> bool:

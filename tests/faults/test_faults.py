@@ -74,6 +74,8 @@ def test_preemption_at_any_step_resumes_bit_exactly(mlflow_server: str, referenc
     assert tags["trainctl.speedups"].startswith(SPEEDUPS)
     assert_same_training_state(reference, final_checkpoint(rdir))
     _assert_history_once(mlflow_server, run_id)
+    logs = "".join(f.read_text(errors="replace") for f in (rdir / "logs").glob("*_log.*"))
+    assert "dataloader is not resumable" not in logs, "trainctl's sampler resumes the epoch: no such warning"
 
 
 def _stalls(rdir: Path) -> list[str]:

@@ -142,6 +142,16 @@ def test_local_sweep_cancelled_then_resumed(mlflow_server: str, tmp_path: Path) 
         "trainctl.best_trial"]
     listed = run_cli("ls", "--tracking-uri", uri).stdout
     assert parent in listed and not any(k.info.run_id in listed for k in kids)
+    text = run_cli("status", parent, "--tracking-uri", uri).stdout  # one column per searched path, named short
+    assert re.search(r"TRIAL +STATE +val/loss +STEP +ATT +RUN ID +(lr +hidden|hidden +lr)\n", text), text
+    assert "lr = model.init_args.lr" in text and all(k.info.run_id in text for k in kids), text
+    logs = run_cli("logs", parent, "--tracking-uri", uri)  # the driver's log, then the command for each trial's
+    assert logs.returncode == 0 and "· driver (driver.log) <==" in logs.stdout, logs.stdout + logs.stderr
+    assert all(f"trainctl logs {k.info.run_id}" in logs.stdout for k in kids), logs.stdout
+    ended = run_cli("logs", parent, "-f", "--tracking-uri", uri)  # an ended sweep: its end, at once
+    assert ended.returncode == 0 and f"sweep {parent}: FINISHED" in ended.stdout, ended.stdout + ended.stderr
+    refused = run_cli("logs", parent, "--rank", "0", "--tracking-uri", uri)
+    assert refused.returncode == 2 and "is a sweep" in refused.stderr and "HINT" in refused.stderr, refused.stderr
 
 
 def _sacct(array: str) -> list[tuple[str, str]]:

@@ -22,6 +22,9 @@ class WithEncoder(pl.LightningModule):
         self.encoder = encoder
         self.lr = lr
 
+    def train_dataloader(self) -> torch.utils.data.DataLoader:  # its own data: the spec needs no `data:`
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 8)))
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
@@ -38,6 +41,9 @@ class NewNamespaceData(lpl.LightningDataModule):
     def __init__(self, batch_size: int = 4) -> None:
         super().__init__()
         self.batch_size = batch_size
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 8)), self.batch_size)
 
 
 class OldNamespaceData(pl.LightningDataModule):

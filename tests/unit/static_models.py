@@ -24,6 +24,9 @@ class Code:
                  tags: Optional[list[str]] = None, *, name: str = "m", **extra: typing.Any) -> None:  # noqa: UP045
         super().__init__()
 
+    def train_dataloader(self) -> typing.Any:  # the module brings its data: no `data:` needed
+        return []
+
 
 class Mixed(Code, pl.LightningModule):
     pass
@@ -40,6 +43,33 @@ class Strict(pl.LightningModule):
 
 class NoInit(lpl.LightningModule):
     """Lightning's own __init__: (*args, **kwargs)."""
+
+    if typing.TYPE_CHECKING:
+        pass
+    else:
+        def train_dataloader(self) -> typing.Any:  # bound under if/else: still counts as defined
+            return []
+
+
+class NoLoaders(pl.LightningModule):
+    """No train_dataloader of its own: a spec without `data:` has nothing to train on."""
+
+
+class LoaderCode:
+    def train_dataloader(self) -> typing.Any:
+        return []
+
+
+class LoadersFirst(LoaderCode, pl.LightningModule):
+    """The mixin's train_dataloader comes first in the MRO: it is the one the Trainer calls."""
+
+
+class LoadersLast(pl.LightningModule, LoaderCode):
+    """Lightning's default train_dataloader comes first in the MRO: the mixin's is never called."""
+
+
+class EmptyData(pl.LightningDataModule):
+    """A data module that returns no training loader."""
 
 
 class WithLayer(pl.LightningModule):

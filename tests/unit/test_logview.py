@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from trainctl.callbacks.progress import batch_size, duration, metrics_text
-from trainctl.logview import Follower, Splitter, Tail, attempt_mark, sections, show, tail_lines
+from trainctl.logview import Follower, Splitter, Tail, attempt_mark, render_sweep, sections, show, tail_lines
 from trainctl.worker.quiet import LightningNoise
 
 START = "submitit INFO (2026-11-30 12:40:50,201) - Starting with JobEnvironment(job_id=7, global_rank=0(2))"
@@ -120,3 +120,19 @@ def test_the_first_poll_of_an_ended_run_reads_attempt_by_attempt(tmp_path: Path)
                                                  attempt_mark(2, "stall", 10), "e2"]) + "\n")
     texts = [x.text for x in Follower(logs, {0}).poll(final=True) if show(x) and not x.text.startswith(("sub", "["))]
     assert texts == ["o1", "e1", "o2", "e2"]
+
+
+def test_a_sweeps_logs_are_its_driver_log_and_one_command_per_trial(tmp_path: Path) -> None:
+    """`logs SWEEP`: the driver's lines (cut by --tail), then the trials by index with the command for each one's
+    output; the array's task files (its trials' output, beside the driver log on SLURM) are not dumped."""
+    (tmp_path / "driver.log").write_text("trial 0: started\ntrial 1: started ✓\n")
+    (tmp_path / "77_0_log.out").write_text("a trial's own output\n")
+    trials = [{"trial": 1, "state": "FINISHED", "attempts": 2, "run_id": "b" * 32, "pruned": "1"},
+              {"trial": 0, "state": "RUNNING", "attempts": 1, "run_id": "a" * 32, "pruned": None}]
+    out = render_sweep("f" * 32, tmp_path, trials, None).splitlines()
+    assert out[:3] == [f"==> sweep {'f' * 32} · driver (driver.log) <==", "trial 0: started", "trial 1: started ✓"]
+    assert out[-2:] == [f"      0  RUNNING       1  trainctl logs {'a' * 32}",
+                        f"      1  PRUNED@1      2  trainctl logs {'b' * 32}"]
+    assert "a trial's own output" not in "\n".join(out)
+    tailed = render_sweep("f" * 32, tmp_path, [], 1).splitlines()
+    assert tailed[1:3] == ["trial 1: started ✓", ""] and tailed[-1] == "  no trial has started yet"

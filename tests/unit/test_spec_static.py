@@ -68,8 +68,14 @@ SETTLED = {  # the source alone answers these
     "relative-base": both(model("NoInit"), edit("data", {"class_path": f"{SM}.Data"})),
     "same-namespace-data": both(model("NoInit"), edit("data", {"class_path": f"{SM}.NewData",
                                                                 "init_args": {"batch_size": "x"}})),
+    "no-data-no-loaders": model("NoLoaders"),
+    "loaders-from-mixin": model("LoadersFirst"),
+    "loaders-behind-lightning": model("LoadersLast"),
+    "data-without-loaders": both(model("NoLoaders"), edit("data", {"class_path": f"{SM}.EmptyData"})),
+    "loaders-in-data": both(model("NoLoaders"), edit("data", {"class_path": "trainctl.examples.digits."
+                                                                           "DigitsDataModule"})),
 }
-VALID = {"digits", "mixin-good", "trainer-literal-ok", "lightning-init"}
+VALID = {"digits", "mixin-good", "trainer-literal-ok", "lightning-init", "loaders-from-mixin", "loaders-in-data"}
 IMPORTED = {  # these need the import: the source reader hands them over
     "nested-class": model("WithLayer", layer={"class_path": "torch.nn.Linear", "init_args": {"in_features": 2}}),
     "library-type": model("WithLayer", layer=None),
@@ -166,3 +172,23 @@ def test_source_reader_hands_over_what_it_cannot_know(tmp_path: Any, monkeypatch
     else:
         with pytest.raises(Unresolved):
             static_sig.read_class(f"{name}.M")
+
+
+def test_no_training_data_is_refused_before_the_job_runs(tmp_path: Any) -> None:
+    """A module without train_dataloader and a spec without `data:`: validate (from source) and submit (imported)
+    refuse it with exit 2, naming the field and both remedies; nothing is created."""
+    (tmp_path / "nodata.py").write_text(
+        "import pytorch_lightning as pl\n\n\n"
+        "class Net(pl.LightningModule):\n"
+        "    def training_step(self, batch, batch_idx): ...\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: nodata\nmodel:\n  class_path: nodata.Net\nworkdir: {tmp_path / 'runs'}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    for command in (["validate"], ["submit", "--detach"]):
+        res = subprocess.run([sys.executable, "-m", "trainctl.cli", *command, str(job)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "data: is missing, and nodata.Net defines no train_dataloader" in res.stderr, res.stderr
+        assert "HINT: add `data:` with the class_path of a LightningDataModule" in res.stderr
+        assert "define train_dataloader() in nodata.Net" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "runs").exists()

@@ -201,17 +201,30 @@ def status(ref: control.RunRef, as_json: bool) -> str:
             "run_dir": str(ref.run_dir)}
     if as_json:
         return json.dumps({**head, "trial_runs": table}, indent=2)
-    lines = [f"sweep {ref.run_id}  {ref.name}  {ref.state.value}  ({ref.backend} {ref.scheduler_job_id})",
+    from trainctl.table import fit, short_names
+    from trainctl.table import table as columns
+
+    sched = f"SLURM array {ref.scheduler_job_id}" if ref.backend == "slurm" else f"driver pid {ref.scheduler_job_id}"
+    lines = [f"sweep {ref.run_id}  {ref.name}  {ref.state.value}  ({ref.backend}, {sched})",
              f"  {len(table)} of {cfg.trials} trials started, at most {cfg.max_concurrent} at once; ranked by "
-             f"{cfg.mode} {cfg.metric}" + (f"; {head['reason']}" if head["reason"] else ""),
-             f"  {'TRIAL':>5} {'STATE':9} {cfg.metric[:12]:>12} {'STEP':>6} {'ATT':>3} {'RUN ID':32}  OVERRIDES"]
-    for r in table:
-        value = f"{r['value']:.6g}" if r["value"] is not None else "-"
-        state = f"PRUNED@{r['pruned']}" if r["pruned"] else r["state"]
-        over = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["overrides"].items())
-        lines.append(f"  {r['trial']:>5} {state[:9]:9} {value:>12} {r['step'] if r['step'] is not None else '-':>6} "
-                     f"{r['attempts']:>3} {r['run_id']:32}  {over}")
-    return "\n".join(lines)
+             f"{cfg.mode} {cfg.metric}", *([f"  {head['reason']}"] if head["reason"] else [])]
+    # One column per searched path, headed by its shortest distinct tail (lr, hidden); --json has every value whole.
+    paths = list(dict.fromkeys([*cfg.space, *(k for r in table for k in r["overrides"])]))
+    names = short_names(paths)
+
+    def shown(v: Any) -> str:  # a string with a newline or tab is quoted, so that it stays on its row
+        text = "-" if v is None else f"{v:.4g}" if isinstance(v, float) else v if isinstance(v, str) and \
+            v.isprintable() else json.dumps(v, ensure_ascii=False)
+        return fit(text, 40)
+
+    numeric = [all(type(r["overrides"].get(p)) in (int, float, type(None)) for r in table) for p in paths]
+    cells = [[str(r["trial"]), f"PRUNED@{r['pruned']}" if r["pruned"] else r["state"],
+              "-" if r["value"] is None else f"{r['value']:.6g}", "-" if r["step"] is None else str(r["step"]),
+              str(r["attempts"]), r["run_id"], *(shown(r["overrides"].get(p)) for p in paths)] for r in table]
+    lines += columns(["TRIAL", "STATE", cfg.metric, "STEP", "ATT", "RUN ID", *(names[p] for p in paths)], cells,
+                     right={0, 2, 3, 4, *(6 + i for i, n in enumerate(numeric) if n)})
+    legend = [f"{names[p]} = {p}" for p in paths if names[p] != p]
+    return "\n".join(lines + ([f"  ({', '.join(legend)})"] if legend else []))
 
 
 def cancel(ref: control.RunRef, grace_s: float, say: Any) -> list[str]:

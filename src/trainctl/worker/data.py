@@ -17,6 +17,7 @@ subclasses) are left to Lightning and resume at the epoch boundary; the run reco
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -58,6 +59,9 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
 
 NOT_RESUMABLE_TAG = "trainctl.not_resumable"
+# Lightning's warning on a mid-epoch resume whose training loader has no state_dict of its own.
+LIGHTNING_NOT_RESUMABLE = (r"You're resuming from a checkpoint that ended before the epoch ended and your "
+                           r"dataloader is not resumable")
 
 
 def why_not_rebuildable(loader: Any) -> str | None:
@@ -133,10 +137,16 @@ class ResumableData:
         def wrapped() -> Any:
             loaders = original()
             if isinstance(loaders, (list, tuple)):
-                return type(loaders)(self._rebuild(name, dl) for dl in loaders)
-            if isinstance(loaders, dict):
-                return {k: self._rebuild(name, dl) for k, dl in loaders.items()}
-            return self._rebuild(name, loaders)
+                out: Any = type(loaders)(self._rebuild(name, dl) for dl in loaders)
+            elif isinstance(loaders, dict):
+                out = {k: self._rebuild(name, dl) for k, dl in loaders.items()}
+            else:
+                out = self._rebuild(name, loaders)
+            if name == "train_dataloader" and name not in self.not_resumable:
+                # Every training loader draws from a ResumableDistributedSampler, which continues a resumed epoch
+                # at its next batch: Lightning's warning that the loader cannot is not true of this run.
+                warnings.filterwarnings("ignore", message=LIGHTNING_NOT_RESUMABLE)
+            return out
 
         return wrapped
 
