@@ -237,24 +237,24 @@ def test_ray_sweep_two_at_once_cancelled_then_resumed(ray_cluster: None, cluster
     from ray.job_submission import JobSubmissionClient
 
     uri = cluster_mlflow
-    slow = 'callbacks=[{class_path: trainctl.testing.faults.SlowSteps, init_args: {seconds: 0.5}}]'
+    slow = 'callbacks=[{class_path: trainctl.testing.faults.SlowSteps, init_args: {seconds: 1.5}}]'
     parent = _submit(RAY, tmp_path, uri, [f"backend.ray.address={RAY_API}", "trainer.max_epochs=1", slow])
     cl = MlflowClient(tracking_uri=uri)
     sweep_dir = Path(cl.get_run(parent).data.tags["trainctl.run_dir"])
 
-    def two_training() -> list[Any]:
+    def two_training() -> list[Any]:  # both at once: their jobs start some seconds apart
         kids = _children(uri, parent)
-        busy = [k for k in kids if len(steps(uri, k.info.run_id)) >= 2]
+        busy = [k for k in kids if _state(uri, k.info.run_id) == "RUNNING" and len(steps(uri, k.info.run_id)) >= 2]
         return kids if len(busy) == 2 else []
 
-    first = _wait("two trials training on Ray", two_training, 300)
-    table = json.loads(run_cli("status", parent, "--tracking-uri", uri, "--json").stdout)
-    assert table["backend"] == "ray" and len(table["trial_runs"]) == 2, table
-    assert {r["state"] for r in table["trial_runs"]} == {"RUNNING"}, table
+    first = _wait("two trials training on Ray at once", two_training, 300)
     res = run_cli("cancel", parent, "--tracking-uri", uri, timeout=300)
     assert res.returncode == 0 and "no trial of it is left running" in res.stdout, res.stdout + res.stderr
     assert _state(uri, parent) == "KILLED"
     assert {_state(uri, k.info.run_id) for k in first} == {"KILLED"}
+    table = json.loads(run_cli("status", parent, "--tracking-uri", uri, "--json").stdout)
+    assert table["backend"] == "ray" and table["status"] == "KILLED", table
+    assert [r["state"] for r in table["trial_runs"]] == ["KILLED", "KILLED"], table
     jobs = JobSubmissionClient(RAY_API)
 
     def ours() -> list[Any]:
@@ -274,3 +274,5 @@ def test_ray_sweep_two_at_once_cancelled_then_resumed(ray_cluster: None, cluster
     ended = ours()  # Ray's own record: 2 stopped jobs, then one per trial resumed or started
     assert len(ended) == 6 and sum(j.status == "SUCCEEDED" for j in ended) == 4, ended
     assert _most_at_once([(j.start_time / 1e3, j.end_time / 1e3) for j in ended]) <= 2
+    table = json.loads(run_cli("status", parent, "--tracking-uri", uri, "--json").stdout)
+    assert table["trial_runs"][0]["run_id"] == cl.get_run(parent).data.tags["trainctl.best_trial"], table

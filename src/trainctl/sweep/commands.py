@@ -245,10 +245,12 @@ def cancel(ref: control.RunRef, grace_s: float, say: Any) -> list[str]:
         return left
     _stop_driver(int(ref.scheduler_job_id), ref.run_dir, say)
     for _ in range(2):  # a trial that was starting as the driver stopped has its run by the second look
-        for rec in runs.children(ref.uri, ref.run_id):
-            child = control.ref_of(ref.uri, rec)
-            if not child.state.terminal:
-                left += control.cancel(child, grace_s, say).left
+        live = [c for c in (control.ref_of(ref.uri, r) for r in runs.children(ref.uri, ref.run_id))
+                if not c.state.terminal]
+        for child in live:  # every trial KILLED first: none ends otherwise while the others are being stopped
+            tracking.set_state(ref.uri, child.run_id, State.KILLED, reason="cancelled with its sweep")
+        for child in live:
+            left += control.cancel(child, grace_s, say).left
     return left
 
 
