@@ -13,9 +13,12 @@ import copy
 import importlib
 import json
 import os
+import socket
+import time
 from pathlib import Path
 
 from trainctl.rundir import JobFile, atomic_write_text, use_import_dirs
+from trainctl.runstate import Attempt, Attempts, Outcome
 from trainctl.spec import apply_override, parse_spec
 from trainctl.sweep import engine, reporter, runs
 from trainctl.sweep.layout import SweepFile, locked, read_json, trial_dir, write_json
@@ -50,10 +53,19 @@ def fix(sd: Path, sf: SweepFile, index: int) -> str | None:
     td = trial_dir(sd, index)
     with locked(td / "prepare.lock"):
         if not JobFile.path(td).is_file():
+            last = Attempts(td).last()
+            if last is not None and last.outcome is Outcome.failed:  # its preparation failed before
+                return last.reason or "failed"
             why = runs.why_not_start(sf)
             if why:
                 return why
-            prepare(sd, sf, index, td)
+            try:
+                prepare(sd, sf, index, td)
+            except Exception as exc:  # e.g. the model's module raises on import: a failed trial the sweep counts
+                why = f"the trial could not be prepared: {type(exc).__name__}: {exc}"[:2000]
+                now = time.time()
+                Attempts(td).save(Attempt(1, now, socket.gethostname(), "", "first", now, Outcome.failed, why))
+                return why
     return None
 
 
