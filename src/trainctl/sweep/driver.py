@@ -28,7 +28,8 @@ class Trials(Protocol):
     """How one backend starts a trial and sees it end."""
 
     def start(self, index: int, resume: bool) -> str:
-        """Start trial `index` (a resumed one goes on in its own run); returns a handle for `running`."""
+        """Start trial `index` (a resumed one goes on in its own run); returns a handle for `running`, or "" when
+        the trial did not start (what it left in its directory says why)."""
         ...
 
     def running(self, index: int, handle: str) -> bool:
@@ -87,14 +88,16 @@ def drive(sweep_dir: Path, resume: bool) -> None:
         while todo and len(running) < cfg.max_concurrent and not stop.asked:
             index = todo.pop(0)
             try:
-                running[index] = trials.start(index, resume)
+                handle = trials.start(index, resume)
             except Exception as exc:  # the backend refused it: the next trials would be refused too
                 why = f"trial {index} could not be started on {sf.backend}: {exc}"
                 print(why, flush=True)
                 tracking.set_state(sf.tracking_uri, sf.parent_run_id, State.FAILED, reason=why[:1500],
                                    unless=tracking.ended)
                 return
-            print(f"trial {index}: started ({running[index]})", flush=True)
+            if handle:
+                running[index] = handle
+                print(f"trial {index}: started ({handle})", flush=True)
         if not todo and not running:
             runs.settle(sweep_dir, final=True)
             print("every trial has ended", flush=True)

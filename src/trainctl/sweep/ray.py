@@ -28,7 +28,8 @@ class RayTrials:
         use_import_dirs(sf.import_dirs)
 
     def start(self, index: int, resume: bool) -> str:
-        """Fix the trial (first start), then submit its Ray job; returns the job's submission id."""
+        """Fix the trial (first start), then submit its Ray job; returns the job's submission id, or "" when the
+        trial does not start (its sweep has ended, or its preparation failed: a failed trial the sweep counts)."""
         td = trial_dir(self.sweep_dir, index)
         if resume and JobFile.path(td).is_file():
             atomic_write_text(td / "attempts" / CAUSE_FILE, "resume")
@@ -36,7 +37,8 @@ class RayTrials:
                                reason="resumed with its sweep")
         why = fix(self.sweep_dir, self.sf, index)
         if why:
-            raise RuntimeError(why)
+            print(f"trial {index}: not started: {why}", flush=True)
+            return ""
         job = JobFile.read(td)
         return control.launch(spec_from_dict(job.spec), td, job).scheduler_job_id
 
