@@ -4,12 +4,13 @@ child runs.
     python -m bench.sweep_scale [--trials 1000] [--others 1000] [--reps 5] [--out bench/results/sweep_scale.json]
 
 submit_s  wall of `trainctl submit jobs/digits-sweep-slurm.yaml` (random search over lr, `--set
-          sweep.trials=1000`), from the CLI's start to its return: validation (the base spec, its classes imported,
-          a sample of trials), the parent run, the Optuna study, one sbatch of the array. The array is submitted
-          held (`backend.slurm.sbatch={hold: true}`), so no trial runs: squeue must list `trials` tasks of ONE
-          array job; then `trainctl cancel SWEEP` scancels it and waits until SLURM holds none of its tasks.
-          model_import_floor_s: a fresh interpreter importing the model's module (torch, Lightning), which
-          submit does once to find import errors before any task is queued; most of submit_s on a busy host.
+          sweep.trials=1000`), from the CLI's start to its return: validation (the base spec and a sample of
+          trials, the classes' signatures read from their source), the parent run, the Optuna study, one sbatch of
+          the array. The array is submitted held (`backend.slurm.sbatch={hold: true}`), so no trial runs: squeue
+          must list `trials` tasks of ONE array job; then `trainctl cancel SWEEP` scancels it and waits until
+          SLURM holds none of its tasks.
+          model_import_floor_s: a fresh interpreter importing the model's module (torch, Lightning): what submit
+          would pay on top if it imported the module; a measure of how busy the host was.
 status_s  median wall of `trainctl status SWEEP` (a cold process each time, a real MLflow server) once the
           parent has `trials` child runs (FINISHED, each with the sweep's metric, as ended trials leave them), in an
           experiment that also holds `others` runs of other jobs. The children come from one search by the
