@@ -129,8 +129,8 @@ def measure(uri: str, trials: int = 1000, others: int = 1000, reps: int = 5, log
         if left:
             raise RuntimeError(f"after cancel, SLURM still holds {left[:5]}")
         log(f"  cancel of the held array: {cancel_s:.2f} s, no task left")
-        return {"trials": trials, "others": others, "submit_s": wall, "model_import_floor_s": floor,
-                "submit_minus_model_import_s": wall - floor, "array": array, "tasks_queued": len(tasks),
+        return {"trials": trials, "others": others, "submit_s": wall, "model_import_floor_s": floor, "array": array,
+                "tasks_queued": len(tasks),
                 "status_s": crowded["median_wall_s"], "status_s_no_others": alone["median_wall_s"],
                 "status_walls_s": crowded["walls_s"], "status_walls_no_others_s": alone["walls_s"],
                 "cancel_s": cancel_s}
