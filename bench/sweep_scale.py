@@ -4,12 +4,13 @@ child runs.
     python -m bench.sweep_scale [--trials 1000] [--others 1000] [--reps 5] [--out bench/results/sweep_scale.json]
 
 submit_s  wall of `trainctl submit jobs/digits-sweep-slurm.yaml` (random search over lr, `--set
-          sweep.trials=1000`), from the CLI's start to its return: validation (the base spec, its classes imported,
-          a sample of trials), the parent run, the Optuna study, one sbatch of the array. The array is submitted
-          held (`backend.slurm.sbatch={hold: true}`), so no trial runs: squeue must list `trials` tasks of ONE
-          array job; then `trainctl cancel SWEEP` scancels it and waits until SLURM holds none of its tasks.
-          model_import_floor_s: a fresh interpreter importing the model's module (torch, Lightning), which
-          submit does once to find import errors before any task is queued; most of submit_s on a busy host.
+          sweep.trials=1000`), from the CLI's start to its return: validation (the base spec and a sample of
+          trials, the classes' signatures read from their source), the parent run, the Optuna study, one sbatch of
+          the array. The array is submitted held (`backend.slurm.sbatch={hold: true}`), so no trial runs: squeue
+          must list `trials` tasks of ONE array job; then `trainctl cancel SWEEP` scancels it and waits until
+          SLURM holds none of its tasks.
+          model_import_floor_s: a fresh interpreter importing the model's module (torch, Lightning): what submit
+          would pay on top if it imported the module; a measure of how busy the host was.
 status_s  median wall of `trainctl status SWEEP` (a cold process each time, a real MLflow server) once the
           parent has `trials` child runs (FINISHED, each with the sweep's metric, as ended trials leave them), in an
           experiment that also holds `others` runs of other jobs. The children come from one search by the
@@ -128,8 +129,8 @@ def measure(uri: str, trials: int = 1000, others: int = 1000, reps: int = 5, log
         if left:
             raise RuntimeError(f"after cancel, SLURM still holds {left[:5]}")
         log(f"  cancel of the held array: {cancel_s:.2f} s, no task left")
-        return {"trials": trials, "others": others, "submit_s": wall, "model_import_floor_s": floor,
-                "submit_minus_model_import_s": wall - floor, "array": array, "tasks_queued": len(tasks),
+        return {"trials": trials, "others": others, "submit_s": wall, "model_import_floor_s": floor, "array": array,
+                "tasks_queued": len(tasks),
                 "status_s": crowded["median_wall_s"], "status_s_no_others": alone["median_wall_s"],
                 "status_walls_s": crowded["walls_s"], "status_walls_no_others_s": alone["walls_s"],
                 "cancel_s": cancel_s}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import builtins
 import collections.abc
+import functools
 import importlib.util
 import sys
 import typing
@@ -208,10 +209,12 @@ def read_class(path: str) -> StaticClass:
     return StaticClass(path, Signature(owner, name, {}, False), lightning, namespace, own)  # object.__init__
 
 
+@functools.lru_cache(maxsize=4)
 def read_init(path: str) -> Signature:
     """The own __init__ of a library class (Lightning's Trainer), read lazily: a parameter whose annotation or
     default does not resolve raises Unresolved only when a spec uses it. Its decorators keep the signature
-    (functools.wraps), which inspect follows too."""
+    (functools.wraps), which inspect follows too. Read once per process: an installed library does not change
+    under it, and a sweep checks the trainer arguments of each sampled trial."""
     module, _, name = path.rpartition(".")
     found = lookup(module, name)
     init = _init_of(found[2]) if found[0] == "class" else None

@@ -4,6 +4,7 @@ task requeued mid-run; a real MLflow server, the real CLI, real Optuna."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -231,3 +232,57 @@ def test_a_sweep_whose_trials_all_fail_says_so_once(mlflow_server: str, tmp_path
     assert "injected failure" in tags["trainctl.reason"]
     assert res.stdout.count("trials all failed") == 1
     assert 2 <= len(_children(uri, parent)) <= 3  # the two that failed, and at most one started meanwhile
+
+
+RAY = "jobs/digits-sweep-ray.yaml"
+# The Jobs API of the cluster under test: cluster/ray's own knob (a second cluster runs on other ports).
+RAY_API = f"http://127.0.0.1:{os.environ.get('TRAINCTL_RAY_DASHBOARD_PORT', '8265')}"
+
+
+@pytest.mark.ray
+def test_ray_sweep_two_at_once_cancelled_then_resumed(ray_cluster: None, cluster_mlflow: str, tmp_path: Path) -> None:
+    """4 trials, 2 at once, each its own Ray job: `status SWEEP` while two train, `cancel SWEEP` stops both jobs
+    (KILLED, no third starts), `resume SWEEP` continues them in their own runs and runs the rest; the parent names
+    the best trial and never more than 2 trials (Ray jobs) ran at once."""
+    from ray.job_submission import JobSubmissionClient
+
+    uri = cluster_mlflow
+    slow = 'callbacks=[{class_path: trainctl.testing.faults.SlowSteps, init_args: {seconds: 1.5}}]'
+    parent = _submit(RAY, tmp_path, uri, [f"backend.ray.address={RAY_API}", "trainer.max_epochs=1", slow])
+    cl = MlflowClient(tracking_uri=uri)
+    sweep_dir = Path(cl.get_run(parent).data.tags["trainctl.run_dir"])
+
+    def two_training() -> list[Any]:  # both at once: their jobs start some seconds apart
+        kids = _children(uri, parent)
+        busy = [k for k in kids if _state(uri, k.info.run_id) == "RUNNING" and len(steps(uri, k.info.run_id)) >= 2]
+        return kids if len(busy) == 2 else []
+
+    first = _wait("two trials training on Ray at once", two_training, 300)
+    res = run_cli("cancel", parent, "--tracking-uri", uri, timeout=300)
+    assert res.returncode == 0 and "no trial of it is left running" in res.stdout, res.stdout + res.stderr
+    assert _state(uri, parent) == "KILLED"
+    assert {_state(uri, k.info.run_id) for k in first} == {"KILLED"}
+    table = json.loads(run_cli("status", parent, "--tracking-uri", uri, "--json").stdout)
+    assert table["backend"] == "ray" and table["status"] == "KILLED", table
+    assert [r["state"] for r in table["trial_runs"]] == ["KILLED", "KILLED"], table
+    jobs = JobSubmissionClient(RAY_API)
+
+    def ours() -> list[Any]:
+        return [j for j in jobs.list_jobs() if str((j.metadata or {}).get("trainctl.run_dir", "")).startswith(
+            str(sweep_dir))]
+
+    assert len(ours()) == 2 and all(j.status.is_terminal() for j in ours()), [(j.submission_id, j.status)
+                                                                              for j in ours()]
+    assert len(_children(uri, parent)) == 2
+
+    res = run_cli("resume", parent, "--tracking-uri", uri, "--wait", timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    _check_parent_and_children(uri, parent, 4, 20)
+    for k in first:  # continued in the same child run, from its checkpoint
+        assert int(cl.get_run(k.info.run_id).data.tags["trainctl.attempt"]) >= 2
+    assert _most_at_once(_attempt_windows(sweep_dir)) <= 2
+    ended = ours()  # Ray's own record: 2 stopped jobs, then one per trial resumed or started
+    assert len(ended) == 6 and sum(j.status == "SUCCEEDED" for j in ended) == 4, ended
+    assert _most_at_once([(j.start_time / 1e3, j.end_time / 1e3) for j in ended]) <= 2
+    table = json.loads(run_cli("status", parent, "--tracking-uri", uri, "--json").stdout)
+    assert table["trial_runs"][0]["run_id"] == cl.get_run(parent).data.tags["trainctl.best_trial"], table

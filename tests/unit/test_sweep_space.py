@@ -122,3 +122,24 @@ def test_cli_refuses_a_bad_sweep_with_exit_2_and_submits_nothing(tmp_path: Path)
                    "--set", "sweep.space.model.init_args.hiden={choice: [1, 2]}", cwd=tmp_path)
     assert_clean_usage_error(res, "model.init_args.hiden", "in the trial")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_ray_sweep_dry_run_shows_each_trial_as_a_ray_job(tmp_path: Path) -> None:
+    """A sweep on Ray validates like any other; the dry run names the driver and the Ray job of a trial, whose
+    submission id names the sweep and the trial. Nothing is sent."""
+    res = trainctl("submit", str(ROOT / "jobs" / "digits-sweep-ray.yaml"), "--dry-run", "--set",
+                   f"workdir={tmp_path / 'runs'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("  trial ") == 4 and "python -m trainctl.sweep.driver" in res.stdout
+    assert "trainctl.launchers.ray.driver" in res.stdout and "trials/0000" in res.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_trials_ray_job_is_named_by_its_sweep_and_index() -> None:
+    from trainctl.launchers.ray.submit import submission_id
+    from trainctl.spec import load_spec
+
+    spec = load_spec(ROOT / "jobs" / "digits-ray.yaml", check_classes=False)
+    sid = submission_id(spec, Path("/w/digits-sweep-ray-1a2b3c4d/trials/0003"))
+    assert sid.startswith("trainctl-digits-sweep-ray-1a2b3c4d-0003-") and "_" not in sid
+    assert submission_id(spec, Path("/w/digits-ray-1a2b3c4d")).startswith("trainctl-digits-ray-1a2b3c4d-")

@@ -16,8 +16,7 @@ from trainctl.errors import Problem, UserError
 from trainctl.rundir import run_dir_for
 from trainctl.runstate import State
 from trainctl.spec import Spec, apply_override, parse_spec, read_yaml
-from trainctl.sweep import engine, runs
-from trainctl.sweep import local as local_sweep
+from trainctl.sweep import driver, engine, runs
 from trainctl.sweep.layout import SweepFile, trial_dir
 from trainctl.sweep.space import (
     SweepConfig,
@@ -29,7 +28,7 @@ from trainctl.sweep.space import (
     sample_points,
 )
 
-BACKENDS = ("local", "slurm")
+BACKENDS = ("local", "slurm", "ray")
 DRIVER_STOP_S = 10.0
 
 
@@ -50,12 +49,12 @@ def load(path: str, overrides: list[str], backend: str | None = None) -> tuple[S
     cfg, found = read_sweep(raw.pop("sweep", None))
     problems += found
     try:
-        spec = parse_spec(raw, path)
+        spec = parse_spec(raw, path, from_source=True)
     except UserError as err:
         problems += err.problems
     if spec is not None and spec.backend.kind.value not in BACKENDS:
-        problems.append(Problem("backend.kind", f"a sweep runs on {' or '.join(BACKENDS)}, not "
-                                f"{spec.backend.kind.value}", "use backend.kind local or slurm"))
+        problems.append(Problem("backend.kind", f"a sweep runs on {', '.join(BACKENDS)}, not "
+                                f"{spec.backend.kind.value}", f"use backend.kind {', '.join(BACKENDS)}"))
     if spec is not None:
         problems += missing_paths(cfg, spec.to_dict())
     if not problems:  # each trial's spec, once the sweep and the base spec are sound
@@ -80,11 +79,17 @@ def dry_run(spec: Spec, cfg: SweepConfig) -> str:
 
         lines += ["one SLURM job array, this sbatch script:", slurm.render(spec, sweep_dir, cfg.trials,
                                                                             cfg.max_concurrent)]
+    elif spec.backend.kind.value == "ray":
+        from trainctl.launchers.ray.submit import LAUNCHER as RAY
+
+        lines += [f"a driver on this machine (python -m trainctl.sweep.driver {sweep_dir}) fixes each trial's values "
+                  "and run, then submits it as one Ray job (trial 0 shown):",
+                  RAY.dry_run(spec, trial_dir(sweep_dir, 0))]
     else:
         from trainctl.launchers.local.submit import LAUNCHER
 
         job = LAUNCHER.dry_run(spec, trial_dir(sweep_dir, 0)).splitlines()[:-1]
-        lines += [f"a driver on this machine (python -m trainctl.sweep.local {sweep_dir}) starts each trial as:",
+        lines += [f"a driver on this machine (python -m trainctl.sweep.driver {sweep_dir}) starts each trial as:",
                   *job, f"  callable: trainctl.sweep.trial.run_trial({str(sweep_dir)!r}, <trial index>)"]
     return "\n".join(lines)
 
@@ -105,6 +110,10 @@ def submit(path: str, overrides: list[str], backend: str | None, dry: bool, impo
     spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, uri=uri))
     if dry:
         return Submitted(None, uri, spec.backend.kind.value, dry_run(spec, cfg))
+    if spec.backend.kind.value == "ray":  # a cluster that can never hold a trial: refused now, as a single job is
+        from trainctl.launchers.ray.submit import check_cluster
+
+        check_cluster(spec, spec.backend.ray.address)
     started = mlflow_server.serve_if_missing(uri, Path(spec.workdir))
     tracking.wait_for_server(uri, timeout_s=60.0 if started else 30.0)
     if uri.startswith("sqlite:///"):
@@ -130,7 +139,7 @@ def _start(spec: Spec, cfg: SweepConfig, sd: Path, indices: list[int], resume: b
         array = slurm.submit(spec, sd, indices, cfg.max_concurrent)
         return array, f"SLURM array {array}: {len(indices)} trials, at most {cfg.max_concurrent} at once (%" \
                       f"{cfg.max_concurrent})"
-    pid = local_sweep.start_driver(sd, resume=resume)
+    pid = driver.start_driver(sd, resume=resume)
     return str(pid), f"driver pid {pid}: {len(indices)} trials, at most {cfg.max_concurrent} at once"
 
 
@@ -249,10 +258,12 @@ def cancel(ref: control.RunRef, grace_s: float, say: Any) -> list[str]:
         return left
     _stop_driver(int(ref.scheduler_job_id), ref.run_dir, say)
     for _ in range(2):  # a trial that was starting as the driver stopped has its run by the second look
-        for rec in runs.children(ref.uri, ref.run_id):
-            child = control.ref_of(ref.uri, rec)
-            if not child.state.terminal:
-                left += control.cancel(child, grace_s, say).left
+        live = [c for c in (control.ref_of(ref.uri, r) for r in runs.children(ref.uri, ref.run_id))
+                if not c.state.terminal]
+        for child in live:  # every trial KILLED first: none ends otherwise while the others are being stopped
+            tracking.set_state(ref.uri, child.run_id, State.KILLED, reason="cancelled with its sweep")
+        for child in live:
+            left += control.cancel(child, grace_s, say).left
     return left
 
 
@@ -282,7 +293,7 @@ def resume(ref: control.RunRef) -> str:
                                f"wait for it, or `trainctl cancel {ref.run_id}` first")
     sf = SweepFile.read(ref.run_dir)
     cfg = parse_sweep(sf.sweep)
-    todo = local_sweep.unfinished(ref.run_dir, cfg.trials)
+    todo = driver.unfinished(ref.run_dir, cfg.trials)
     if not todo:
         raise UserError.single("RUN_ID", f"every trial of sweep {ref.run_id} has ended", "nothing to resume")
     tracking.set_state(ref.uri, ref.run_id, State.RUNNING, reason=f"resumed: {len(todo)} trials")

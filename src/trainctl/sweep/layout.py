@@ -33,9 +33,11 @@ def trial_dir(sweep_dir: Path, index: int) -> Path:
 
 
 def trial_indices(sweep_dir: Path) -> list[int]:
-    """Trials that have started once (their parameters are fixed)."""
+    """Trials that have started once (their parameters are fixed, or their start failed)."""
     root = sweep_dir / "trials"
-    return sorted(int(p.name) for p in root.iterdir() if (p / "params.json").is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if (p / "params.json").is_file() or (p / "attempts").is_dir())
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -89,7 +89,8 @@ def settle(sweep_dir: Path, final: bool = False) -> dict[str, Any]:
                 continue
             params = read_json(trial_dir(sweep_dir, e.index) / "params.json") or {}
             state = "pruned" if e.pruned else "complete" if e.outcome == "finished" and e.value is not None else "fail"
-            engine.tell(sweep_dir, cfg, int(params["number"]), state, e.value)
+            if "number" in params:  # else it failed before it asked: the study never saw it
+                engine.tell(sweep_dir, cfg, int(params["number"]), state, e.value)
             told[str(e.index)] = {"state": state, "value": e.value, "reason": e.reason}
             if e.pruned:
                 child = (read_json(trial_dir(sweep_dir, e.index) / "job.json") or {}).get("run_id")

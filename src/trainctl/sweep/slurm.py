@@ -17,7 +17,6 @@ from trainctl.errors import UserError
 from trainctl.launchers.base import Say, poll_until
 from trainctl.rundir import atomic_write_text
 from trainctl.spec import Spec
-from trainctl.sweep.layout import trial_dir
 
 
 def render(spec: Spec, sweep_dir: Path, count: int, max_concurrent: int) -> str:
@@ -46,8 +45,6 @@ def submit(spec: Spec, sweep_dir: Path, indices: list[int], max_concurrent: int)
     atomic_write_text(sweep_dir / "scheduler.json", json.dumps({
         "job_id": array, "job_name": sweep_dir.name, "submitted": time.time(),
         "tasks": {str(i): f"{array}_{n}" for n, i in enumerate(indices)}}))
-    for i in indices:
-        trial_dir(sweep_dir, i).mkdir(parents=True, exist_ok=True)
     return array
 
 

@@ -308,7 +308,7 @@ def check_trials(raw: dict[str, Any], cfg: SweepConfig, source: str) -> list[Pro
         try:
             for assignment in assignments(point):
                 apply_override(trial, assignment)
-            parse_spec(trial, source)
+            parse_spec(trial, source, from_source=True)
         except UserError as err:
             shown = ", ".join(f"{k}={v!r}" for k, v in point.items())
             for p in err.problems:

@@ -1,4 +1,5 @@
-"""One trial, as every one of its ranks starts it (submitit's callable; local executor or a SLURM array task).
+"""One trial, as every one of its ranks starts it (submitit's callable; local executor or a SLURM array task), or as
+the sweep's driver fixes it before it submits the trial's Ray job.
 
 The first rank to take the trial's lock, on its first start, asks the study for the parameters and fixes the
 trial: params.json, its child run, its job.json (the run directory a single job has). Any later start (another
@@ -12,9 +13,12 @@ import copy
 import importlib
 import json
 import os
+import socket
+import time
 from pathlib import Path
 
 from trainctl.rundir import JobFile, atomic_write_text, use_import_dirs
+from trainctl.runstate import Attempt, Attempts, Outcome
 from trainctl.spec import apply_override, parse_spec
 from trainctl.sweep import engine, reporter, runs
 from trainctl.sweep.layout import SweepFile, locked, read_json, trial_dir, write_json
@@ -26,13 +30,10 @@ def run_trial(sweep_dir: str, index: int) -> str:
     td = trial_dir(sd, index)
     sf = SweepFile.read(sd)
     use_import_dirs(sf.import_dirs)
-    with locked(td / "prepare.lock"):
-        if not JobFile.path(td).is_file():
-            why = runs.why_not_start(sf)
-            if why:
-                print(f"trainctl: trial {index} not started: {why}", flush=True)
-                return why
-            prepare(sd, sf, index, td)
+    why = fix(sd, sf, index)
+    if why:
+        print(f"trainctl: trial {index} not started: {why}", flush=True)
+        return why
     done = runs.ended(sd, index)
     if done is not None and done.outcome == "finished":  # a requeue that came as the trial finished
         print(f"trainctl: trial {index} has finished already", flush=True)
@@ -44,6 +45,28 @@ def run_trial(sweep_dir: str, index: int) -> str:
     if os.environ.get("RANK", "0") == "0":
         runs.settle(sd)
     return reason
+
+
+def fix(sd: Path, sf: SweepFile, index: int) -> str | None:
+    """The trial's values and run, fixed once (the first start); returns why it does not start (its sweep has
+    ended), else None."""
+    td = trial_dir(sd, index)
+    with locked(td / "prepare.lock"):
+        if not JobFile.path(td).is_file():
+            last = Attempts(td).last()
+            if last is not None and last.outcome is Outcome.failed:  # its preparation failed before
+                return last.reason or "failed"
+            why = runs.why_not_start(sf)
+            if why:
+                return why
+            try:
+                prepare(sd, sf, index, td)
+            except Exception as exc:  # e.g. the model's module raises on import: a failed trial the sweep counts
+                why = f"the trial could not be prepared: {type(exc).__name__}: {exc}"[:2000]
+                now = time.time()
+                Attempts(td).save(Attempt(1, now, socket.gethostname(), "", "first", now, Outcome.failed, why))
+                return why
+    return None
 
 
 def prepare(sd: Path, sf: SweepFile, index: int, td: Path) -> None:
@@ -69,13 +92,16 @@ def prepare(sd: Path, sf: SweepFile, index: int, td: Path) -> None:
         pid = os.getppid()  # the trial's submitit controller: the process group a cancel signals
         atomic_write_text(td / "scheduler.json", json.dumps({"job_id": str(pid), "pid": pid, "pgid": pid}))
         scheduler_id = str(pid)
+    elif sf.backend == "ray":  # the trial's Ray job is submitted after this (trainctl.sweep.ray): it tags the run
+        scheduler_id = ""
     else:
         scheduler_id = os.environ.get("SLURM_JOB_ID", "")
         atomic_write_text(td / "scheduler.json", json.dumps({"job_id": scheduler_id,
                                                              "job_name": os.environ.get("SLURM_JOB_NAME", "")}))
     from trainctl import tracking
 
-    tracking.client(sf.tracking_uri).set_tag(run_id, "trainctl.scheduler_job_id", scheduler_id)
+    if scheduler_id:
+        tracking.client(sf.tracking_uri).set_tag(run_id, "trainctl.scheduler_job_id", scheduler_id)
     JobFile(run_id=run_id, tracking_uri=sf.tracking_uri, backend=sf.backend, spec=spec.to_dict(), master_port=port,
             import_dirs=sf.import_dirs).write(td)
 

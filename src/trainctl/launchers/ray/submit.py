@@ -118,8 +118,10 @@ def run_config(spec: Spec, run_dir: Path, submission_id: str) -> dict[str, Any]:
 
 
 def submission_id(spec: Spec, run_dir: Path) -> str:
-    """No underscores: the workers' log files are named <submission id>_<rank>_log.out (launchers/base.py)."""
-    name = re.sub(r"[^A-Za-z0-9-]", "-", run_dir.name)
+    """No underscores: the workers' log files are named <submission id>_<rank>_log.out (launchers/base.py). A sweep's
+    trial (<sweep dir>/trials/NNNN) is named by its sweep and its index."""
+    base = f"{run_dir.parent.parent.name}-{run_dir.name}" if run_dir.parent.name == "trials" else run_dir.name
+    name = re.sub(r"[^A-Za-z0-9-]", "-", base)
     return f"trainctl-{name}-{secrets.token_hex(3)}"
 
 
