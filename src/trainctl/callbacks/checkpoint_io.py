@@ -21,6 +21,9 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from trainctl.callbacks.sharded_checkpoint import consolidate, verify_dir
+from trainctl.callbacks.sharded_checkpoint import remove as remove_sharded
+
 log = logging.getLogger("trainctl.checkpoint")
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -97,9 +100,18 @@ def write_atomic(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def stage_as(path: Path, dest: Path) -> tuple[Path, Path]:
     """`path` and its manifest under another name (a hard link, or a copy across file systems): the pair to upload
-    where a fixed name must replace the previous one. Returns (checkpoint, manifest) at `dest`."""
+    where a fixed name must replace the previous one. Returns (checkpoint, manifest) at `dest`. A sharded
+    checkpoint (a directory) is staged as one consolidated file: what is uploaded is always loadable alone."""
     import shutil
 
+    if path.is_dir():
+        manifest = write_atomic(consolidate(path), dest)
+        manifest.update(source=path.name, consolidated=True)
+        mdest = manifest_path(dest)
+        atomic = mdest.with_name(f".{mdest.name}.tmp-{os.getpid()}")
+        atomic.write_text(json.dumps(manifest))
+        os.replace(atomic, mdest)
+        return dest, mdest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
@@ -120,7 +132,7 @@ def verify(path: str | Path) -> str | None:
     """None when the file matches its manifest, else why it must not be loaded."""
     path = Path(path)
     mpath = manifest_path(path)
-    if not path.is_file():
+    if not path.exists():
         return "file missing"
     if not mpath.is_file():
         return "no manifest (the write never completed)"
@@ -128,6 +140,8 @@ def verify(path: str | Path) -> str | None:
         manifest = json.loads(mpath.read_text())
     except (OSError, ValueError) as exc:
         return f"unreadable manifest: {exc}"
+    if path.is_dir():
+        return verify_dir(path, manifest)
     size = path.stat().st_size
     if size != manifest.get("size"):
         return f"size {size} != manifest {manifest.get('size')} (truncated?)"
@@ -220,6 +234,9 @@ class AtomicCheckpointIOImpl:
 
     def remove_checkpoint(self, path: Any) -> None:
         self.wait(path)
+        if Path(path).is_dir():
+            remove_sharded(Path(path))
+            return
         for p in (Path(path), manifest_path(path)):
             p.unlink(missing_ok=True)
 

@@ -1,0 +1,116 @@
+"""Fully sharded training (resources.strategy: fsdp): Lightning's FSDPStrategy with trainctl's sharded checkpoints.
+
+Lightning's Trainer strategy, rather than torch's FSDP applied by hand or Fabric: it wraps an unchanged
+LightningModule inside the same Trainer the rest of trainctl drives (loops, callbacks, the precision plugin that
+turns `trainer.precision` into FSDP's mixed precision, the distributed sampler), so neither the user's module nor
+trainctl's callbacks change with the strategy. Its own sharded save writes no manifest and is not atomic, so
+`save_checkpoint` and `load_checkpoint` are trainctl's (callbacks/sharded_checkpoint.py): every rank writes its
+shard with DCP into a directory aside, the directory is committed as a whole with a manifest written last, and
+a checkpoint is loaded only if every shard verifies. DCP reshards on load, so a checkpoint resumes on another
+number of ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from trainctl.callbacks.binding import make
+from trainctl.callbacks.checkpoint_io import verify
+from trainctl.callbacks.sharded_checkpoint import commit, file_digest, own_files, save_meta, tmp_dir
+from trainctl.components import LightningNamespace, import_class
+from trainctl.spec import Spec
+
+log = logging.getLogger("trainctl.fsdp")
+
+
+class ShardedFSDPImpl:
+    """FSDPStrategy (bound to the user's namespace) whose checkpoints are trainctl's verified sharded directories."""
+
+    def _setup_model(self, model: Any) -> Any:
+        """On CPU ranks, wrap with `device_id=cpu`: Lightning passes the device's index (None on a CPU), and FSDP
+        then looks for an accelerator and refuses to start. Lightning's own setup sees the wrapped module and only
+        adds what comes after wrapping (activation checkpointing, metric placement)."""
+        import torch
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if self.root_device.type != "cpu" or any(  # type: ignore[attr-defined]
+                isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            return super()._setup_model(model)  # type: ignore[misc]
+        kwargs = dict(self.kwargs)  # type: ignore[attr-defined]
+        model = FullyShardedDataParallel(
+            module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,  # type: ignore[attr-defined]
+            sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **kwargs)  # type: ignore[attr-defined]
+        policy = self.kwargs.pop("auto_wrap_policy", None)  # type: ignore[attr-defined]
+        try:
+            return super()._setup_model(model)  # type: ignore[misc]
+        finally:
+            if policy is not None:
+                self.kwargs["auto_wrap_policy"] = policy  # type: ignore[attr-defined]
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        import torch.distributed as dist
+        from torch.distributed.checkpoint import FileSystemWriter
+        from torch.distributed.checkpoint import save as dcp_save
+
+        path = Path(self.broadcast(str(filepath)))  # type: ignore[attr-defined]
+        zero, rank = self.is_global_zero, self.global_rank  # type: ignore[attr-defined]
+        aside = tmp_dir(path)
+        if zero:
+            if aside.exists():
+                shutil.rmtree(aside)  # an attempt that died mid-write left it; it was never committed
+            aside.mkdir(parents=True)
+        self.barrier("trainctl.fsdp.aside")  # type: ignore[attr-defined]
+        state = {"model": checkpoint.pop("state_dict")}
+        state.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
+        # Lightning's keys (`model`, `optimizer_<i>`): its sharded loader reads the optimizers back by them.
+        dcp_save(state, storage_writer=FileSystemWriter(aside, sync_files=True))
+        if zero:
+            save_meta(checkpoint, aside)
+        mine = {f.name: file_digest(f) for f in own_files(aside, rank)}
+        digests: list[Any] = [None] * self.world_size  # type: ignore[attr-defined]
+        dist.all_gather_object(digests, mine)
+        if zero:
+            commit(path, digests, checkpoint)
+        self.barrier("trainctl.fsdp.commit")  # type: ignore[attr-defined]
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        path = Path(self.broadcast(str(checkpoint_path)))  # type: ignore[attr-defined]
+        problem = self.broadcast(verify(path) if self.is_global_zero else None)  # type: ignore[attr-defined]
+        if problem:
+            raise RuntimeError(f"refusing to load {path}: {problem}")
+        # trainctl's own verified files: RNG and loader states are not weights-only
+        return super().load_checkpoint(path, weights_only=False)  # type: ignore[misc]
+
+
+def build_strategy(ns: LightningNamespace, spec: Spec, acc: str, checkpoint_io: Any) -> Any:
+    """Lightning's FSDPStrategy from the spec's fsdp block, saving and loading trainctl's sharded checkpoints."""
+    fs, res = spec.fsdp, spec.resources
+    layers = {import_class(p) for p in fs.wrap}
+    kwargs: dict[str, Any] = {}
+    if layers:
+        kwargs["auto_wrap_policy"] = layers
+        if fs.activation_checkpointing:
+            kwargs["activation_checkpointing_policy"] = layers
+    if fs.sharding.value == "hybrid_shard":
+        kwargs["device_mesh"] = (res.nodes, res.devices_per_node)
+    return make(
+        ShardedFSDPImpl, ns.pl.strategies.FSDPStrategy,
+        process_group_backend="nccl" if acc == "gpu" else "gloo",
+        timeout=timedelta(seconds=spec.fault_tolerance.collective_timeout_s),
+        cluster_environment=ns.fabric.plugins.environments.LightningEnvironment(),
+        checkpoint_io=checkpoint_io,
+        sharding_strategy=fs.sharding.value.upper(),
+        cpu_offload=fs.cpu_offload,
+        state_dict_type="sharded",
+        **kwargs,
+    )
+
+
+def is_sharded(strategy: Any) -> bool:
+    """Whether gradients live in shards (a global norm then needs every rank's part)."""
+    return isinstance(strategy, ShardedFSDPImpl)
+
