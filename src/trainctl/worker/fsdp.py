@@ -31,25 +31,33 @@ class ShardedFSDPImpl:
     """FSDPStrategy (bound to the user's namespace) whose checkpoints are trainctl's verified sharded directories."""
 
     def _setup_model(self, model: Any) -> Any:
-        """On CPU ranks, wrap with `device_id=cpu`: Lightning passes the device's index (None on a CPU), and FSDP
-        then looks for an accelerator and refuses to start. Lightning's own setup sees the wrapped module and only
-        adds what comes after wrapping (activation checkpointing, metric placement)."""
+        """Wrap once per module. A `trainer.test` after the fit hands the bare LightningModule in again, whose
+        parameters are by then views into the first wrapper's shards: wrapping those again would shard the shards,
+        so the first wrapper is returned. On CPU ranks the wrap names `device_id=cpu`: Lightning passes the
+        device's index (None on a CPU), and FSDP then looks for an accelerator and refuses to start; Lightning's
+        own setup sees the wrapped module and only adds what comes after wrapping (activation checkpointing)."""
         import torch
         from torch.distributed.fsdp import FullyShardedDataParallel
 
+        wrapped = getattr(self, "trainctl_wrapped", None)
+        if wrapped is not None and wrapped.module is model:
+            return wrapped
         if self.root_device.type != "cpu" or any(  # type: ignore[attr-defined]
                 isinstance(m, FullyShardedDataParallel) for m in model.modules()):
-            return super()._setup_model(model)  # type: ignore[misc]
-        kwargs = dict(self.kwargs)  # type: ignore[attr-defined]
+            self.trainctl_wrapped = super()._setup_model(model)  # type: ignore[misc]
+            return self.trainctl_wrapped
         model = FullyShardedDataParallel(
-            module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,  # type: ignore[attr-defined]
-            sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **kwargs)  # type: ignore[attr-defined]
+            module=model, cpu_offload=self.cpu_offload,  # type: ignore[attr-defined]
+            mixed_precision=self.mixed_precision_config,  # type: ignore[attr-defined]
+            sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"),  # type: ignore[attr-defined]
+            **self.kwargs)  # type: ignore[attr-defined]
         policy = self.kwargs.pop("auto_wrap_policy", None)  # type: ignore[attr-defined]
         try:
-            return super()._setup_model(model)  # type: ignore[misc]
+            self.trainctl_wrapped = super()._setup_model(model)  # type: ignore[misc]
         finally:
             if policy is not None:
                 self.kwargs["auto_wrap_policy"] = policy  # type: ignore[attr-defined]
+        return self.trainctl_wrapped
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         import torch.distributed as dist
