@@ -135,3 +135,27 @@ def test_fsdp_truncated_shard_makes_the_previous_checkpoint_used(mlflow_server: 
     assert "attempt 2 · cause" in logs and "resumed at step 20" in logs, "the previous checkpoint is used"
     assert_same_training_state(reference, full_state(newest(rdir)))
     assert_history_once(mlflow_server, run_id)
+
+
+def test_fsdp_checkpoint_from_2_ranks_resumes_on_1(mlflow_server: str, tmp_path: Path) -> None:
+    """DCP reshards on load: the job goes on with its loss continuous, and the run tags the changed data order."""
+    res, run_id = submit(tmp_path, mlflow_server, [*FSDP, "trainer.max_steps=16", "checkpoint.every_n_train_steps=4",
+                                                   "tracking.system_metrics=0", "fault_tolerance.max_restarts=0",
+                                                   callbacks(("SignalAtStep", {"step": 6}))], job="jobs/gpt-smoke.yaml")
+    assert res.returncode == 1, "max_restarts=0: the preempted job ends FAILED"
+    rdir = run_dir(mlflow_server, run_id)
+    stopped = json.loads((rdir / "attempts" / "0001.json").read_text())["step"]
+    assert json.loads(Path(f"{newest(rdir)}.manifest.json").read_text())["world_size"] == 2
+    res = run_cli("resume", run_id, "--tracking-uri", mlflow_server, "--set", "resources.devices_per_node=1",
+                  timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    tags = run_info(mlflow_server, run_id).data.tags
+    assert tags["trainctl.state"] == "FINISHED"
+    assert f"step-{stopped:09d}.ckpt: saved on 2 ranks, resumed on 1" in tags["trainctl.resharded"]
+    from helpers import client
+
+    loss = {m.step: m.value for m in client(mlflow_server).get_metric_history(run_id, "train/loss")}
+    assert sorted(loss) == list(range(min(loss), 16)), sorted(loss)  # every step once, on 2 ranks then 1
+    before, after = loss[stopped - 1], loss[stopped]
+    assert abs(after - before) < 0.25 * before, (stopped, before, after)  # the weights came back, not a fresh start
+    assert loss[15] < loss[0]

@@ -44,7 +44,8 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
     world = spec.resources.nodes * spec.resources.devices_per_node
     plugins: list[Any] = []
     if strategy is None and spec.resources.strategy is Strategy.fsdp:
-        strategy = fsdp.build_strategy(ns, spec, acc, built.checkpoint_io)  # on one rank too: same checkpoints
+        # on one rank too: the same checkpoints, loadable on any number of ranks
+        strategy = fsdp.build_strategy(ns, spec, acc, built.checkpoint_io, built.tags)
     elif strategy is None and world == 1:
         # One rank: DDP would only add bucket copies and a one-rank all-reduce (≈ 3 % of a GPU step).
         import torch

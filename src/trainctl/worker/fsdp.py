@@ -12,6 +12,7 @@ number of ranks.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from datetime import timedelta
@@ -19,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from trainctl.callbacks.binding import make
-from trainctl.callbacks.checkpoint_io import verify
+from trainctl.callbacks.checkpoint_io import manifest_path, verify
 from trainctl.callbacks.sharded_checkpoint import commit, file_digest, own_files, save_meta, tmp_dir
 from trainctl.components import LightningNamespace, import_class
 from trainctl.spec import Spec
 
 log = logging.getLogger("trainctl.fsdp")
+RESHARDED_TAG = "trainctl.resharded"
 
 
 class ShardedFSDPImpl:
@@ -90,12 +92,28 @@ class ShardedFSDPImpl:
         problem = self.broadcast(verify(path) if self.is_global_zero else None)  # type: ignore[attr-defined]
         if problem:
             raise RuntimeError(f"refusing to load {path}: {problem}")
+        self._note_resharding(path)
         # trainctl's own verified files: RNG and loader states are not weights-only
         return super().load_checkpoint(path, weights_only=False)  # type: ignore[misc]
 
+    def _note_resharding(self, path: Path) -> None:
+        """A checkpoint from another number of ranks: DCP reshards the state exactly, but each rank's samples
+        (and the part of the epoch already done) change with the world size, so the run says so on a tag."""
+        try:
+            manifest = json.loads(manifest_path(path).read_text())
+        except (OSError, ValueError):
+            return
+        saved, now = manifest.get("world_size"), self.world_size  # type: ignore[attr-defined]
+        if saved and saved != now:
+            self.trainctl_tags[RESHARDED_TAG] = (  # type: ignore[attr-defined]
+                f"{path.name}: saved on {saved} ranks, resumed on {now}; the state is resharded exactly, the data "
+                "order from this step on differs from a run that kept its ranks")
+            log.warning("resharding %s from %s to %s ranks: the data order changes", path.name, saved, now)
 
-def build_strategy(ns: LightningNamespace, spec: Spec, acc: str, checkpoint_io: Any) -> Any:
-    """Lightning's FSDPStrategy from the spec's fsdp block, saving and loading trainctl's sharded checkpoints."""
+
+def build_strategy(ns: LightningNamespace, spec: Spec, acc: str, checkpoint_io: Any, tags: dict[str, str]) -> Any:
+    """Lightning's FSDPStrategy from the spec's fsdp block, saving and loading trainctl's sharded checkpoints.
+    `tags`: the run's tags, where a resume on another number of ranks is recorded."""
     fs, res = spec.fsdp, spec.resources
     layers = {import_class(p) for p in fs.wrap}
     kwargs: dict[str, Any] = {}
@@ -105,7 +123,7 @@ def build_strategy(ns: LightningNamespace, spec: Spec, acc: str, checkpoint_io: 
             kwargs["activation_checkpointing_policy"] = layers
     if fs.sharding.value == "hybrid_shard":
         kwargs["device_mesh"] = (res.nodes, res.devices_per_node)
-    return make(
+    strategy = make(
         ShardedFSDPImpl, ns.pl.strategies.FSDPStrategy,
         process_group_backend="nccl" if acc == "gpu" else "gloo",
         timeout=timedelta(seconds=spec.fault_tolerance.collective_timeout_s),
@@ -116,6 +134,8 @@ def build_strategy(ns: LightningNamespace, spec: Spec, acc: str, checkpoint_io: 
         state_dict_type="sharded",
         **kwargs,
     )
+    strategy.trainctl_tags = tags
+    return strategy
 
 
 def is_sharded(strategy: Any) -> bool:
