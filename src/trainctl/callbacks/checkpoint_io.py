@@ -178,13 +178,19 @@ class AtomicCheckpointIOImpl:
             return
         self.wait()  # the previous write still reads the buffers about to be reused
         frozen, self.buffers = snapshot(checkpoint, getattr(self, "buffers", None))
+        self.submit(path, write_atomic, frozen, path)
+        self.blocked_s.append(time.perf_counter() - t0)
+
+    def submit(self, path: Path, work: Callable[..., Any], *args: Any) -> None:
+        """Run `work(*args)` on the writer thread as the write of `path` (`wait`, `after_write` and the next
+        save's error see it). The sharded saves of worker/fsdp.py commit through here too."""
+        self._raise_background_error()
         if self.pool is None:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainctl-ckpt")
-        future = self.pool.submit(write_atomic, frozen, path)
+        future = self.pool.submit(work, *args)
         future.add_done_callback(self._record_error)
         with self.lock:
             self.pending[str(path)] = future
-        self.blocked_s.append(time.perf_counter() - t0)
 
     def _record_error(self, future: Future) -> None:
         if future.exception() is not None:

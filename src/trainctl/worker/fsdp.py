@@ -61,13 +61,27 @@ class ShardedFSDPImpl:
                 self.kwargs["auto_wrap_policy"] = policy  # type: ignore[attr-defined]
         return self.trainctl_wrapped
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+    def setup_environment(self) -> None:
         import torch.distributed as dist
-        from torch.distributed.checkpoint import FileSystemWriter
+
+        super().setup_environment()  # type: ignore[misc]
+        # A CPU group of its own for the background writes' collectives: they never interleave with training's.
+        # Made once (a test after the fit sets the environment up again, on every rank alike).
+        if getattr(self, "trainctl_group", None) is None:
+            self.trainctl_group = dist.new_group(backend="gloo", timeout=self._timeout)  # type: ignore[attr-defined]
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """Every rank: the shards written aside with DCP, then committed (hashes gathered, rank 0 renames and
+        writes the manifest). With checkpoint.async_save DCP copies the state to host memory here and writes in
+        the background; the commit follows on the IO's writer thread. One save is in flight at a time, so the
+        background collectives run in the same order on every rank."""
+        from torch.distributed.checkpoint import FileSystemWriter, async_save
         from torch.distributed.checkpoint import save as dcp_save
 
+        io = self.checkpoint_io  # type: ignore[attr-defined]
+        io.wait()
         path = Path(self.broadcast(str(filepath)))  # type: ignore[attr-defined]
-        zero, rank = self.is_global_zero, self.global_rank  # type: ignore[attr-defined]
+        zero = self.is_global_zero  # type: ignore[attr-defined]
         aside = tmp_dir(path)
         if zero:
             if aside.exists():
@@ -76,18 +90,33 @@ class ShardedFSDPImpl:
         self.barrier("trainctl.fsdp.aside")  # type: ignore[attr-defined]
         state = {"model": checkpoint.pop("state_dict")}
         state.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
+        if zero:
+            save_meta(checkpoint, aside)  # small, and written now: the loops and callbacks move on
+        meta = {"global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch")}
         # Lightning's keys (`model`, `optimizer_<i>`): its sharded loader reads the optimizers back by them.
-        dcp_save(state, storage_writer=FileSystemWriter(aside, sync_files=True))
-        if zero:
-            save_meta(checkpoint, aside)
-        mine = {f.name: file_digest(f) for f in own_files(aside, rank)}
+        writer = FileSystemWriter(aside, sync_files=True)
+        if not io.async_save:
+            dcp_save(state, storage_writer=writer)
+            self._commit(path, meta, None)
+            return
+        written = async_save(state, storage_writer=writer, process_group=self.trainctl_group)
+        io.submit(path, self._commit, path, meta, written)
+
+    def _commit(self, path: Path, meta: dict[str, Any], written: Any) -> None:
+        import torch.distributed as dist
+
+        if written is not None:
+            written.result()  # this rank's shard is on disk (DCP fsyncs each file)
+        mine = {f.name: file_digest(f) for f in own_files(tmp_dir(path), self.global_rank)}  # type: ignore[attr-defined]
         digests: list[Any] = [None] * self.world_size  # type: ignore[attr-defined]
-        dist.all_gather_object(digests, mine)
-        if zero:
-            commit(path, digests, checkpoint)
-        self.barrier("trainctl.fsdp.commit")  # type: ignore[attr-defined]
+        group = self.trainctl_group if written is not None else None
+        dist.all_gather_object(digests, mine, group=group)
+        if self.is_global_zero:  # type: ignore[attr-defined]
+            commit(path, digests, meta)
+        dist.barrier(group=group)  # the checkpoint exists for every rank once its save has returned or been waited
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        self.checkpoint_io.wait()  # type: ignore[attr-defined]  # a sharded save still being committed
         path = Path(self.broadcast(str(checkpoint_path)))  # type: ignore[attr-defined]
         problem = self.broadcast(verify(path) if self.is_global_zero else None)  # type: ignore[attr-defined]
         if problem:
