@@ -10,9 +10,9 @@ import pytest
 
 from trainctl.callbacks.checkpoint_io import manifest_path, verify
 from trainctl.callbacks.sharded_checkpoint import commit, file_digest, own_files, remove, save_meta, tmp_dir
-from trainctl.spec import Sharding, Strategy, parse_spec
+from trainctl.spec import Sharding, Strategy, parse_spec, read_yaml
 
-from .spec_helpers import mutate, only_problem
+from .spec_helpers import ROOT, mutate, only_problem
 
 
 def test_ddp_is_the_default_and_fsdp_parses(raw: dict[str, Any]) -> None:
@@ -22,6 +22,8 @@ def test_ddp_is_the_default_and_fsdp_parses(raw: dict[str, Any]) -> None:
                               "activation_checkpointing": True}))
     assert spec.resources.strategy is Strategy.fsdp and spec.fsdp.sharding is Sharding.shard_grad_op
     assert spec.fsdp.wrap == ["torch.nn.Linear"]
+    example = parse_spec(read_yaml(ROOT / "jobs" / "gpt-fsdp.yaml"))  # the GPU example, its classes imported
+    assert example.resources.strategy is Strategy.fsdp and example.fsdp.wrap == ["trainctl.examples.gpt.Block"]
 
 
 @pytest.mark.parametrize(("fsdp", "extra", "where", "words"), [
