@@ -24,7 +24,17 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import checkpointing, cli_latency, cpu_ddp, launch, memory, system_metrics, tracking, tracking_load
+from bench import (
+    checkpointing,
+    cli_latency,
+    cpu_ddp,
+    launch,
+    memory,
+    sweep_scale,
+    system_metrics,
+    tracking,
+    tracking_load,
+)
 from bench.procs import ROOT, machine
 from bench.report import chart, markdown
 from bench.stats import median
@@ -52,6 +62,8 @@ GOALS: dict[str, tuple[float | None, str, str]] = {
     "cli_logs_s": (0.5, "s", "`trainctl logs RUN` cold, median wall (embedded sqlite store)"),
     "cli_cancel_s": (0.5, "s", "`trainctl cancel RUN` of a run whose job has ended, cold, median wall (sqlite)"),
     "cli_validate_s": (3.0, "s", "`trainctl validate jobs/digits.yaml` cold, median wall (classes read from source)"),
+    "sweep_submit_1000_s": (10.0, "s", "`trainctl submit` of a 1000-trial sweep to SLURM as one (held) job array"),
+    "sweep_status_1000_s": (2.0, "s", "`trainctl status SWEEP` over 1000 child runs, 1000 other runs beside, cold"),
     "memory_peak_ratio": (None, "x", "peak RSS per rank, trainctl ÷ raw DDP loop"),
     "memory_growth_mb_per_10k_steps": (5.0, "MiB", "RSS slope over the 2nd half of a ≥ 10k-step run (abs)"),
     "tracking_load_points_per_s_sqlite": (None, "points/s", "N simulated jobs logging every step through the sink "
@@ -102,7 +114,7 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="bench-all-") as tmp_s:
         tmp = Path(tmp_s)
-        served = {"tracking", "memory", "launch", "system_metrics"}
+        served = {"tracking", "memory", "launch", "system_metrics", "sweep_scale"}
         server = tracking.mlflow_server(tmp / "mlflow") if (not only or only & served) else contextlib.nullcontext(None)
         with server as uri:
             shared: dict[str, Any] = {}
@@ -219,6 +231,15 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
                         ratios[key] = _entry(key, wall["sqlite"][c], cpu_s=cpu_s["sqlite"][c],
                                              server_wall_s=wall["server"][c], server_cpu_s=cpu_s["server"][c])
 
+            # ---- sweeps at scale (SLURM): submit of 1000 trials as one array, status over 1000 child runs
+            sw = section("sweep_scale", lambda: {"skipped": True, "reason": "quick"} if quick
+                         else sweep_scale.measure(uri, 1000, 1000, 5, log=log))
+            if sw:
+                for key, field in (("sweep_submit_1000_s", "submit_s"), ("sweep_status_1000_s", "status_s")):
+                    ratios[key] = _skipped(key, sw["reason"]) if sw.get("skipped") else _entry(
+                        key, sw[field], status_s_no_others=sw.get("status_s_no_others"),
+                        model_import_floor_s=sw.get("model_import_floor_s"))
+
             # ---- memory
             def mem() -> dict[str, Any]:
                 if quick:  # from the runs above: the raw and worker peaks, the tracking run's RSS samples
@@ -305,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.quick, set(args.only.split(",")) if args.only else None, log)
     if args.merge and args.out.is_file():  # keep the other sections of an earlier run, this run's win
         earlier = json.loads(args.out.read_text())
-        for key in ("cpu_ddp", "tracking", "checkpointing", "launch", "cli", "memory", "system_metrics",
+        for key in ("cpu_ddp", "tracking", "checkpointing", "launch", "cli", "sweep_scale", "memory", "system_metrics",
                     "tracking_load", "seconds"):
             if key not in results and key in earlier:
                 results[key] = earlier[key]

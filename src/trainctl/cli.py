@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import signal
 import sys
 from typing import IO, TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
     from trainctl.control import Cancelled
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # a shell's code for a writer the pipe's reader left
 
 
 def _uri(args: argparse.Namespace) -> str | None:
@@ -56,25 +56,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from trainctl import control, tracking
+    from trainctl import control, stores, tracking
     from trainctl.spec import load_spec
 
     dirs = _importable(args.job)
     if _sweep().is_sweep(args.job):
         sub = _sweep().submit(args.job, args.set, args.backend, args.dry_run, dirs)
         print(sub.text, flush=True)
-        follow = not args.detach and (args.wait or registry.backend(sub.backend).follow)
-        return _sweep().wait(sub.sweep_id, sub.uri) if follow and sub.sweep_id else 0
+        return _sweep().wait(sub.sweep_id, sub.uri) if _follows(args, sub.backend) and sub.sweep_id else 0
     spec = load_spec(args.job, [*args.set, *([f"backend.kind={args.backend}"] if args.backend else [])])
     ref, detail = control.submit(spec, dry_run=args.dry_run, source=args.job, import_dirs=dirs)
     if ref is None:
         print(detail)
         return 0
     print(f"run id:    {ref.run_id}\nrun dir:   {ref.run_dir}\nbackend:   {ref.backend} ({detail})\n"
-          f"tracking:  {ref.uri}\nMLflow UI: {_ui_hint(ref.uri)}\nrun page:  {tracking.run_page(ref.uri, ref.run_id)}")
-    if args.detach or not (args.wait or registry.backend(ref.backend).follow):
-        return 0
-    return _follow(ref)
+          f"tracking:  {ref.uri}\nMLflow UI: {stores.ui_command(ref.uri)}\n"
+          f"run page:  {tracking.run_page(ref.uri, ref.run_id)}")
+    return _follow(ref) if _follows(args, ref.backend) else 0
 
 
 def _sweep() -> Any:
@@ -89,29 +87,10 @@ def _is_sweep(ref: Any) -> bool:
     return ref.tags.get(PARENT_TAG) == "parent"
 
 
-def _ui_hint(uri: str) -> str:
-    """A command that serves this run's store from any directory (the store's path is absolute)."""
-    from pathlib import Path
-
-    from trainctl.stores import local_path
-
-    if uri.startswith(("http://", "https://")):
-        return uri
-    path = local_path(uri)
-    if uri.startswith("sqlite:///") and path is not None and path.name == "mlflow.db":
-        cmd = [sys.executable, "-m", "trainctl.mlflow_server", "--workdir", str(path.parent)]
-    elif path is not None:
-        cmd = [sys.executable, "-m", "mlflow", "ui", "--workers", "1", "--backend-store-uri",
-               uri if uri.startswith(("sqlite:", "file:")) else Path(uri).as_uri()]
-    else:
-        return uri
-    return f"{shlex.join(cmd)}  (then open http://127.0.0.1:5000)"
-
-
 def _follow(ref: Any, ranks: set[int] | None = None, attempt: int | None = None, tail: int | None = None) -> int:
     """Show the job's output (rank 0's by default) until the run ends, across requeues; exit 0 for FINISHED.
     tail: start with only the last lines already written."""
-    from trainctl import control
+    from trainctl import control, stores
     from trainctl.logview import Follower, tail_lines
     from trainctl.render import Renderer
 
@@ -128,11 +107,14 @@ def _follow(ref: Any, ranks: set[int] | None = None, attempt: int | None = None,
     try:
         final = control.watch(ref, out.line, out.say, follower=follower, attempt=attempt)
     except KeyboardInterrupt:
+        now = control.find_run(ref.run_id, ref.uri)
+        if now.state.terminal:  # the job ended as the key was pressed: nothing to cancel, say how it ended
+            print(f"\ninterrupted: run {now.run_id} had already ended {now.state.value}", file=sys.stderr)
+            return 0 if now.state.value == "FINISHED" else 1
         print("\ninterrupted: cancelling the job", file=sys.stderr)
-        _print_cancelled(control.cancel(control.find_run(ref.run_id, ref.uri), say=_progress(sys.stderr)),
-                         sys.stderr)
+        _print_cancelled(control.cancel(now, say=_progress(sys.stderr)), sys.stderr)
         return 130
-    more = [f"trainctl status {final.run_id}", f"trainctl logs {final.run_id}", f"UI: {_ui_hint(final.uri)}"]
+    more = [f"trainctl status {final.run_id}", f"trainctl logs {final.run_id}", f"UI: {stores.ui_command(final.uri)}"]
     out.end(final.run_id, final.state.value, final.tags.get("trainctl.reason", ""), final.metrics, more)
     return 0 if final.state.value == "FINISHED" else 1
 
@@ -161,10 +143,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     """Every attempt in order, each rank under its own header (rank 0 first); -f follows until the run ends."""
     from trainctl import control
-    from trainctl.logview import sections
+    from trainctl.logview import check_selection, sections
 
     ref = control.find_run(args.run_id, _uri(args))
-    _check_rank_and_attempt(ref.run_dir, args.rank, args.attempt)
+    check_selection(ref.run_dir, args.rank, args.attempt)
     if args.follow:
         return _follow(ref, {args.rank if args.rank is not None else 0}, args.attempt, args.tail)
     found = sections(ref.run_dir / "logs")
@@ -179,29 +161,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if ("driver" in label and args.rank is None) or (not found and mine):
                 print(f"==> {label} <==\n{text}")
     return 0
-
-
-def _check_rank_and_attempt(run_dir: Any, rank: int | None, attempt: int | None) -> None:
-    """A rank outside the job or an attempt that never started is an error, not an empty answer."""
-    from trainctl.logview import sections
-    from trainctl.rundir import JobFile
-    from trainctl.runstate import Attempts
-
-    if rank is not None:
-        try:
-            res = JobFile.read(run_dir).spec.get("resources", {})
-            world = int(res.get("nodes", 1)) * int(res.get("devices_per_node", 1))
-        except (OSError, ValueError):
-            world = 1 + max((s.rank for s in sections(run_dir / "logs")), default=0)
-        if not 0 <= rank < world:
-            raise UserError.single("--rank", f"no rank {rank}: the job has ranks 0…{world - 1}",
-                                   "leave --rank out to see every rank")
-    if attempt is not None:
-        known = {a.number for a in Attempts(run_dir).all()} | {s.attempt for s in sections(run_dir / "logs")}
-        if attempt not in known:
-            listed = ", ".join(map(str, sorted(known))) or "none yet"
-            raise UserError.single("--attempt", f"no attempt {attempt} (attempts so far: {listed})",
-                                   "leave --attempt out to see every attempt")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -241,6 +200,8 @@ def _print_cancelled(done: Cancelled, stream: IO[str]) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     """One table per store: the one named, else this directory's runs/ store and every store submitted to."""
     from trainctl import control, progress, stores
+    from trainctl.errors import did_you_mean
+    from trainctl.sweep import SWEEP_ID_TAG
 
     uri = _uri(args)
     if uri is not None and not stores.exists(uri):
@@ -248,14 +209,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
                                "pass the store the runs were submitted to, or drop it to list every store used")
     if args.limit is not None and args.limit < 1:
         raise UserError.single("--limit", f"{args.limit} is not a number of runs", "give 1 or more")
-    searched = [uri] if uri is not None else stores.candidates()
-    if not searched:
+    states = [s.value for s in _states()]
+    if args.state is not None and args.state not in states:
+        raise UserError.single("--state", f"{args.state!r} is not a run state; valid: {', '.join(states)}",
+                               did_you_mean(args.state, states) or "e.g. --state RUNNING")
+    if uri is not None and not stores.reachable(uri, stores.NAMED_PROBE_S):
+        raise stores.not_answering([uri], named=True)
+    listed = False  # a sweep is one line: its trials are in `status SWEEP`
+    for store, refs in control.each_store(uri, args.limit, args.state, args.experiment, hide_tag=SWEEP_ID_TAG):
+        print(progress.render_ls(store, refs), flush=True)
+        listed = True
+    if not listed:
         print(f"no tracking store here (runs/mlflow.db) nor in {stores.index_path()}: nothing submitted yet",
               file=sys.stderr)
-    for store in searched:
-        refs = [r for r in control.list_runs(store, args.limit, args.state, args.experiment)
-                if "trainctl.sweep_id" not in r.tags]  # a sweep is one line: its trials are in `status SWEEP`
-        print(progress.render_ls(store, refs))
     return 0
 
 
@@ -276,13 +242,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     found = control.find_run(args.run_id, _uri(args))
     if _is_sweep(found):
         print(_sweep().resume(found))
-        follow = registry.backend(found.backend).follow and not args.detach
-        return _sweep().wait(found.run_id, found.uri) if follow else 0
+        return _sweep().wait(found.run_id, found.uri) if _follows(args, found.backend) else 0
     ref, text = resume(args.run_id, _uri(args), args.from_, args.set, args.backend)
-    print(text)
-    if ref is not None and registry.backend(ref.backend).follow and not args.detach:
-        return _follow(ref)
-    return 0
+    print(text, flush=True)
+    return _follow(ref) if ref is not None and _follows(args, ref.backend) else 0
+
+
+def _follows(args: argparse.Namespace, backend: str) -> bool:
+    """submit and resume follow the job when the backend does by default (local) or with --wait; never --detach."""
+    return not args.detach and (args.wait or registry.backend(backend).follow)
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -367,7 +335,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--from", dest="from_", default="last", help="last | best | PATH (default: last)")
     r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
     r.add_argument("--backend", choices=registry.KINDS)
-    r.add_argument("--detach", action="store_true")
+    r.add_argument("--detach", action="store_true", help="return at once (wins over --wait)")
+    r.add_argument("--wait", action="store_true", help="follow cluster jobs too")
     r.set_defaults(fn=cmd_resume)
     rg = run_cmd("register", "make the run's best checkpoint a new version of a registered model")
     rg.add_argument("name", metavar="NAME", help="registered model name")
@@ -388,8 +357,8 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list trainctl runs")
     _store_args(ls)
     ls.add_argument("--limit", type=int, default=50, help="runs per store, newest first (default: 50)")
-    ls.add_argument("--state", type=str.upper, choices=[s.value for s in _states()],
-                    help="only runs in this state")
+    ls.add_argument("--state", type=str.upper, metavar="STATE",
+                    help=f"only runs in this state: {', '.join(s.value for s in _states())}")
     ls.add_argument("--experiment", help="only runs of this MLflow experiment (its name)")
     ls.set_defaults(fn=cmd_ls)
     return p
@@ -398,12 +367,27 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # set_terminated prints to stdout
-    args = parser().parse_args(argv)
     try:
-        return args.fn(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        args = parser().parse_args(argv)
+        try:
+            return int(args.fn(args))
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as exc:
+            from trainctl import stores
+            from trainctl.store_read import StoreUnreachable
+
+            if not isinstance(exc, StoreUnreachable):
+                raise
+            print(f"error: {stores.not_answering([exc.uri], named=True)}", file=sys.stderr)
+            return EXIT_USAGE
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`| head`): Python's documented way out, so that the exit's flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,12 +127,18 @@ def find_run(run_id: str, uri: str | None) -> RunRef:
         raise UserError.single("RUN_ID", f"no run {run_id!r} in {uri}: no tracking store there (none was created)",
                                "pass the --tracking-uri the run was submitted with, or drop it to search every "
                                "store you submitted to")
-    searched = [uri] if uri is not None else stores.candidates()
+    if uri is not None and not stores.reachable(uri, stores.NAMED_PROBE_S):
+        raise stores.not_answering([uri], named=True)
+    searched, silent = ([uri], []) if uri is not None else stores.search_plan()
     found: list[tuple[str, str]] = []
     problems: list[str] = []
     for store in searched:
         try:
             found += [(store, rid) for rid in store_read.matching_ids(store, wanted)]
+        except store_read.StoreUnreachable:
+            if uri is not None:
+                raise stores.not_answering([uri], named=True) from None
+            silent.append(store)
         except Exception as exc:  # one unreadable store must not hide the others
             problems.append(f"{store}: {type(exc).__name__}")
         if found and len(wanted) == 32:
@@ -141,6 +147,10 @@ def find_run(run_id: str, uri: str | None) -> RunRef:
         listed = ", ".join(rid for _, rid in found[:5])
         raise UserError.single("RUN_ID", f"{run_id!r} matches {len(found)} runs: {listed}",
                                "give more characters of the run id")
+    if not found and silent:
+        answered = [s for s in searched if s not in silent]
+        lead = f"no run {run_id!r} in {', '.join(answered)}; " if answered else ""
+        raise stores.not_answering(silent, named=False, lead=lead)
     if not found:
         where = (f"in {', '.join(searched)}" if searched else
                  f"anywhere: no tracking store in ./runs nor in the index of stores used ({stores.index_path()})")
@@ -272,9 +282,35 @@ def _say_attempt_ends(run_dir: Path, told: set[int], say: Callable[[str], Any], 
             f"requeue {ordinal + 1}{of}")
 
 
-def list_runs(uri: str, limit: int | None = 50, state: str | None = None, experiment: str | None = None
-              ) -> list[RunRef]:
-    """trainctl's runs in one store, newest first (all of them when limit is None); a missing store has none."""
+def list_runs(uri: str, limit: int | None = 50, state: str | None = None, experiment: str | None = None,
+              hide_tag: str | None = None) -> list[RunRef]:
+    """trainctl's runs in one store, newest first (all of them when limit is None); a missing store has none.
+    hide_tag: runs with this tag are not listed, nor counted toward the limit."""
     if not stores.exists(uri):
         return []
-    return [ref_of(uri, r) for r in store_read.search(uri, limit, state, experiment)]
+    return [ref_of(uri, r) for r in store_read.search(uri, limit, state, experiment, hide_tag=hide_tag)]
+
+
+def each_store(uri: str | None, limit: int | None, state: str | None, experiment: str | None, hide_tag: str | None
+               ) -> Iterator[tuple[str, list[RunRef]]]:
+    """(store, its runs) for the store named, else for this directory's and every store of the index. A store of
+    the index that does not answer, or cannot be read, is named once the others are listed (UserError)."""
+    searched, silent = ([uri], []) if uri is not None else stores.search_plan()
+    unread: list[str] = []
+    for store in searched:
+        try:
+            refs = list_runs(store, limit, state, experiment, hide_tag)
+        except store_read.StoreError as exc:
+            if uri is not None:
+                raise
+            if isinstance(exc, store_read.StoreUnreachable):
+                silent.append(store)
+            else:
+                unread.append(f"{store} ({exc})"[:300])
+            continue
+        yield store, refs
+    if silent:
+        raise stores.not_answering(silent, named=uri is not None)
+    if unread:
+        raise UserError.single("tracking store", f"could not read {'; '.join(unread)}",
+                               "pass it with --tracking-uri (and MLflow's login variables if it asks for one)")

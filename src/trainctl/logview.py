@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainctl.errors import UserError
+
 PREFIX = "[trainctl] "
 MARK = re.compile(r"^\[trainctl\] attempt (\d+)\b")
 # submitit's first line of a task: the lines from here to the marker belong to the attempt that starts.
@@ -196,3 +198,25 @@ def tail_lines(items: list[Line], n: int | None) -> list[Line]:
     """The last n lines a person would see (banners count)."""
     shown = [x for x in items if show(x)]
     return shown if n is None else shown[-n:] if n > 0 else []
+
+
+def check_selection(run_dir: Path, rank: int | None, attempt: int | None) -> None:
+    """A rank outside the job or an attempt that never started is an error, not an empty answer."""
+    from trainctl.rundir import JobFile
+    from trainctl.runstate import Attempts
+
+    if rank is not None:
+        try:
+            res = JobFile.read(run_dir).spec.get("resources", {})
+            world = int(res.get("nodes", 1)) * int(res.get("devices_per_node", 1))
+        except (OSError, ValueError):
+            world = 1 + max((s.rank for s in sections(run_dir / "logs")), default=0)
+        if not 0 <= rank < world:
+            raise UserError.single("--rank", f"no rank {rank}: the job has ranks 0…{world - 1}",
+                                   "leave --rank out to see every rank")
+    if attempt is not None:
+        known = {a.number for a in Attempts(run_dir).all()} | {s.attempt for s in sections(run_dir / "logs")}
+        if attempt not in known:
+            listed = ", ".join(map(str, sorted(known))) or "none yet"
+            raise UserError.single("--attempt", f"no attempt {attempt} (attempts so far: {listed})",
+                                   "leave --attempt out to see every attempt")

@@ -43,14 +43,23 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+SYSTEM_PREFIX = "system/"  # worker/system_metrics.py's names: system/<host>/<metric>
+
+
+def training_step(steps: dict[str, int]) -> int | None:
+    """The latest training step among a run's metrics (a system metric's step is seconds since the run began)."""
+    return max((s for key, s in steps.items() if not key.startswith(SYSTEM_PREFIX)), default=None)
+
+
 def fmt_time(ms: int | None) -> str:
     return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 def progress_of(metrics: dict[str, float], steps: dict[str, int], max_steps: int | None, max_epochs: int | None
                 ) -> dict[str, Any]:
-    """step (global, latest logged) of max_steps, epoch (1-based) of max_epochs."""
-    step = max(steps.values()) if steps else None
+    """step (global, latest logged) of max_steps, epoch (1-based) of max_epochs. System metrics are not training
+    steps (their step is seconds since the run began), so they do not count."""
+    step = training_step(steps)
     epoch = metrics.get("epoch")
     epoch_n = int(epoch) + 1 if epoch is not None and epoch == epoch else None
     if epoch_n is not None and max_epochs:  # after fit, Lightning logs the epoch counter past the last epoch

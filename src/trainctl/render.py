@@ -10,6 +10,7 @@ import sys
 from typing import Any, TextIO
 
 from trainctl.logview import PREFIX, Line
+from trainctl.progress import SYSTEM_PREFIX
 
 
 class Renderer:
@@ -48,10 +49,10 @@ class Renderer:
             self.console.print(Text(text, style="yellow"))
 
     def end(self, run_id: str, state: str, reason: str, metrics: dict[str, float], more: list[str]) -> None:
-        """The last words: the final metrics, the commands that look further, and last the state (one line a
-        script can take with `tail -1`)."""
+        """The last words: the final training metrics (the nodes' system metrics stay in the run), the commands
+        that look further, and last the state (one line a script can take with `tail -1`)."""
         head = f"run {run_id} ended {state}" + (f": {reason}" if reason else "")
-        shown = {k: v for k, v in sorted(metrics.items()) if k != "epoch"}
+        shown = {k: v for k, v in sorted(metrics.items()) if k != "epoch" and not k.startswith(SYSTEM_PREFIX)}
         if self.console is None:
             if shown:
                 self._plain("final: " + " · ".join(f"{k} {v:.6g}" for k, v in shown.items()))

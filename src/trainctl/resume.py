@@ -106,24 +106,36 @@ def _nothing_to_train(checkpoint: Path, spec: Spec) -> tuple[str, str] | None:
 
 
 def _pick(ref: control.RunRef, source: str) -> Path:
-    if source == "last":
-        path, _skipped = latest_good(ref.run_dir)
-        if path is None:
+    if source in ("last", "best"):
+        pick, other = (_last(ref.run_dir), _best) if source == "last" else (_best(ref.run_dir), _last)
+        if pick is not None:
+            return pick
+        if other(ref.run_dir) is None:  # no other --from to point to: start over from the spec
+            raise UserError.single("--from", f"run {ref.run_id} has no verified checkpoint (neither last nor best):"
+                                   " nothing to resume from",
+                                   f"start it over: `trainctl submit {ref.run_dir / 'spec.yaml'}`")
+        if source == "last":
             raise UserError.single("--from", f"run {ref.run_id} has no verified resume checkpoint",
-                                   "use --from best or --from PATH")
-        return path
-    if source == "best":
-        best_dir = ref.run_dir / "checkpoints" / "best"
-        good = [p for p in best_dir.glob("*.ckpt") if verify(p) is None] if best_dir.is_dir() else []
-        if not good:
-            raise UserError.single("--from", f"run {ref.run_id} has no verified best checkpoint",
-                                   "set checkpoint.monitor in the spec, or use --from last")
-        return max(good, key=lambda p: p.stat().st_mtime)
+                                   "use --from best (it has one) or --from PATH")
+        raise UserError.single("--from", f"run {ref.run_id} has no verified best checkpoint",
+                               "use --from last (it has one); best checkpoints need checkpoint.monitor")
     path = Path(source)
     problem = verify(path) if path.is_file() else "no such file"
     if problem:
         raise UserError.single("--from", f"{source}: {problem}", "give last, best, or a verified .ckpt path")
     return path
+
+
+def _last(run_dir: Path) -> Path | None:
+    """The newest verified resume checkpoint, or None."""
+    return latest_good(run_dir)[0]
+
+
+def _best(run_dir: Path) -> Path | None:
+    """The newest verified checkpoint of checkpoints/best, or None."""
+    best_dir = run_dir / "checkpoints" / "best"
+    good = [p for p in best_dir.glob("*.ckpt") if verify(p) is None] if best_dir.is_dir() else []
+    return max(good, key=lambda p: p.stat().st_mtime) if good else None
 
 
 def _seed_checkpoint(checkpoint: Path, run_dir: Path) -> None:

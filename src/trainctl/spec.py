@@ -178,7 +178,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise UserError.single(str(p), f"not valid YAML: {exc}", "check indentation and quoting") from None
+        raise UserError.single(str(p), f"not valid YAML: {yaml_error(exc, p)}", "check indentation and quoting"
+                               ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError.single(str(p), f"cannot read it: {exc}", "give a readable UTF-8 text file") from None
     if not isinstance(raw, dict):
@@ -186,6 +187,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError.single(str(p), f"a job spec must be a YAML mapping, got {got}",
                                "start with `name: my-job`, then `model:` (see jobs/digits.yaml)")
     return raw
+
+
+def yaml_error(exc: yaml.YAMLError, path: str | Path) -> str:
+    """PyYAML's message with the file's name where it says `"<unicode string>"` (it parsed a string)."""
+    for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
+        if mark is not None:
+            mark.name = str(path)
+    return str(exc)
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

@@ -53,6 +53,14 @@ class StoreError(Exception):
     """The store answered with an error (not found is None/[] instead)."""
 
 
+class StoreUnreachable(StoreError):
+    """The store did not answer at all (a server down, a wrong address): not a fact about any run in it."""
+
+    def __init__(self, uri: str, detail: str) -> None:
+        super().__init__(f"{uri} does not answer: {detail}")
+        self.uri = uri
+
+
 def client(uri: str) -> MlflowClient:
     """MLflow's client, for what only it can do (artifacts, other store kinds); importing it takes seconds."""
     from mlflow import MlflowClient
@@ -113,22 +121,28 @@ def experiments(uri: str) -> dict[str, str]:
     return {e.experiment_id: e.name for e in client(uri).search_experiments()}
 
 
-def search(uri: str, limit: int | None = 50, state: str | None = None, experiment: str | None = None
-           ) -> list[RunRecord]:
+def search(uri: str, limit: int | None = 50, state: str | None = None, experiment: str | None = None,
+           tag: tuple[str, str] | None = None, experiment_id: str | None = None,
+           hide_tag: str | None = None) -> list[RunRecord]:
     """trainctl's runs (active ones, in active experiments), newest first; `state`: the trainctl.state tag,
-    `experiment`: an experiment's name; all of them when limit is None."""
-    exps = experiments(uri)
-    ids = [i for i, name in exps.items() if experiment is None or name == experiment]
+    `experiment`: an experiment's name (or `experiment_id`); `tag`: (key, value) a run must carry, asked of the
+    store so that the answer does not grow with the experiment's other runs; all of them when limit is None.
+    hide_tag: runs with this tag are left out before the limit counts (`limit` runs are returned while the store
+    has that many others)."""
+    exps = {experiment_id: ""} if experiment_id else experiments(uri)
+    ids = [i for i, name in exps.items() if experiment is None or experiment_id or name == experiment]
     if not ids:
         return []
     k = kind(uri)
+    wanted = [("trainctl.state", state)] if state else []
+    wanted += [tag] if tag else []
     if k == "sqlite":
         try:
             with _sqlite(uri) as db:
-                return _sqlite_search(db, ids, limit, state)
+                return _sqlite_search(db, ids, limit, wanted, hide_tag)
         except sqlite3.DatabaseError:
             pass
-    query = f"tags.`{TRAINCTL_TAG}` != ''" + (f" and tags.`trainctl.state` = '{state}'" if state else "")
+    query = " and ".join([f"tags.`{TRAINCTL_TAG}` != ''", *(f"tags.`{key}` = '{value}'" for key, value in wanted)])
     out: list[RunRecord] = []
     token = None
     while limit is None or len(out) < limit:
@@ -138,13 +152,14 @@ def search(uri: str, limit: int | None = 50, state: str | None = None, experimen
                                     "order_by": ["attributes.start_time DESC"], **({"page_token": token} if token
                                                                                    else {})}
             page = _rest(uri, "runs/search", body, post=True)
-            out += [_rest_record(r) for r in page.get("runs", [])]
+            recs = [_rest_record(r) for r in page.get("runs", [])]
             token = page.get("next_page_token")
         else:
             res = client(uri).search_runs(ids, filter_string=query, max_results=n,
                                           order_by=["attributes.start_time DESC"], page_token=token)
-            out += [_client_record(r) for r in res]
+            recs = [_client_record(r) for r in res]
             token = res.token
+        out += [r for r in recs if hide_tag is None or hide_tag not in r.tags]
         if not token:
             break
     return out
@@ -254,7 +269,7 @@ def _rest(uri: str, endpoint: str, body: dict[str, Any], post: bool = False) -> 
                 raise StoreError(f"{endpoint}: HTTP {exc.code}: {text}") from None
         except OSError as exc:  # refused, reset, timed out
             if attempt == retries:
-                raise StoreError(f"{endpoint}: {uri} does not answer: {exc}") from None
+                raise StoreUnreachable(uri, f"{endpoint}: {exc}") from None
         time.sleep(min(0.5 * 2**attempt, 8.0))
     raise AssertionError("unreachable")
 
@@ -296,16 +311,19 @@ def _sqlite_run(db: sqlite3.Connection, run_id: str) -> RunRecord | None:
     return None if row is None else _sqlite_fill(db, [row])[0]
 
 
-def _sqlite_search(db: sqlite3.Connection, exp_ids: list[str], limit: int | None, state: str | None
-                   ) -> list[RunRecord]:
+def _sqlite_search(db: sqlite3.Connection, exp_ids: list[str], limit: int | None,
+                   wanted: list[tuple[str, str]], hide_tag: str | None = None) -> list[RunRecord]:
     marks = ",".join("?" * len(exp_ids))
     sql = (f"SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time FROM runs r JOIN tags t ON "
            f"t.run_uuid = r.run_uuid AND t.key = ? AND t.value != '' WHERE r.lifecycle_stage = 'active' AND "
            f"r.experiment_id IN ({marks})")
     args: list[Any] = [TRAINCTL_TAG, *exp_ids]
-    if state:
+    for key, value in wanted:
         sql += " AND EXISTS (SELECT 1 FROM tags s WHERE s.run_uuid = r.run_uuid AND s.key = ? AND s.value = ?)"
-        args += ["trainctl.state", state]
+        args += [key, value]
+    if hide_tag:
+        sql += " AND NOT EXISTS (SELECT 1 FROM tags h WHERE h.run_uuid = r.run_uuid AND h.key = ?)"
+        args.append(hide_tag)
     sql += " ORDER BY r.start_time DESC, r.run_uuid" + (" LIMIT ?" if limit is not None else "")
     args += [limit] if limit is not None else []
     return _sqlite_fill(db, db.execute(sql, args).fetchall())

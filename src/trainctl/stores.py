@@ -11,10 +11,13 @@ file (or file-store directory) when it opens it, so a missing one is skipped or 
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from trainctl import tracking
+from trainctl.errors import UserError
 
 INDEX_NAME = "stores"
 KEEP = 100  # stores remembered; the oldest are forgotten first
@@ -81,18 +84,75 @@ def exists(uri: str) -> bool:
     return path is None or path.exists()
 
 
-def reachable(uri: str) -> bool:
+def ui_command(uri: str) -> str:
+    """A command that serves this run's store from any directory (the store's path is absolute)."""
+    if uri.startswith(("http://", "https://")):
+        return uri
+    path = local_path(uri)
+    if uri.startswith("sqlite:///") and path is not None and path.name == "mlflow.db":
+        cmd = [sys.executable, "-m", "trainctl.mlflow_server", "--workdir", str(path.parent)]
+    elif path is not None:
+        cmd = [sys.executable, "-m", "mlflow", "ui", "--workers", "1", "--backend-store-uri",
+               uri if uri.startswith(("sqlite:", "file:")) else Path(uri).as_uri()]
+    else:
+        return uri
+    return f"{shlex.join(cmd)}  (then open http://127.0.0.1:5000)"
+
+
+def answers(uri: str, timeout_s: float = 1.0) -> bool:
+    """Whether a server answers at all now: any HTTP reply counts (a login it asks for is an answer), a refused
+    or timed-out connection does not. One short probe instead of MLflow's retries, which take ≈ 15 s."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+NAMED_PROBE_S = 10.0  # a store the user named: a loaded server gets time; a refused connection fails at once
+
+
+def reachable(uri: str, timeout_s: float = 1.0) -> bool:
     """An existing local store, or a server that answers now (a stale entry must not cost MLflow's retries)."""
     if local_path(uri) is not None:
         return exists(uri)
     if uri.startswith(("http://", "https://")):
-        from trainctl.mlflow_server import answers
-
-        return answers(uri, 1.0)
+        return answers(uri, timeout_s)
     return True
 
 
-def candidates(workdir: str = "runs") -> list[str]:
-    """Where to look for a run when no store is named: this directory's embedded store, then the index."""
+def search_plan(workdir: str = "runs") -> tuple[list[str], list[str]]:
+    """Where to look for a run when no store is named: this directory's embedded store, then the index; and the
+    servers of those that do not answer now (named to the user, never skipped silently). A local store that
+    does not exist is no store: skipped."""
     here = tracking.embedded_uri(workdir)
-    return [u for u in dict.fromkeys([here, *remembered()]) if reachable(u)]
+    ok: list[str] = []
+    silent: list[str] = []
+    for uri in dict.fromkeys([here, *remembered()]):
+        if reachable(uri):
+            ok.append(uri)
+        elif local_path(uri) is None:
+            silent.append(uri)
+    return ok, silent
+
+
+def candidates(workdir: str = "runs") -> list[str]:
+    return search_plan(workdir)[0]
+
+
+def not_answering(uris: list[str], named: bool, lead: str = "") -> UserError:
+    """The error for tracking servers that do not answer: which, and how to bring them back.
+    named: given by --tracking-uri / MLFLOW_TRACKING_URI (else: found in the index of stores used); lead: what
+    was (not) found elsewhere, said first."""
+    where = ("check --tracking-uri / MLFLOW_TRACKING_URI" if named else
+             f"pass --tracking-uri to search another store, or drop the line from {index_path()}")
+    return UserError.single(
+        "--tracking-uri" if named else "tracking store",
+        f"{lead}the tracking store {', '.join(uris)} does not answer (is its server up?)",
+        f"start it (`make mlflow` serves ./runs/mlflow.db at http://127.0.0.1:5000; or run the command that "
+        f"serves this store), or {where}")

@@ -212,18 +212,22 @@ def set_state(uri: str, run_id: str, state: State, reason: str | None = None, *,
     server: no mlflow import).
 
     unless: the state already recorded that wins over this one (`cancelled`: a user's KILLED over a verdict;
-    `ended`: any final state over the Ray driver's fallback); then nothing is written and False returned.
+    `ended`: any final state over the Ray driver's fallback); then only `tags` are written (facts about the job,
+    whoever ended it), the state and reason are left as they are, and False is returned.
     retry_s: retry through a tracking outage of up to that long (a verdict must reach MLflow), then raise.
     """
     from trainctl import store_read
 
-    all_tags = {STATE_TAG: state.value, **{k: str(v) for k, v in tags.items()}}
+    facts = {k: str(v) for k, v in tags.items()}
+    all_tags = {STATE_TAG: state.value, **facts}
     if reason is not None:
         all_tags[REASON_TAG] = redact_text(reason)[:4000]
     deadline, delay = time.monotonic() + retry_s, 1.0
     while True:
         try:
             if unless is not None and unless(current_state(uri, run_id)):
+                if facts:
+                    store_read.write_state(uri, run_id, facts, None, end=False)
                 return False
             store_read.write_state(uri, run_id, all_tags, state.value if state.terminal else "RUNNING",
                                    end=state.terminal)

@@ -2,10 +2,11 @@
 their children SIGINT ignored), or detached. Real jobs, real signals, a real MLflow server.
 
 After each cancel no process of the job is left (its controller, its ranks, anything in its process group), the
-run is KILLED, the last attempt is closed `killed` at the step the ranks saved, and the logs and that checkpoint
-are in the run's artifacts. A fourth job, one of whose ranks hangs, shows the escalation: after the grace, SIGTERM
-then SIGKILL of its process group, and the attempt closed `killed` by the cancel itself. The jobs run side by side
-to keep the test short.
+run is KILLED, the last attempt is closed `killed` at the step the ranks saved, the logs and that checkpoint are
+in the run's artifacts, and the tags of the ranks' verdict (trainctl.speedups) are on the run while its state
+and reason stay the cancel's. A fourth job, one of whose ranks hangs, shows the escalation: after the grace,
+SIGTERM then SIGKILL of its process group, and the attempt closed `killed` by the cancel itself. The jobs run
+side by side to keep the test short.
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def _cancel_four(mlflow_server: str, tmp_path: Path, hows: tuple[str, ...]) -> N
             continue
         assert attempt["step"] is not None and attempt["step"] >= 3, (how, attempt)  # the ranks' stop path ran
         assert f"closed killed (checkpoint of step {attempt['step']})" in text, text
+        # the verdict's facts reach the run although its state is the cancel's (only the state is guarded)
+        assert run.data.tags.get("trainctl.speedups"), (how, run.data.tags)
+        assert run.data.tags["trainctl.reason"] == "cancelled by the user", (how, run.data.tags)
         logs = [a.path for a in client.list_artifacts(run_id, "logs")]
         assert any("_0_log" in p for p in logs) and any("_1_log" in p for p in logs), (how, logs)
         last = [a.path for a in client.list_artifacts(run_id, "checkpoints/last")]

@@ -66,6 +66,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def test_lean_reads_equal_mlflow_client(farm: dict[str, Any]) -> None:
     refs = {}
+    MlflowClient(tracking_uri=farm["sql"]).set_tag(farm["newest"], "test.hidden", "yes")  # as a sweep's trial
     for uri in (farm["sql"], farm["http"]):
         cl = MlflowClient(tracking_uri=uri)
         exps = {e.experiment_id: e.name for e in cl.search_experiments()}
@@ -81,8 +82,14 @@ def test_lean_reads_equal_mlflow_client(farm: dict[str, Any]) -> None:
         assert [r.run_id for r in store_read.search(uri, None)] == listed == [
             farm["newest"], farm["other"], farm["done"]]
         assert [r.run_id for r in store_read.search(uri, 1)] == listed[:1]
+        assert [r.run_id for r in store_read.search(uri, 1, hide_tag="test.hidden")] == listed[1:2]  # not []
         assert [r.run_id for r in store_read.search(uri, None, state="FINISHED")] == [farm["done"]]
         assert [r.run_id for r in store_read.search(uri, None, experiment="other")] == [farm["other"]]
+        job = ("trainctl.scheduler_job_id", cl.get_run(farm["done"]).data.tags["trainctl.scheduler_job_id"])
+        assert [r.run_id for r in store_read.search(uri, None, tag=job)] == listed  # a sweep's children: one query
+        other = next(i for i, name in exps.items() if name == "other")
+        assert [r.run_id for r in store_read.search(uri, None, experiment_id=other, tag=job)] == [farm["other"]]
+        assert store_read.search(uri, None, tag=("trainctl.scheduler_job_id", "no-such-job")) == []
         assert store_read.matching_ids(uri, farm["done"][:8]) == [farm["done"]]
         assert store_read.get_run(uri, "0" * 32) is None
         ref = control.find_run(farm["done"][:8], uri)

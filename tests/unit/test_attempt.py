@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -107,3 +108,29 @@ def test_a_peer_failure_is_seen_after_a_grace(tmp_path: Path) -> None:
     assert peer_failure(tmp_path, attempt, _rank(1), grace_s=0) is None, "an agreed stop is no failure"
     end = json.loads((tmp_path / "attempts" / "0001" / "rank-0000.end.json").read_text())
     assert end["cause"] == "preempted"
+
+
+def test_the_rank_that_stopped_first_is_named_whichever_watchdog_fires_first(tmp_path: Path) -> None:
+    """Rank 1 hangs; rank 0 beats once more, then blocks in a collective on it. Both watchdogs fire (rank 0's
+    first, as a poll may have it): the attempt names rank 1, from either rank."""
+    from trainctl.worker.attempt import stall_origin
+    from trainctl.worker.watchdog import Watchdog
+
+    attempt = _attempts(tmp_path, ["first"])
+    for r, idle in ((0, 15.2), (1, 16.4)):  # rank 1's last beat is 1.2 s older
+        watchdog = Watchdog(15.0, tmp_path / "failures", r, attempt.number, on_stall=print)
+        watchdog.report(f"rank {r} on h made no progress", idle)
+        mark_rank(tmp_path, attempt, _rank(r), "end", ending=Ending(Cause.stall, f"rank {r} on h made no progress"))
+    for asking in (0, 1):
+        own = Ending(Cause.stall, f"rank {asking} on h made no progress")
+        stuck, host, ending = stall_origin(tmp_path, attempt, _rank(asking), own, wait_s=0)
+        assert (stuck, host, ending.cause) == (1, socket.gethostname(), Cause.stall)
+        assert ending.detail.startswith("rank 1 ")
+
+
+def test_a_lone_stall_names_its_own_rank(tmp_path: Path) -> None:
+    from trainctl.worker.attempt import stall_origin
+
+    attempt = _attempts(tmp_path, ["first"])
+    own = Ending(Cause.stall, "rank 0 on h made no progress for 15 s")
+    assert stall_origin(tmp_path, attempt, _rank(0), own, wait_s=0) == (0, "h", own)

@@ -54,6 +54,14 @@ def test_validate_bad_yaml(tmp_path: Path, text: str, words: str) -> None:
     assert_clean_usage_error(trainctl("validate", str(job), cwd=tmp_path), str(job), words)
 
 
+def test_yaml_error_names_the_file_and_line(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("name: a\nmodel: [unclosed\n")
+    res = trainctl("validate", str(job), cwd=tmp_path)
+    assert_clean_usage_error(res, "not valid YAML", f'in "{job}", line 2')
+    assert "<unicode string>" not in res.stderr, res.stderr
+
+
 def test_validate_a_binary_file(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_bytes(b"name: \xff\xfe\x00\x01")

@@ -46,3 +46,9 @@ def test_rest_login_is_mlflows(monkeypatch: pytest.MonkeyPatch) -> None:
     assert store_read._headers()["Authorization"] == "Basic " + base64.b64encode(b"ada:pw").decode()
     monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
     assert store_read._tls() is not None
+
+
+def test_system_metrics_steps_are_not_training_steps() -> None:
+    """A system metric's step is seconds since the run began: a 33 s run of 20 steps is at step 20."""
+    steps = {"train/loss": 20, "epoch": 20, "system/vm/cpu_utilization_percentage": 31}
+    assert progress.progress_of({"epoch": 1.0}, steps, None, 1)["text"] == "step 20, epoch 1 of 1"

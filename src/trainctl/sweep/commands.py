@@ -169,18 +169,19 @@ def rows(ref: control.RunRef) -> tuple[SweepFile, SweepConfig, list[dict[str, An
     with contextlib.suppress(Exception):  # the ledger is as fresh as the trials' attempt logs
         runs.settle(sd)
     out = []
-    for rec in runs.children(ref.uri, ref.run_id, sf.spec.get("experiment")):
+    for rec in runs.children(ref.uri, ref.run_id):
         child = control.ref_of(ref.uri, rec)
         if not child.state.terminal:
             with contextlib.suppress(Exception):
                 child = control.reconcile(child)
         index = int(rec.tags.get("trainctl.trial", "-1"))
+        from trainctl.progress import training_step
         from trainctl.sweep.layout import read_json
 
         metric = read_json(trial_dir(sd, index) / "metric.json") or {}
         value = metric.get("value", rec.metrics.get(cfg.metric))
         out.append({"trial": index, "run_id": rec.run_id, "state": child.state.value, "value": value,
-                    "step": metric.get("step", max(rec.metric_steps.values(), default=None)),
+                    "step": metric.get("step", training_step(rec.metric_steps)),
                     "attempts": int(rec.tags.get("trainctl.attempt", "0") or 0),
                     "pruned": rec.tags.get("trainctl.pruned_rung"), "overrides": json.loads(
                         rec.tags.get("trainctl.overrides", "{}"))})
@@ -220,12 +221,11 @@ def cancel(ref: control.RunRef, grace_s: float, say: Any) -> list[str]:
         raise UserError.single("RUN_ID", f"sweep {ref.run_id} already ended {ref.state.value}", "nothing to cancel")
     tracking.set_state(ref.uri, ref.run_id, State.KILLED, reason="cancelled by the user")
     say(f"sweep {ref.run_id} is KILLED in MLflow: no further trial starts")
-    sf = SweepFile.read(ref.run_dir)
     left: list[str] = []
     if ref.backend == "slurm":
         from trainctl.sweep import slurm
 
-        live = [control.ref_of(ref.uri, r) for r in runs.children(ref.uri, ref.run_id, sf.spec.get("experiment"))]
+        live = [control.ref_of(ref.uri, r) for r in runs.children(ref.uri, ref.run_id)]
         for child in live:
             if not child.state.terminal:
                 tracking.set_state(ref.uri, child.run_id, State.KILLED, reason="cancelled with its sweep")
@@ -236,7 +236,7 @@ def cancel(ref: control.RunRef, grace_s: float, say: Any) -> list[str]:
         return left
     _stop_driver(int(ref.scheduler_job_id), ref.run_dir, say)
     for _ in range(2):  # a trial that was starting as the driver stopped has its run by the second look
-        for rec in runs.children(ref.uri, ref.run_id, sf.spec.get("experiment")):
+        for rec in runs.children(ref.uri, ref.run_id):
             child = control.ref_of(ref.uri, rec)
             if not child.state.terminal:
                 left += control.cancel(child, grace_s, say).left

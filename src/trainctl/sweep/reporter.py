@@ -2,7 +2,8 @@
 
 Global rank 0 records the value (metric.json, the value the trial is ranked by), reports it to the study and
 asks the pruner; the decision is broadcast so that every rank stops at the same step (as early stopping does)
-and the trial ends FINISHED. The trial's spec carries this callback (trainctl.sweep.trial adds it).
+and the trial ends FINISHED. The trial's spec carries this callback (trainctl.sweep.trial adds it), bound to the
+Lightning namespace its module subclasses: a Trainer accepts only callbacks of its own namespace.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
-
-import pytorch_lightning as pl
 
 from trainctl.sweep import engine
 from trainctl.sweep.layout import SweepFile, read_json, write_json
@@ -52,6 +51,27 @@ class ReporterImpl:
                 write_json(self.trial_dir / "pruned.json", {"rung": self.validations, "step": trainer.global_step})
 
 
-class SweepReporter(ReporterImpl, pl.Callback):
-    """The callback for a `pytorch_lightning` Trainer (trainctl's own namespace)."""
+# the callback's name in each Lightning namespace
+NAMES = {"pytorch_lightning": "SweepReporter", "lightning.pytorch": "SweepReporterLightning"}
 
+
+def class_path(model_class_path: str) -> str:
+    """The reporter for the namespace whose LightningModule the trial's model subclasses."""
+    from trainctl.components import import_class, namespace_of
+
+    ns = namespace_of(import_class(model_class_path))
+    return f"{__name__}.{NAMES[ns.name if ns else 'pytorch_lightning']}"
+
+
+def __getattr__(name: str) -> type:
+    """SweepReporter (pytorch_lightning) and SweepReporterLightning (lightning.pytorch), built when first named, so
+    that a trial imports its own namespace only."""
+    for ns_name, cls_name in NAMES.items():
+        if name == cls_name:
+            from trainctl.components import namespace_named
+
+            cls = type(name, (ReporterImpl, namespace_named(ns_name).pl.Callback),
+                       {"__module__": __name__, "__qualname__": name})
+            globals()[name] = cls
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

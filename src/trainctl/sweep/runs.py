@@ -147,6 +147,12 @@ def _maybe_close(sweep_dir: Path, cfg: SweepConfig, sf: SweepFile, ledger: dict[
                            reason=f"no trial of {len(ends)} completed with a value of {cfg.metric}")
 
 
-def children(uri: str, parent_run_id: str, experiment: str | None) -> list[store_read.RunRecord]:
-    """The sweep's trial runs, by one search of the store."""
-    return [r for r in store_read.search(uri, None, None, experiment) if r.tags.get(SWEEP_ID_TAG) == parent_run_id]
+def children(uri: str, parent_run_id: str, experiment_id: str | None = None) -> list[store_read.RunRecord]:
+    """The sweep's trial runs: one search (paged) for the parent's tag in the parent's experiment, so the store's
+    work grows with the trials, not with the experiment's other runs."""
+    if experiment_id is None:
+        parent = store_read.get_run(uri, parent_run_id)
+        experiment_id = parent.experiment_id if parent else None
+    if experiment_id is None:
+        return []
+    return store_read.search(uri, None, experiment_id=experiment_id, tag=(SWEEP_ID_TAG, parent_run_id))

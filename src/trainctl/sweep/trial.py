@@ -16,11 +16,9 @@ from pathlib import Path
 
 from trainctl.rundir import JobFile, atomic_write_text, use_import_dirs
 from trainctl.spec import apply_override, parse_spec
-from trainctl.sweep import engine, runs
+from trainctl.sweep import engine, reporter, runs
 from trainctl.sweep.layout import SweepFile, locked, read_json, trial_dir, write_json
 from trainctl.sweep.space import assignments, parse_sweep
-
-REPORTER = "trainctl.sweep.reporter.SweepReporter"
 
 
 def run_trial(sweep_dir: str, index: int) -> str:
@@ -58,8 +56,9 @@ def prepare(sd: Path, sf: SweepFile, index: int, td: Path) -> None:
     raw = copy.deepcopy(sf.spec)
     for assignment in assignments(fixed["params"]):
         apply_override(raw, assignment)
+    report = reporter.class_path(raw["model"]["class_path"])
     raw["callbacks"] = [*raw.get("callbacks", []),
-                        {"class_path": REPORTER, "init_args": {"sweep_dir": str(sd), "trial_dir": str(td)}}]
+                        {"class_path": report, "init_args": {"sweep_dir": str(sd), "trial_dir": str(td)}}]
     spec = parse_spec(raw, f"trial {index}", check_classes=False)
     run_id = runs.create_child(sf, spec, index, fixed["params"], td)
     port = 0

@@ -162,6 +162,27 @@ def peer_failure(run_dir: Path, attempt: Attempt, rank: RankInfo, grace_s: float
     return None
 
 
+def stall_origin(run_dir: Path, attempt: Attempt, rank: RankInfo, own: Ending,
+                 wait_s: float = 5.0) -> tuple[int, str, Ending]:
+    """(rank, host, ending) of the rank that stopped first, when this rank's watchdog found it stuck. Every
+    watchdog uses the same timeout, so the stuck rank and the peers blocked in a collective on it fire within one
+    poll of each other, in any order; a blocked peer still beat once more (it finished the step the stuck rank
+    never did), so the oldest last beat names the stuck rank."""
+    silent_ranks(run_dir, attempt, rank.world_size, wait_s)  # the peers' watchdogs report within one poll
+    since: dict[int, tuple[float, str, str]] = {}
+    for path in (run_dir / "failures").glob(f"attempt-{attempt.number:04d}-rank-*.json"):
+        try:
+            record = json.loads(path.read_text())
+            since[int(record["rank"])] = (float(record["time"]) - float(record["idle_s"]), record["host"],
+                                          record["reason"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not since:
+        return rank.global_rank, rank.host, own
+    first = min(since, key=lambda r: since[r][0])
+    return first, since[first][1], Ending(Cause.stall, since[first][2])
+
+
 def silent_ranks(run_dir: Path, attempt: Attempt, world_size: int, wait_s: float = 5.0) -> list[str]:
     """Ranks that started this attempt but never reported an end: 'rank R on HOST'. Waits up to wait_s for the
     missing end records first: a stuck rank's watchdog and its peer's collective timeout fire at about the same

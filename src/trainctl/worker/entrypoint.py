@@ -179,16 +179,17 @@ def _end_early(live: _Live, ending: Ending) -> None:
         return  # the main thread reached the end first
     run_dir, rank, attempt = live.run_dir, live.rank, live.attempt
     try:  # whatever happens here, the process leaves: the main thread waits for it
+        failed: dict[str, str] = {}
         if ending.cause is Cause.stall:
             log.error("%s; stacks saved under %s", ending.detail, run_dir / "failures")
             attempts.mark_rank(run_dir, attempt, rank, "end", ending=ending)
+            stuck, host, ending = attempts.stall_origin(run_dir, attempt, rank, ending)
+            failed = {"trainctl.failed_rank": str(stuck), "trainctl.failed_host": host}
         else:  # no end record of its own: the peer's record is the attempt's cause
             log.error("ending this rank: %s", ending.detail)
         verdict = attempts.decide(run_dir, attempt, live.spec.fault_tolerance, ending)
         if rank.global_rank == 0:
             attempts.end(run_dir, attempt, verdict, None)
-            failed = {"trainctl.failed_rank": str(rank.global_rank), "trainctl.failed_host": rank.host} \
-                if ending.cause is Cause.stall else {}
             _close_run(live, verdict, **failed)
         act_on(verdict, live.job, rank, live.injob)
     finally:

@@ -70,7 +70,7 @@ class Watchdog:
             idle = time.monotonic() - self.last_beat
             if idle > self.timeout_s:
                 reason = f"rank {self.rank} on {socket.gethostname()} made no progress for {idle:.0f} s"
-                self.report(reason)
+                self.report(reason, idle)
                 self.on_stall(reason)
                 return
 
@@ -82,7 +82,7 @@ class Watchdog:
         except Exception:  # a half-written record on shared storage: look again next round
             return None
 
-    def report(self, reason: str) -> Path:
+    def report(self, reason: str, idle_s: float | None = None) -> Path:
         self.report_dir.mkdir(parents=True, exist_ok=True)
         stem = self.report_dir / f"attempt-{self.attempt:04d}-rank-{self.rank:04d}"
         with open(f"{stem}.stacks.txt", "w") as fh:
@@ -91,7 +91,7 @@ class Watchdog:
             faulthandler.dump_traceback(file=fh, all_threads=True)
         Path(f"{stem}.json").write_text(json.dumps({
             "rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(), "reason": reason,
-            "time": time.time(),
+            "time": time.time(), "idle_s": idle_s,
         }))
         return Path(f"{stem}.stacks.txt")
 
