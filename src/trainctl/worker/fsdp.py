@@ -107,6 +107,9 @@ class ShardedFSDPImpl:
         io.blocked_s.append(time.perf_counter() - t0)  # what the training loop waited (benchmarks read it)
 
     def _commit(self, path: Path, meta: dict[str, Any], written: Any) -> None:
+        """A peer that dies meanwhile breaks the collectives here: the checkpoint then stays uncommitted (never
+        loaded) or is committed already, and the attempt's end comes from training's own failed collective, so
+        that break is logged, not raised (raised, it would mask why the attempt ended)."""
         import torch.distributed as dist
 
         if written is not None:
@@ -114,10 +117,17 @@ class ShardedFSDPImpl:
         mine = {f.name: file_digest(f) for f in own_files(tmp_dir(path), self.global_rank)}  # type: ignore[attr-defined]
         digests: list[Any] = [None] * self.world_size  # type: ignore[attr-defined]
         group = self.trainctl_group if written is not None else None
-        dist.all_gather_object(digests, mine, group=group)
+        try:
+            dist.all_gather_object(digests, mine, group=group)
+        except (RuntimeError, dist.DistError) as exc:
+            log.warning("%s stays uncommitted: a rank left before sending its shards' checksums (%s)", path.name, exc)
+            return
         if self.is_global_zero:  # type: ignore[attr-defined]
             commit(path, digests, meta)
-        dist.barrier(group=group)  # the checkpoint exists for every rank once its save has returned or been waited
+        try:  # the checkpoint exists for every rank once its save has returned or been waited
+            dist.barrier(group=group)
+        except (RuntimeError, dist.DistError) as exc:
+            log.warning("%s: a rank left before the commit's barrier (%s)", path.name, exc)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         self.checkpoint_io.wait()  # type: ignore[attr-defined]  # a sharded save still being committed
