@@ -81,3 +81,15 @@ def test_an_uncommitted_directory_never_verifies_and_remove_takes_the_manifest_f
     commit(other, _written(other, 1), {"global_step": 7})
     remove(other)
     assert not other.exists() and not manifest_path(other).exists()
+
+
+def test_a_sharded_checkpoint_seeds_a_new_run_whole(tmp_path: Path) -> None:
+    """`trainctl resume RUN --from PATH` with a sharded directory: copied in with its manifest, named by its step."""
+    from trainctl.resume import _seed_checkpoint
+
+    path = tmp_path / "old" / "step-000000007.ckpt"
+    path.parent.mkdir()
+    commit(path, _written(path, 2), {"global_step": 7})
+    _seed_checkpoint(path, tmp_path / "new")
+    seeded = tmp_path / "new" / "checkpoints" / "resume" / "step-000000007.ckpt"
+    assert seeded.is_dir() and verify(seeded) is None
