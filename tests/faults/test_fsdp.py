@@ -1,14 +1,16 @@
-"""Fully sharded training on real ranks: a 2-rank fsdp job finishes and hands off one loadable file, a preempted
-fsdp job resumes bit-exactly from its sharded checkpoint, and a truncated shard makes the previous one be used."""
+"""Fully sharded training on real ranks. One uninterrupted 2-rank fsdp run is the reference: it hands off one
+loadable file through MLflow, and every interrupted run below (preempted three times; a killed rank, then a
+truncated shard) must end with its state, bit for bit. A gpt-smoke checkpoint from 2 ranks resumes on 1 and on 4."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import callbacks, run_cli, run_dir, run_info, steps, submit
+from helpers import attempt_records, callbacks, client, run_cli, run_dir, run_info, steps, submit
 
 from trainctl.callbacks.checkpoint_io import verify
 from trainctl.callbacks.preemption import MAX_AGREE_STEPS
@@ -16,7 +18,8 @@ from trainctl.callbacks.preemption import MAX_AGREE_STEPS
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 
 FSDP = ["resources.strategy=fsdp"]
-# 2 epochs x 20 steps of digits: loader workers, shuffling, dropout, a StepLR and top-k in play.
+# 2 epochs x 20 steps of digits: loader workers, shuffling, dropout, a StepLR and top-k in play; resume
+# checkpoints at the epoch ends and at stops.
 BASE = [*FSDP, "trainer.max_epochs=2", "early_stopping=null", "checkpoint.every_n_train_steps=null",
         "data.init_args.num_workers=2"]
 LAST_STEP = 40
@@ -74,56 +77,72 @@ def assert_history_once(uri: str, run_id: str) -> None:
 
 @pytest.fixture(scope="module")
 def reference(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The uninterrupted run: its id, run directory and final state (the one every run below must reach)."""
     res, run_id = submit(tmp_path_factory.mktemp("fsdp-reference"), mlflow_server, BASE)
     assert res.returncode == 0 and run_id, res.stdout[-3000:]
-    return full_state(newest(run_dir(mlflow_server, run_id)))
-
-
-def test_fsdp_gpt_smoke_finishes_with_sharded_checkpoints_and_a_loadable_hand_off(mlflow_server: str,
-                                                                                   tmp_path: Path) -> None:
-    res, run_id = submit(tmp_path, mlflow_server, [*FSDP, "trainer.max_steps=12", "checkpoint.every_n_train_steps=4",
-                                                   "tracking.system_metrics=0"], job="jobs/gpt-smoke.yaml")
-    assert res.returncode == 0 and run_id, res.stdout[-3000:]
-    assert run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "FINISHED"
     rdir = run_dir(mlflow_server, run_id)
+    return {"run_id": run_id, "rdir": rdir, "state": full_state(newest(rdir))}
+
+
+def test_fsdp_run_keeps_whole_sharded_checkpoints_and_hands_off_one_loadable_file(
+        mlflow_server: str, reference: dict[str, Any], tmp_path: Path) -> None:
+    """checkpoints/best, downloaded from the MLflow server, is one ordinary file that load_from_checkpoint reads on
+    this one CPU process, and holds exactly the model of the best sharded checkpoint."""
+    from trainctl.examples.digits import DigitsClassifier
+
+    rdir = reference["rdir"]
+    assert run_info(mlflow_server, reference["run_id"]).data.tags["trainctl.state"] == "FINISHED"
     kept = sorted(p.name for p in (rdir / "checkpoints" / "resume").glob("step-*.ckpt"))
-    assert kept == ["step-000000008.ckpt", "step-000000012.ckpt"], kept  # keep_resume: 2, whole checkpoints
+    assert kept == ["step-000000020.ckpt", "step-000000040.ckpt"], kept  # whole checkpoints, both epoch ends
     manifest = json.loads(Path(f"{newest(rdir)}.manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["complete"]
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "meta.pt"} <= manifest["files"].keys()
-    # checkpoints/last is one consolidated file: what a user loads on one CPU process
-    from trainctl.examples.gpt import GPT
+    got = Path(client(mlflow_server).download_artifacts(reference["run_id"], "checkpoints/best", str(tmp_path)))
+    hand_off = got / "best.ckpt"
+    assert hand_off.is_file() and verify(hand_off) is None
+    source = json.loads(Path(f"{hand_off}.manifest.json").read_text())["source"]
+    best = rdir / "checkpoints" / "best" / source
+    assert best.is_dir(), best  # consolidated from the shards of the best checkpoint, at the run's end
+    model = DigitsClassifier.load_from_checkpoint(hand_off, map_location="cpu")
+    assert_same(dict(model.state_dict()), full_state(best)["model"], "hand-off")
 
-    last = rdir / "checkpoints" / "mirror" / "last.ckpt"
-    model = GPT.load_from_checkpoint(last, map_location="cpu")
-    assert_same(dict(model.state_dict()), full_state(newest(rdir))["model"], "hand-off")
+
+POINTS = (7, 19, 26)  # mid-epoch, the first epoch's end, mid second epoch
 
 
-@pytest.mark.parametrize("step", [7, 19, 26])  # mid-epoch, the first epoch's end, mid second epoch
-def test_fsdp_preemption_resumes_bit_exactly(mlflow_server: str, reference: dict[str, Any], tmp_path: Path,
-                                             step: int) -> None:
-    sig, rank = ("SIGUSR2", 0) if step % 2 else ("SIGTERM", 1)
-    res, run_id = submit(tmp_path, mlflow_server,
-                         [*BASE, callbacks(("SignalAtStep", {"step": step, "rank": rank, "signal_name": sig}))])
+def test_fsdp_preempted_at_three_points_resumes_bit_exactly(mlflow_server: str, reference: dict[str, Any],
+                                                            tmp_path: Path) -> None:
+    """One job, preempted three times (time-limit warning on rank 0, preemption on rank 1), requeued each time."""
+    faults = [("SignalAtStep", {"step": s, "rank": 0 if s % 2 else 1, "signal_name": "SIGUSR2" if s % 2 else
+                                "SIGTERM"}) for s in POINTS]
+    res, run_id = submit(tmp_path, mlflow_server, [*BASE, "fault_tolerance.max_restarts=3", callbacks(*faults)])
     assert res.returncode == 0, res.stdout[-3000:]
     rdir = run_dir(mlflow_server, run_id)
-    first = json.loads((rdir / "attempts" / "0001.json").read_text())
-    assert first["outcome"] == "requeue" and step <= first["step"] <= step + MAX_AGREE_STEPS + 2, first
+    records = attempt_records(rdir)
+    assert [r["outcome"] for r in records[:3]] == ["requeue"] * 3, records
+    for point, record in zip(POINTS, records):
+        assert point <= record["step"] <= point + MAX_AGREE_STEPS + 2, (point, record)
     tags = run_info(mlflow_server, run_id).data.tags
-    assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt"] == "2"
-    assert_same_training_state(reference, full_state(newest(rdir)))
+    assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt"] == "4"
+    assert_same_training_state(reference["state"], full_state(newest(rdir)))
     assert_history_once(mlflow_server, run_id)
 
 
-def test_fsdp_truncated_shard_makes_the_previous_checkpoint_used(mlflow_server: str, reference: dict[str, Any],
-                                                                 tmp_path: Path) -> None:
+def test_fsdp_killed_rank_then_a_truncated_shard_takes_the_previous_checkpoint(
+        mlflow_server: str, reference: dict[str, Any], tmp_path: Path) -> None:
+    """Rank 1 is killed (the attempt names it); its shard of the newest checkpoint is then cut short: that whole
+    checkpoint is unusable, the resume takes the one before, and the job still ends with the reference state."""
     res, run_id = submit(tmp_path, mlflow_server, [*BASE, "checkpoint.every_n_train_steps=10",
                                                    "fault_tolerance.max_restarts=0",
-                                                   callbacks(("SignalAtStep", {"step": 24}))])
-    assert res.returncode == 1, "max_restarts=0: the preempted job ends FAILED"
+                                                   "fault_tolerance.collective_timeout_s=30",
+                                                   callbacks(("SignalAtStep", {"step": 25, "rank": 1,
+                                                                               "signal_name": "SIGKILL"}))])
+    assert res.returncode == 1, "max_restarts=0: the attempt with a dead rank ends the job FAILED"
     rdir = run_dir(mlflow_server, run_id)
-    stopped = json.loads((rdir / "attempts" / "0001.json").read_text())["step"]
+    first = attempt_records(rdir)[0]
+    assert "rank 1" in first["reason"] and "died" in first["reason"], first["reason"]
     ckpt = newest(rdir)
-    assert ckpt.name == f"step-{stopped:09d}.ckpt" and ckpt.is_dir()
+    assert ckpt.name == "step-000000020.ckpt" and ckpt.is_dir() and verify(ckpt) is None
     shard = ckpt / "__1_0.distcp"
     shard.write_bytes(shard.read_bytes()[:4096])  # rank 1's shard half-written
     assert "truncated" in (verify(ckpt) or "")
@@ -132,30 +151,65 @@ def test_fsdp_truncated_shard_makes_the_previous_checkpoint_used(mlflow_server: 
     tags = run_info(mlflow_server, run_id).data.tags
     assert ckpt.name in tags["trainctl.skipped_checkpoints"] and tags["trainctl.state"] == "FINISHED"
     logs = "".join(p.read_text(errors="replace") for p in (rdir / "logs").glob("*_0_log.out"))
-    assert "attempt 2 · cause" in logs and "resumed at step 20" in logs, "the previous checkpoint is used"
-    assert_same_training_state(reference, full_state(newest(rdir)))
+    assert "attempt 2 · cause" in logs and "resumed at step 10" in logs, "the previous checkpoint is used"
+    assert_same_training_state(reference["state"], full_state(newest(rdir)))
     assert_history_once(mlflow_server, run_id)
 
 
-def test_fsdp_checkpoint_from_2_ranks_resumes_on_1(mlflow_server: str, tmp_path: Path) -> None:
-    """DCP reshards on load: the job goes on with its loss continuous, and the run tags the changed data order."""
-    res, run_id = submit(tmp_path, mlflow_server, [*FSDP, "trainer.max_steps=16", "checkpoint.every_n_train_steps=4",
-                                                   "tracking.system_metrics=0", "fault_tolerance.max_restarts=0",
-                                                   callbacks(("SignalAtStep", {"step": 6}))], job="jobs/gpt-smoke.yaml")
+GPT_STEPS = 16
+
+
+def _loss(uri: str, run_id: str) -> dict[int, float]:
+    return {m.step: m.value for m in client(uri).get_metric_history(run_id, "train/loss")}
+
+
+def _continuous(before: dict[int, float], after: dict[int, float], stopped: int) -> None:
+    """The loss at the resume step follows the one before it, far nearer to it than to the untrained loss: the
+    weights and optimizer state came back, training did not start over."""
+    first, last, resumed = before[min(before)], before[stopped - 1], after[stopped]
+    assert abs(resumed - last) < 0.25 * abs(first - last), (first, last, resumed)
+
+
+def test_fsdp_checkpoint_from_2_ranks_resumes_on_4_and_on_1(mlflow_server: str, tmp_path: Path) -> None:
+    """gpt-smoke on 2 ranks is stopped; its sharded checkpoint resumes the run on 4 ranks (`trainctl resume RUN
+    --set resources.devices_per_node=4`, what a user does when the ranks change) and, as a new run from that same
+    checkpoint, on 1 (`--from PATH`). DCP reshards the state; the run tags the changed data order."""
+    from trainctl.examples.gpt import GPT
+
+    res, run_id = submit(tmp_path, mlflow_server, [*FSDP, f"trainer.max_steps={GPT_STEPS}",
+                                                   "checkpoint.every_n_train_steps=4", "tracking.system_metrics=0",
+                                                   "fault_tolerance.max_restarts=0",
+                                                   callbacks(("SignalAtStep", {"step": 8}))], job="jobs/gpt-smoke.yaml")
     assert res.returncode == 1, "max_restarts=0: the preempted job ends FAILED"
     rdir = run_dir(mlflow_server, run_id)
-    stopped = json.loads((rdir / "attempts" / "0001.json").read_text())["step"]
-    assert json.loads(Path(f"{newest(rdir)}.manifest.json").read_text())["world_size"] == 2
-    res = run_cli("resume", run_id, "--tracking-uri", mlflow_server, "--set", "resources.devices_per_node=1",
+    stopped = attempt_records(rdir)[0]["step"]
+    saved = newest(rdir)
+    assert saved.name == f"step-{stopped:09d}.ckpt" and json.loads(Path(f"{saved}.manifest.json").read_text())[
+        "world_size"] == 2
+    before = _loss(mlflow_server, run_id)
+
+    res = run_cli("resume", run_id, "--tracking-uri", mlflow_server, "--from", str(saved),
+                  "--set", "resources.devices_per_node=1", timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    one = re.search(r"run id:\s+([0-9a-f]{32})", res.stdout).group(1)  # type: ignore[union-attr]
+    tags = run_info(mlflow_server, one).data.tags
+    assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.world_size"] == "1"
+    assert f"{saved.name}: saved on 2 ranks, resumed on 1" in tags["trainctl.resharded"]
+    loss = _loss(mlflow_server, one)
+    assert sorted(loss) == list(range(stopped, GPT_STEPS)), sorted(loss)
+    _continuous(before, loss, stopped)
+
+    res = run_cli("resume", run_id, "--tracking-uri", mlflow_server, "--set", "resources.devices_per_node=4",
                   timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     tags = run_info(mlflow_server, run_id).data.tags
-    assert tags["trainctl.state"] == "FINISHED"
-    assert f"step-{stopped:09d}.ckpt: saved on 2 ranks, resumed on 1" in tags["trainctl.resharded"]
-    from helpers import client
-
-    loss = {m.step: m.value for m in client(mlflow_server).get_metric_history(run_id, "train/loss")}
-    assert sorted(loss) == list(range(min(loss), 16)), sorted(loss)  # every step once, on 2 ranks then 1
-    before, after = loss[stopped - 1], loss[stopped]
-    assert abs(after - before) < 0.25 * before, (stopped, before, after)  # the weights came back, not a fresh start
-    assert loss[15] < loss[0]
+    assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.world_size"] == "4"
+    assert f"{saved.name}: saved on 2 ranks, resumed on 4" in tags["trainctl.resharded"]
+    loss = _loss(mlflow_server, run_id)
+    assert sorted(loss) == list(range(0, GPT_STEPS)), sorted(loss)  # every step once, on 2 ranks then 4
+    _continuous(before, loss, stopped)
+    last = newest(rdir)
+    assert json.loads(Path(f"{last}.manifest.json").read_text())["world_size"] == 4
+    # checkpoints/last is one file consolidated from the 4 shards: what a user loads on one CPU process
+    model = GPT.load_from_checkpoint(rdir / "checkpoints" / "mirror" / "last.ckpt", map_location="cpu")
+    assert_same(dict(model.state_dict()), full_state(last)["model"], "hand-off")
