@@ -1,6 +1,6 @@
-"""Fully sharded training on real ranks. One uninterrupted 2-rank fsdp run is the reference: it hands off one
-loadable file through MLflow, and every interrupted run below (preempted three times; a killed rank, then a
-truncated shard) must end with its state, bit for bit. A gpt-smoke checkpoint from 2 ranks resumes on 1 and on 4."""
+"""Fully sharded training on real ranks, in three jobs. One uninterrupted 2-rank fsdp run is the reference: it hands
+off one loadable file through MLflow, and a run preempted twice and then losing a rank must end with its state, bit
+for bit. gpt-smoke checkpoints from 2 ranks resume on 1 and, past a truncated shard, on 4."""
 
 from __future__ import annotations
 
@@ -107,51 +107,24 @@ def test_fsdp_run_keeps_whole_sharded_checkpoints_and_hands_off_one_loadable_fil
     assert_same(dict(model.state_dict()), full_state(best)["model"], "hand-off")
 
 
-POINTS = (7, 19, 26)  # mid-epoch, the first epoch's end, mid second epoch
-
-
-def test_fsdp_preempted_at_three_points_resumes_bit_exactly(mlflow_server: str, reference: dict[str, Any],
-                                                            tmp_path: Path) -> None:
-    """One job, preempted three times (time-limit warning on rank 0, preemption on rank 1), requeued each time."""
-    faults = [("SignalAtStep", {"step": s, "rank": 0 if s % 2 else 1, "signal_name": "SIGUSR2" if s % 2 else
-                                "SIGTERM"}) for s in POINTS]
-    res, run_id = submit(tmp_path, mlflow_server, [*BASE, "fault_tolerance.max_restarts=3", callbacks(*faults)])
+def test_fsdp_preempted_twice_then_a_killed_rank_resumes_bit_exactly(mlflow_server: str, reference: dict[str, Any],
+                                                                      tmp_path: Path) -> None:
+    """One job: a time-limit warning on rank 0 mid-epoch (step 7), a preemption of rank 1 at the first epoch's end
+    (19), then rank 1 killed mid second epoch (26), requeued each time; it ends with the reference state."""
+    faults = [("SignalAtStep", {"step": 7, "rank": 0, "signal_name": "SIGUSR2"}),
+              ("SignalAtStep", {"step": 19, "rank": 1, "signal_name": "SIGTERM"}),
+              ("SignalAtStep", {"step": 26, "rank": 1, "signal_name": "SIGKILL"})]
+    res, run_id = submit(tmp_path, mlflow_server, [*BASE, "fault_tolerance.max_restarts=3",
+                                                   "fault_tolerance.collective_timeout_s=30", callbacks(*faults)])
     assert res.returncode == 0, res.stdout[-3000:]
     rdir = run_dir(mlflow_server, run_id)
     records = attempt_records(rdir)
     assert [r["outcome"] for r in records[:3]] == ["requeue"] * 3, records
-    for point, record in zip(POINTS, records):
+    for point, record in zip((7, 19), records):
         assert point <= record["step"] <= point + MAX_AGREE_STEPS + 2, (point, record)
+    assert "rank 1" in records[2]["reason"] and "died" in records[2]["reason"], records[2]["reason"]
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt"] == "4"
-    assert_same_training_state(reference["state"], full_state(newest(rdir)))
-    assert_history_once(mlflow_server, run_id)
-
-
-def test_fsdp_killed_rank_then_a_truncated_shard_takes_the_previous_checkpoint(
-        mlflow_server: str, reference: dict[str, Any], tmp_path: Path) -> None:
-    """Rank 1 is killed (the attempt names it); its shard of the newest checkpoint is then cut short: that whole
-    checkpoint is unusable, the resume takes the one before, and the job still ends with the reference state."""
-    res, run_id = submit(tmp_path, mlflow_server, [*BASE, "checkpoint.every_n_train_steps=10",
-                                                   "fault_tolerance.max_restarts=0",
-                                                   "fault_tolerance.collective_timeout_s=30",
-                                                   callbacks(("SignalAtStep", {"step": 25, "rank": 1,
-                                                                               "signal_name": "SIGKILL"}))])
-    assert res.returncode == 1, "max_restarts=0: the attempt with a dead rank ends the job FAILED"
-    rdir = run_dir(mlflow_server, run_id)
-    first = attempt_records(rdir)[0]
-    assert "rank 1" in first["reason"] and "died" in first["reason"], first["reason"]
-    ckpt = newest(rdir)
-    assert ckpt.name == "step-000000020.ckpt" and ckpt.is_dir() and verify(ckpt) is None
-    shard = ckpt / "__1_0.distcp"
-    shard.write_bytes(shard.read_bytes()[:4096])  # rank 1's shard half-written
-    assert "truncated" in (verify(ckpt) or "")
-    res = run_cli("resume", run_id, "--tracking-uri", mlflow_server, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    tags = run_info(mlflow_server, run_id).data.tags
-    assert ckpt.name in tags["trainctl.skipped_checkpoints"] and tags["trainctl.state"] == "FINISHED"
-    logs = "".join(p.read_text(errors="replace") for p in (rdir / "logs").glob("*_0_log.out"))
-    assert "attempt 2 · cause" in logs and "resumed at step 10" in logs, "the previous checkpoint is used"
     assert_same_training_state(reference["state"], full_state(newest(rdir)))
     assert_history_once(mlflow_server, run_id)
 
@@ -163,17 +136,20 @@ def _loss(uri: str, run_id: str) -> dict[int, float]:
     return {m.step: m.value for m in client(uri).get_metric_history(run_id, "train/loss")}
 
 
-def _continuous(before: dict[int, float], after: dict[int, float], stopped: int) -> None:
-    """The loss at the resume step follows the one before it, far nearer to it than to the untrained loss: the
-    weights and optimizer state came back, training did not start over."""
-    first, last, resumed = before[min(before)], before[stopped - 1], after[stopped]
-    assert abs(resumed - last) < 0.25 * abs(first - last), (first, last, resumed)
+def _continuous(before: dict[int, float], after: dict[int, float], resumed: int) -> None:
+    """The loss at the resume step keeps more than half of what training had gained by then (a fresh start would
+    be back at the untrained loss): the weights and optimizer state came back."""
+    first, last, now = before[min(before)], before[resumed - 1], after[resumed]
+    assert first - last > 0.2, (first, last)  # something was learned before the stop
+    assert now < first - 0.5 * (first - last), (first, last, now)
 
 
-def test_fsdp_checkpoint_from_2_ranks_resumes_on_4_and_on_1(mlflow_server: str, tmp_path: Path) -> None:
-    """gpt-smoke on 2 ranks is stopped; its sharded checkpoint resumes the run on 4 ranks (`trainctl resume RUN
-    --set resources.devices_per_node=4`, what a user does when the ranks change) and, as a new run from that same
-    checkpoint, on 1 (`--from PATH`). DCP reshards the state; the run tags the changed data order."""
+def test_fsdp_2_rank_checkpoints_resume_on_1_and_past_a_truncated_shard_on_4(mlflow_server: str,
+                                                                              tmp_path: Path) -> None:
+    """gpt-smoke on 2 ranks is stopped; its newest sharded checkpoint resumes, as a new run (`--from PATH`), on 1
+    rank. Then a shard of it is truncated, and `trainctl resume RUN --set resources.devices_per_node=4` (what a
+    user does when the ranks change) takes the 2-rank checkpoint before it, on 4 ranks. DCP reshards the state;
+    the runs tag the changed data order."""
     from trainctl.examples.gpt import GPT
 
     res, run_id = submit(tmp_path, mlflow_server, [*FSDP, f"trainer.max_steps={GPT_STEPS}",
@@ -199,15 +175,24 @@ def test_fsdp_checkpoint_from_2_ranks_resumes_on_4_and_on_1(mlflow_server: str, 
     assert sorted(loss) == list(range(stopped, GPT_STEPS)), sorted(loss)
     _continuous(before, loss, stopped)
 
+    # rank 1's shard of the newest checkpoint cut short: that whole checkpoint is unusable, the one before is taken
+    previous = sorted((rdir / "checkpoints" / "resume").glob("step-*.ckpt"))[-2]
+    shard = saved / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:4096])
+    assert "truncated" in (verify(saved) or "") and verify(previous) is None
     res = run_cli("resume", run_id, "--tracking-uri", mlflow_server, "--set", "resources.devices_per_node=4",
                   timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.world_size"] == "4"
-    assert f"{saved.name}: saved on 2 ranks, resumed on 4" in tags["trainctl.resharded"]
-    loss = _loss(mlflow_server, run_id)
-    assert sorted(loss) == list(range(0, GPT_STEPS)), sorted(loss)  # every step once, on 2 ranks then 4
-    _continuous(before, loss, stopped)
+    assert saved.name in tags["trainctl.skipped_checkpoints"]
+    assert f"{previous.name}: saved on 2 ranks, resumed on 4" in tags["trainctl.resharded"]
+    logs = "".join(p.read_text(errors="replace") for p in (rdir / "logs").glob("*_0_log.out"))
+    resumed = int(previous.name[5:14])
+    assert f"resumed at step {resumed}" in logs, "the previous checkpoint is used"
+    history = steps(mlflow_server, run_id)
+    assert history == list(range(0, GPT_STEPS)), history  # every step once, on 2 ranks then 4
+    _continuous(before, _loss(mlflow_server, run_id), resumed)
     last = newest(rdir)
     assert json.loads(Path(f"{last}.manifest.json").read_text())["world_size"] == 4
     # checkpoints/last is one file consolidated from the 4 shards: what a user loads on one CPU process
