@@ -28,6 +28,7 @@ from bench import (
     checkpointing,
     cli_latency,
     cpu_ddp,
+    fsdp_memory,
     launch,
     memory,
     sweep_scale,
@@ -72,6 +73,7 @@ GOALS: dict[str, tuple[float | None, str, str]] = {
                                             "workers)"),
     "system_metrics_ratio": (1.01, "x", "mean step with system metrics at the default 10 s ÷ off, MLflow logging on "
                              "(hidden 1024): measured every 1 s (10x the rate), scaled per sample"),
+    **fsdp_memory.GOALS,
 }
 
 
@@ -287,6 +289,13 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
                 ratios[key] = _skipped(key, "quick") if server not in tl else _entry(
                     key, tl[server]["max_points_per_s"], knee_jobs=tl[server]["knee_jobs"], lost=tl[server]["lost"],
                     p99_batch_ms=max(r["p99_batch_ms"] for r in tl[server]["rows"]))
+
+            # ---- fully sharded training against DDP (quick: skipped, a minute and more of 4 ranks)
+            fs = section("fsdp_memory", lambda: {"skipped": True, "reason": "quick"} if quick
+                         else fsdp_memory.measure(log=log))
+            for key, field in zip(fsdp_memory.GOALS, ("state_ratio_2", "state_ratio_4", "step_ratio",
+                                                      "blocking_ratio")) if fs else ():
+                ratios[key] = _skipped(key, fs["reason"]) if fs.get("skipped") else _entry(key, fs[field])
     results["ratios"] = ratios
     results["errors"] = errors
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -329,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge and args.out.is_file():  # keep the other sections of an earlier run, this run's win
         earlier = json.loads(args.out.read_text())
         for key in ("cpu_ddp", "tracking", "checkpointing", "launch", "cli", "sweep_scale", "memory", "system_metrics",
-                    "tracking_load", "seconds"):
+                    "tracking_load", "fsdp_memory", "seconds"):
             if key not in results and key in earlier:
                 results[key] = earlier[key]
         results["ratios"] = {**earlier.get("ratios", {}), **results["ratios"]}

@@ -87,7 +87,7 @@ def _nothing_to_train(checkpoint: Path, spec: Spec) -> tuple[str, str] | None:
     import torch
 
     try:  # mmap: only the loop counters are read, not the weights
-        state: dict[str, Any] = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        state: dict[str, Any] = torch.load(_counters(checkpoint), map_location="cpu", weights_only=False, mmap=True)
     except Exception:  # unreadable here: the rank reports it; nothing to refuse on
         return None
     trainer = spec.trainer or {}
@@ -120,7 +120,7 @@ def _pick(ref: control.RunRef, source: str) -> Path:
         raise UserError.single("--from", f"run {ref.run_id} has no verified best checkpoint",
                                "use --from last (it has one); best checkpoints need checkpoint.monitor")
     path = Path(source)
-    problem = verify(path) if path.is_file() else "no such file"
+    problem = verify(path) if path.exists() else "no such file"
     if problem:
         raise UserError.single("--from", f"{source}: {problem}", "give last, best, or a verified .ckpt path")
     return path
@@ -142,8 +142,18 @@ def _seed_checkpoint(checkpoint: Path, run_dir: Path) -> None:
     """Copy the chosen checkpoint (and manifest) in as the new run's first resume point."""
     import torch
 
-    step = torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step", 0)
+    step = torch.load(_counters(checkpoint), map_location="cpu", weights_only=False).get("global_step", 0)
     dest = resume_dir(run_dir) / f"step-{int(step):09d}.ckpt"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(checkpoint, dest)
+    if checkpoint.is_dir():  # a sharded (fsdp) checkpoint: its manifest names the directory's files
+        shutil.copytree(checkpoint, dest)
+    else:
+        shutil.copyfile(checkpoint, dest)
     shutil.copyfile(manifest_path(checkpoint), manifest_path(dest))
+
+
+def _counters(checkpoint: Path) -> Path:
+    """The file holding the loop counters: the checkpoint, or a sharded checkpoint's meta file."""
+    from trainctl.callbacks.sharded_checkpoint import META_FILE
+
+    return checkpoint / META_FILE if checkpoint.is_dir() else checkpoint

@@ -30,17 +30,21 @@ from trainctl.spec_types import (
     Component,
     EarlyStopping,
     FaultTolerance,
+    Fsdp,
     Mode,
     OnFailure,
     RayOptions,
     Resources,
+    Sharding,
     SlurmOptions,
     Spec,
+    Strategy,
     Tracking,
 )
 
 __all__ = ["SAFE_NAME", "Accelerator", "Backend", "BackendKind", "Checkpoint", "Component", "EarlyStopping",
-           "FaultTolerance", "Mode", "OnFailure", "RayOptions", "Resources", "SlurmOptions", "Spec", "Tracking",
+           "FaultTolerance", "Fsdp", "Mode", "OnFailure", "RayOptions", "Resources", "Sharding", "SlurmOptions", "Spec",
+           "Strategy", "Tracking",
            "apply_override", "load_spec", "parse_spec", "resolve_env", "spec_from_dict", "with_overrides"]
 
 ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")

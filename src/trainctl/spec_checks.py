@@ -120,7 +120,7 @@ def semantic_checks(spec: Spec) -> list[Problem]:
     if spec.backend is not None:
         out += _check_slurm(spec.backend.slurm)
         out += _check_ray(spec.backend.ray)
-    return out + _cross_field(spec)
+    return out + _cross_field(spec) + _check_fsdp(spec)
 
 
 _METRIC_HINT = "write a logged metric name, e.g. val/loss (letters, digits, _ . / : @ - and spaces; no '..')"
@@ -191,6 +191,48 @@ def _cross_field(spec: Spec) -> list[Problem]:
         out.append(Problem("fault_tolerance.signal_lead_s", f"{ft.signal_lead_s} s is not shorter than the "
                            f"time limit (resources.time_min: {res.time_min} min)",
                            "the warning must come before the limit: lower it or raise resources.time_min"))
+    return out
+
+
+# Lightning's FSDP precision plugin takes these; 64-bit and transformer-engine precisions it refuses mid-setup.
+FSDP_PRECISIONS = {"32-true", "32", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "16", "bf16"}
+
+
+def _check_fsdp(spec: Spec) -> list[Problem]:
+    """The fsdp block is read only with resources.strategy: fsdp; the combinations FSDP cannot run are named."""
+    from trainctl.spec_types import Fsdp
+
+    res, fs = spec.resources, spec.fsdp
+    if res is None or fs is None:
+        return []
+    strategy = getattr(res.strategy, "value", res.strategy)
+    if strategy != "fsdp":
+        if fs != Fsdp():
+            return [Problem("fsdp", "is set but resources.strategy is ddp, which ignores it",
+                            "set resources.strategy: fsdp, or remove the fsdp section")]
+        return []
+    out: list[Problem] = []
+    for i, path in enumerate(fs.wrap or []):
+        out += _match(f"fsdp.wrap[{i}]", path, CLASS_PATH, "class path",
+                      "write the layer's importable dotted path, e.g. trainctl.examples.gpt.Block")
+    if fs.activation_checkpointing and not fs.wrap:
+        out.append(Problem("fsdp.activation_checkpointing", "needs the layers to recompute (fsdp.wrap is empty)",
+                           "list the repeated layer in fsdp.wrap, e.g. [trainctl.examples.gpt.Block]"))
+    acc = getattr(res.accelerator, "value", res.accelerator)
+    if fs.cpu_offload and acc == "cpu":
+        out.append(Problem("fsdp.cpu_offload", "has nothing to offload: resources.accelerator is cpu",
+                           "set fsdp.cpu_offload: false, or resources.accelerator: gpu"))
+    if getattr(fs.sharding, "value", fs.sharding) == "hybrid_shard" and (acc != "gpu" or res.nodes == 1):
+        out.append(Problem("fsdp.sharding", "hybrid_shard shards within a GPU node and replicates across nodes "
+                           f"(here: accelerator {acc}, {res.nodes} node{'s' if res.nodes != 1 else ''})",
+                           "use full_shard, or accelerator: gpu with resources.nodes > 1"))
+    precision = (spec.trainer or {}).get("precision")
+    if precision is not None and str(precision) not in FSDP_PRECISIONS:
+        out.append(Problem("trainer.precision", f"{precision!r} is not a precision FSDP can shard",
+                           f"use one of {', '.join(sorted(FSDP_PRECISIONS))}, or resources.strategy: ddp"))
+    if _kind(spec) == "ray":
+        out.append(Problem("resources.strategy", "fsdp runs on the local and slurm backends (backend.kind is ray)",
+                           "set backend.kind: slurm or local, or resources.strategy: ddp"))
     return out
 
 

@@ -29,6 +29,17 @@ class OnFailure(str, Enum):
     fail = "fail"  # infrastructure failures end the run FAILED; preemption and time limits still requeue
 
 
+class Strategy(str, Enum):
+    ddp = "ddp"  # every rank holds the whole model and optimizer state
+    fsdp = "fsdp"  # parameters, gradients and optimizer state sharded across the ranks
+
+
+class Sharding(str, Enum):
+    full_shard = "full_shard"  # parameters, gradients and optimizer state
+    shard_grad_op = "shard_grad_op"  # gradients and optimizer state; parameters stay whole between forward and backward
+    hybrid_shard = "hybrid_shard"  # full_shard within a node, replicated across nodes
+
+
 class BackendKind(str, Enum):
     local = "local"
     slurm = "slurm"
@@ -59,6 +70,18 @@ class Resources:
     cpus_per_task: int = _f(1, lo=1, hi=512, doc="CPU cores per rank")
     mem_gb: float = _f(4.0, lo=0.1, hi=16384, doc="host memory per node, GiB")
     time_min: int = _f(60, lo=1, hi=60 * 24 * 30, doc="wall-clock limit per attempt, minutes")
+    strategy: Strategy = _f(Strategy.ddp, doc="ddp | fsdp (fully sharded: see the `fsdp` section)")
+
+
+@dataclass
+class Fsdp:
+    """Fully sharded training; read only with resources.strategy: fsdp. Mixed precision follows trainer.precision."""
+
+    sharding: Sharding = _f(Sharding.full_shard, doc="full_shard | shard_grad_op | hybrid_shard (GPU, nodes > 1)")
+    wrap: list[str] = _f(factory=list, doc="class paths of the layers each sharded as its own unit (e.g. "
+                         "the transformer block); none = the whole module is one unit")
+    activation_checkpointing: bool = _f(False, doc="recompute the `wrap` layers' activations in backward")
+    cpu_offload: bool = _f(False, doc="keep parameters and gradients in host memory between uses (GPU only)")
 
 
 @dataclass
@@ -146,6 +169,7 @@ class Spec:
     trainer: dict[str, Any] = _f(factory=dict, doc="Lightning Trainer arguments trainctl does not own")
     callbacks: list[Component] = _f(factory=list, doc="extra Lightning callbacks")
     resources: Resources = _f(factory=Resources)
+    fsdp: Fsdp = _f(factory=Fsdp)
     checkpoint: Checkpoint = _f(factory=Checkpoint)
     early_stopping: EarlyStopping | None = _f(None, doc="optional")
     fault_tolerance: FaultTolerance = _f(factory=FaultTolerance)

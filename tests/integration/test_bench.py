@@ -17,7 +17,8 @@ RATIO_KEYS = {
     "launch_slurm_first_step_s", "launch_slurm_end_noticed_s", "memory_peak_ratio", "memory_growth_mb_per_10k_steps",
     "system_metrics_ratio", "tracking_load_points_per_s_sqlite", "tracking_load_points_per_s_postgres",
     "cli_status_s", "cli_ls_s", "cli_logs_s", "cli_cancel_s", "cli_validate_s", "sweep_submit_1000_s",
-    "sweep_status_1000_s",
+    "sweep_status_1000_s", "fsdp_state_ratio_2", "fsdp_state_ratio_4", "fsdp_step_ratio",
+    "fsdp_checkpoint_blocking_ratio",
 }
 MEASURED_IN_QUICK = {"cpu_ddp_added_ms", "tracking_ratio_tiny", "checkpoint_blocking_ratio",
                      "checkpoint_write_slowdown", "memory_peak_ratio", "memory_growth_mb_per_10k_steps",

@@ -21,6 +21,9 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from trainctl.callbacks.sharded_checkpoint import consolidate, verify_dir
+from trainctl.callbacks.sharded_checkpoint import remove as remove_sharded
+
 log = logging.getLogger("trainctl.checkpoint")
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -97,9 +100,18 @@ def write_atomic(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def stage_as(path: Path, dest: Path) -> tuple[Path, Path]:
     """`path` and its manifest under another name (a hard link, or a copy across file systems): the pair to upload
-    where a fixed name must replace the previous one. Returns (checkpoint, manifest) at `dest`."""
+    where a fixed name must replace the previous one. Returns (checkpoint, manifest) at `dest`. A sharded
+    checkpoint (a directory) is staged as one consolidated file: what is uploaded is always loadable alone."""
     import shutil
 
+    if path.is_dir():
+        manifest = write_atomic(consolidate(path), dest)
+        manifest.update(source=path.name, consolidated=True)
+        mdest = manifest_path(dest)
+        atomic = mdest.with_name(f".{mdest.name}.tmp-{os.getpid()}")
+        atomic.write_text(json.dumps(manifest))
+        os.replace(atomic, mdest)
+        return dest, mdest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
@@ -120,7 +132,7 @@ def verify(path: str | Path) -> str | None:
     """None when the file matches its manifest, else why it must not be loaded."""
     path = Path(path)
     mpath = manifest_path(path)
-    if not path.is_file():
+    if not path.exists():
         return "file missing"
     if not mpath.is_file():
         return "no manifest (the write never completed)"
@@ -128,6 +140,8 @@ def verify(path: str | Path) -> str | None:
         manifest = json.loads(mpath.read_text())
     except (OSError, ValueError) as exc:
         return f"unreadable manifest: {exc}"
+    if path.is_dir():
+        return verify_dir(path, manifest)
     size = path.stat().st_size
     if size != manifest.get("size"):
         return f"size {size} != manifest {manifest.get('size')} (truncated?)"
@@ -164,13 +178,19 @@ class AtomicCheckpointIOImpl:
             return
         self.wait()  # the previous write still reads the buffers about to be reused
         frozen, self.buffers = snapshot(checkpoint, getattr(self, "buffers", None))
+        self.submit(path, write_atomic, frozen, path)
+        self.blocked_s.append(time.perf_counter() - t0)
+
+    def submit(self, path: Path, work: Callable[..., Any], *args: Any) -> None:
+        """Run `work(*args)` on the writer thread as the write of `path` (`wait`, `after_write` and the next
+        save's error see it). The sharded saves of worker/fsdp.py commit through here too."""
+        self._raise_background_error()
         if self.pool is None:
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainctl-ckpt")
-        future = self.pool.submit(write_atomic, frozen, path)
+        future = self.pool.submit(work, *args)
         future.add_done_callback(self._record_error)
         with self.lock:
             self.pending[str(path)] = future
-        self.blocked_s.append(time.perf_counter() - t0)
 
     def _record_error(self, future: Future) -> None:
         if future.exception() is not None:
@@ -220,6 +240,9 @@ class AtomicCheckpointIOImpl:
 
     def remove_checkpoint(self, path: Any) -> None:
         self.wait(path)
+        if Path(path).is_dir():
+            remove_sharded(Path(path))
+            return
         for p in (Path(path), manifest_path(path)):
             p.unlink(missing_ok=True)
 

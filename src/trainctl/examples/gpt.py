@@ -119,10 +119,15 @@ def attention_context(name: str) -> contextlib.AbstractContextManager:
 
 def configure_adamw(net: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], fused: bool,
                     warmup_steps: int, max_steps: int, min_lr_ratio: float) -> tuple[torch.optim.Optimizer, object]:
-    """AdamW with weight decay on matrices only, and a per-step warm-up + cosine LambdaLR."""
+    """AdamW with weight decay on matrices only, and a per-step warm-up + cosine LambdaLR.
+
+    The matrices are told by the layer that owns them, not by `p.dim()`: under fully sharded training the
+    optimizer is built after sharding, when each parameter is a flat shard whose shape depends on the number of
+    ranks (the groups, and a resume on another number of ranks, would change with it)."""
+    matrices = {id(m.weight) for m in net.modules() if isinstance(m, nn.Linear | nn.Embedding)}
     params = [p for p in net.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    decay = [p for p in params if id(p) in matrices]
+    no_decay = [p for p in params if id(p) not in matrices]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kwargs = {"fused": True} if fused else {}
     opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, **kwargs)

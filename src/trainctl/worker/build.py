@@ -1,4 +1,4 @@
-"""Build the Trainer for one rank from the spec: DDP, the callbacks, the logger and the checkpoint IO."""
+"""Build the Trainer for one rank from the spec: DDP or FSDP, the callbacks, the logger and the checkpoint IO."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import Any
 
 from trainctl.callbacks import Built, build_callbacks
 from trainctl.callbacks.binding import make
+from trainctl.callbacks.grad_norm import GradNormLogger
 from trainctl.callbacks.progress import ProgressImpl
 from trainctl.callbacks.tracking_logger import TrackingLoggerImpl
 from trainctl.components import LightningNamespace, instantiate
 from trainctl.metrics import MetricsSink
-from trainctl.spec import Accelerator, Spec, resolve_env
-from trainctl.worker import speedups
+from trainctl.spec import Accelerator, Spec, Strategy, resolve_env
+from trainctl.worker import fsdp, speedups
 from trainctl.worker.fast_path import DrainImpl
 
 
@@ -42,7 +43,10 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
     built.callbacks.append(make(DrainImpl, ns.pl.Callback))  # idle unless the speedups give it step metrics
     world = spec.resources.nodes * spec.resources.devices_per_node
     plugins: list[Any] = []
-    if strategy is None and world == 1:
+    if strategy is None and spec.resources.strategy is Strategy.fsdp:
+        # on one rank too: the same checkpoints, loadable on any number of ranks
+        strategy = fsdp.build_strategy(ns, spec, acc, built.checkpoint_io, built.tags)
+    elif strategy is None and world == 1:
         # One rank: DDP would only add bucket copies and a one-rank all-reduce (≈ 3 % of a GPU step).
         import torch
 
@@ -60,6 +64,10 @@ def build_trainer(ns: LightningNamespace, spec: Spec, run_dir: Path, run_id: str
         )
     else:
         strategy.checkpoint_io = built.checkpoint_io
+    if fsdp.is_sharded(strategy):
+        for cb in built.callbacks:
+            if isinstance(cb, GradNormLogger):
+                cb.sharded = True
     trainer_args: dict[str, Any] = {"enable_progress_bar": False, "enable_model_summary": False}
     trainer_args.update(spec.trainer)
     if plugins:

@@ -275,7 +275,7 @@ def _checkpoints_to_mirror(run_dir: Path, built: Any) -> list[tuple[Path, str]]:
     if ckpt is not None and built.save_last:
         files += [(p, "checkpoints/last") for p in stage_as(ckpt, staging / "last.ckpt")]
     best = getattr(built.top_k, "best_model_path", "") if built.top_k else ""
-    if best and Path(best).is_file() and manifest_path(best).is_file():
+    if best and Path(best).exists() and manifest_path(best).is_file():  # a file, or a sharded directory
         files += [(p, "checkpoints/best") for p in stage_as(Path(best), staging / "best.ckpt")]
     return files
 
