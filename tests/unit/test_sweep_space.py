@@ -143,3 +143,15 @@ def test_a_trials_ray_job_is_named_by_its_sweep_and_index() -> None:
     sid = submission_id(spec, Path("/w/digits-sweep-ray-1a2b3c4d/trials/0003"))
     assert sid.startswith("trainctl-digits-sweep-ray-1a2b3c4d-0003-") and "_" not in sid
     assert submission_id(spec, Path("/w/digits-ray-1a2b3c4d")).startswith("trainctl-digits-ray-1a2b3c4d-")
+
+
+def test_assignments_read_back_as_the_values_they_hold() -> None:
+    from trainctl.spec import apply_override
+
+    values = ["a😀", "🚀 rocket", "größe", "日本語", "tab\tquote\"back\\slash", "del\x7f nel\x85 \ufffe", 3, 0.5, True]
+    params = {f"model.init_args.v{i}": v for i, v in enumerate(values)}
+    raw: dict[str, Any] = {"model": {"init_args": {}}}
+    for assignment in assignments(params):
+        apply_override(raw, assignment)
+    assert list(raw["model"]["init_args"].values()) == values
+    assert assignments({"x": "a😀"}) == ['x="a😀"']
