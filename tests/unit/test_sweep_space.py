@@ -155,3 +155,12 @@ def test_assignments_read_back_as_the_values_they_hold() -> None:
         apply_override(raw, assignment)
     assert list(raw["model"]["init_args"].values()) == values
     assert assignments({"x": "a😀"}) == ['x="a😀"']
+
+
+def test_the_best_so_far_shows_six_significant_digits() -> None:
+    from trainctl.sweep.commands import best_so_far
+
+    tags = {"trainctl.best_trial_index": "3", "trainctl.best_value": repr(1.4755027294158936)}
+    assert best_so_far(tags) == "; best so far: trial 3 (1.4755)"
+    assert best_so_far({**tags, "trainctl.best_value": "0.4163568913936615"}) == "; best so far: trial 3 (0.416357)"
+    assert best_so_far({}) == ""
