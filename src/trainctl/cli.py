@@ -10,9 +10,10 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from trainctl import __version__
+from trainctl.cli_parser import parser, run_states
 from trainctl.errors import UserError
 from trainctl.launchers import registry
 
@@ -226,7 +227,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                                "pass the store the runs were submitted to, or drop it to list every store used")
     if args.limit is not None and args.limit < 1:
         raise UserError.single("--limit", f"{args.limit} is not a number of runs", "give 1 or more")
-    states = [s.value for s in _states()]
+    states = [s.value for s in run_states()]
     if args.state is not None and args.state not in states:
         raise UserError.single("--state", f"{args.state!r} is not a run state; valid: {', '.join(states)}",
                                did_you_mean(args.state, states) or "e.g. --state RUNNING")
@@ -297,88 +298,19 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _states() -> list[Any]:
-    from trainctl.runstate import State
-
-    return list(State)
-
-
-def _store_args(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else search the embedded store in ./runs "
-                   "and every store you submitted to")
-    c.add_argument("--workdir", help="search only the embedded store of this workdir (<workdir>/mlflow.db)")
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trainctl", description="Lightning DDP jobs on SLURM, Ray or this machine.")
-    p.add_argument("--version", action="version", version=f"trainctl {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def job_cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_)
-        c.add_argument("job", metavar="JOB", help="job spec (YAML)")
-        c.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a field")
-        return c
-
-    def run_cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help_)
-        c.add_argument("run_id", metavar="RUN_ID")
-        _store_args(c)
-        return c
-
-    job_cmd("validate", "check a job spec; report every problem").set_defaults(fn=cmd_validate)
-    s = job_cmd("submit", "validate and submit; local jobs are followed until they end")
-    s.add_argument("--dry-run", action="store_true", help="print the exact request; submit nothing")
-    s.add_argument("--detach", action="store_true", help="return at once (wins over --wait)")
-    s.add_argument("--wait", action="store_true", help="follow cluster jobs too")
-    s.add_argument("--backend", choices=registry.KINDS, help="override backend.kind")
-    s.set_defaults(fn=cmd_submit)
-    st = run_cmd("status", "the run's state and latest metrics")
-    st.add_argument("--json", action="store_true")
-    st.set_defaults(fn=cmd_status)
-    lg = run_cmd("logs", "each rank's output, every attempt; -f follows until the run ends")
-    lg.add_argument("-f", "--follow", action="store_true", help="follow until the run ends; exit 0 if FINISHED")
-    lg.add_argument("--rank", type=int, help="only this rank (with -f: this one instead of rank 0)")
-    lg.add_argument("--attempt", type=int, help="only this attempt")
-    lg.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each section (with -f: of "
-                    "what was written before)")
-    lg.set_defaults(fn=cmd_logs)
-    cn = run_cmd("cancel", "end the job: its ranks save their current step; the run ends KILLED")
-    cn.add_argument("--grace", type=float, metavar="SECONDS",
-                    help="how long the ranks get to save their step and end before SIGTERM, then SIGKILL (default 60)")
-    cn.set_defaults(fn=cmd_cancel)
-    run_cmd("sync", "upload metrics spooled while MLflow was unreachable").set_defaults(fn=cmd_sync)
-    r = run_cmd("resume", "resubmit a run from a checkpoint")
-    r.add_argument("--from", dest="from_", default="last", help="last | best | PATH (default: last)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
-    r.add_argument("--backend", choices=registry.KINDS)
-    r.add_argument("--detach", action="store_true", help="return at once (wins over --wait)")
-    r.add_argument("--wait", action="store_true", help="follow cluster jobs too")
-    r.set_defaults(fn=cmd_resume)
-    rg = run_cmd("register", "make the run's best checkpoint a new version of a registered model")
-    rg.add_argument("name", metavar="NAME", help="registered model name")
-    rg.add_argument("--alias", help="alias to move to the new version, e.g. champion")
-    rg.set_defaults(fn=cmd_register)
-    rp = run_cmd("reproduce", "re-submit the run's spec in a checkout of its recorded commit and changes")
-    rp.add_argument("--into", help="checkout directory (default: "
-                    "<workdir>/reproduce/<run name>)")
-    rp.add_argument("--backend", choices=registry.KINDS)
-    rp.add_argument("--detach", action="store_true")
-    rp.set_defaults(fn=cmd_reproduce)
-    g = sub.add_parser("gc", help="remove local files of ended runs (dry run unless --delete)")
-    g.add_argument("--workdir", default="runs", help="the runs' workdir (default: runs)")
-    g.add_argument("--older-than", default="7d", help="only runs that ended longer ago (90s, 12h, 7d; default 7d)")
-    g.add_argument("--keep-best", action="store_true", help="keep each run's checkpoints/best/")
-    g.add_argument("--delete", action="store_true", help="remove what the dry run lists")
-    g.set_defaults(fn=cmd_gc)
-    ls = sub.add_parser("ls", help="list trainctl runs")
-    _store_args(ls)
-    ls.add_argument("--limit", type=int, default=50, help="runs per store, newest first (default: 50)")
-    ls.add_argument("--state", type=str.upper, metavar="STATE",
-                    help=f"only runs in this state: {', '.join(s.value for s in _states())}")
-    ls.add_argument("--experiment", help="only runs of this MLflow experiment (its name)")
-    ls.set_defaults(fn=cmd_ls)
-    return p
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "validate": cmd_validate,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "logs": cmd_logs,
+    "cancel": cmd_cancel,
+    "sync": cmd_sync,
+    "resume": cmd_resume,
+    "register": cmd_register,
+    "reproduce": cmd_reproduce,
+    "gc": cmd_gc,
+    "ls": cmd_ls,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
         try:
-            return int(args.fn(args))
+            return int(COMMANDS[args.command](args))
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USAGE

@@ -38,7 +38,7 @@ class JsonRecord:
 
     @classmethod
     def read(cls, directory: Path) -> Self:
-        data = json.loads(cls.path(directory).read_text())
+        data = json.loads(cls.path(directory).read_text(encoding="utf-8"))
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -82,7 +82,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write aside, fsync, rename: readers see the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
+    with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())

@@ -107,3 +107,18 @@ def test_no_cycle_between_packages_and_top_level_modules() -> None:
         cycles.append(" -> ".join(cycle))
         graph[cycle[0]].discard(cycle[1])
     assert not cycles, "import cycles between trainctl's units:\n  " + "\n  ".join(cycles)
+
+
+def test_source_files_stay_under_the_line_limit() -> None:
+    """The project's rule: a file past ~400 lines is split by concern."""
+    long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"split these by concern: {long}"
+
+
+def test_every_command_the_parser_knows_has_a_handler() -> None:
+    import argparse
+
+    from trainctl import cli
+
+    sub = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(cli.COMMANDS)

@@ -143,3 +143,24 @@ def test_a_trials_ray_job_is_named_by_its_sweep_and_index() -> None:
     sid = submission_id(spec, Path("/w/digits-sweep-ray-1a2b3c4d/trials/0003"))
     assert sid.startswith("trainctl-digits-sweep-ray-1a2b3c4d-0003-") and "_" not in sid
     assert submission_id(spec, Path("/w/digits-ray-1a2b3c4d")).startswith("trainctl-digits-ray-1a2b3c4d-")
+
+
+def test_assignments_read_back_as_the_values_they_hold() -> None:
+    from trainctl.spec import apply_override
+
+    values = ["a😀", "🚀 rocket", "größe", "日本語", "tab\tquote\"back\\slash", "del\x7f nel\x85 \ufffe", 3, 0.5, True]
+    params = {f"model.init_args.v{i}": v for i, v in enumerate(values)}
+    raw: dict[str, Any] = {"model": {"init_args": {}}}
+    for assignment in assignments(params):
+        apply_override(raw, assignment)
+    assert list(raw["model"]["init_args"].values()) == values
+    assert assignments({"x": "a😀"}) == ['x="a😀"']
+
+
+def test_the_best_so_far_shows_six_significant_digits() -> None:
+    from trainctl.sweep.commands import best_so_far
+
+    tags = {"trainctl.best_trial_index": "3", "trainctl.best_value": repr(1.4755027294158936)}
+    assert best_so_far(tags) == "; best so far: trial 3 (1.4755)"
+    assert best_so_far({**tags, "trainctl.best_value": "0.4163568913936615"}) == "; best so far: trial 3 (0.416357)"
+    assert best_so_far({}) == ""

@@ -152,14 +152,21 @@ def wait(sweep_id: str, uri: str, say: Any = print, poll_s: float = 2.0) -> int:
         told = _told(Path(rec.tags.get("trainctl.run_dir", ""))) if rec else 0
         if told != seen:
             seen = told
-            best = rec.tags.get("trainctl.best_trial_index") if rec else None
-            say(f"sweep {sweep_id[:8]}: {told} trials ended" + (f"; best so far: trial {best} "
-                                                                  f"({rec.tags.get('trainctl.best_value')})"
-                                                                  if best else ""))
+            say(f"sweep {sweep_id[:8]}: {told} trials ended" + (best_so_far(rec.tags) if rec else ""))
         if state.terminal:
             say(f"sweep {sweep_id}: {state.value}: {rec.tags.get('trainctl.reason', '') if rec else ''}")
             return 0 if state is State.FINISHED else 1
         time.sleep(poll_s)
+
+
+def best_so_far(tags: dict[str, str]) -> str:
+    """The parent's best trial as people read metrics (6 significant digits); its tag keeps the exact value."""
+    best, value = tags.get("trainctl.best_trial_index"), tags.get("trainctl.best_value", "")
+    if not best:
+        return ""
+    with contextlib.suppress(ValueError):
+        value = f"{float(value):.6g}"
+    return f"; best so far: trial {best} ({value})"
 
 
 def _told(sd: Path) -> int:

@@ -23,6 +23,7 @@ import copy
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,9 +254,18 @@ def _dim(path: str, kind: str, values: Any, where: str, problems: list[Problem])
 # ---------------------------------------------------------------- trials against the job spec
 
 
+# Characters YAML does not read back as themselves inside a double-quoted scalar (it rejects them, or folds NEL).
+_YAML_UNSAFE = re.compile("[\x7f-\x9f\ufffe\uffff]")
+
+
 def assignments(params: dict[str, Any]) -> list[str]:
-    """A trial's parameters as `--set` assignments (JSON values are YAML)."""
-    return [f"{path}={json.dumps(value)}" for path, value in params.items()]
+    """A trial's parameters as `--set` assignments: JSON values, which are YAML. Characters stay literal: JSON's
+    ASCII escapes write an emoji as a surrogate pair, which YAML reads back as two lone surrogates."""
+    return [f"{path}={_as_yaml(value)}" for path, value in params.items()]
+
+
+def _as_yaml(value: Any) -> str:
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(value, ensure_ascii=False))
 
 
 def sample_points(cfg: SweepConfig) -> list[dict[str, Any]]:
