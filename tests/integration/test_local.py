@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,18 +240,6 @@ def test_ctrl_c_cancels_and_marks_killed(mlflow_server: str, tmp_path: Path) -> 
     assert run_id and run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "KILLED"
 
 
-def test_lightning_namespace_module(mlflow_server: str, tmp_path: Path) -> None:
-    """A module written against `lightning.pytorch` (not `pytorch_lightning`) gets a Trainer of its namespace."""
-    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=1", "tracking.system_metrics=0",
-                                                   "model.class_path=trainctl.examples.digits_lightning.DigitsClassifier",
-                                                   "data.class_path=trainctl.examples.digits_lightning.DigitsDataModule"])
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    run = run_info(mlflow_server, run_id)
-    assert run.data.tags["trainctl.state"] == "FINISHED"
-    assert "train/loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("system/")], \
-        "system metrics off: not one sample (on, every node logs at least its last one)"
-
-
 def test_loader_trainctl_cannot_rebuild_is_tagged(mlflow_server: str, tmp_path: Path) -> None:
     """A training loader with its own batch sampler is left to Lightning (a resume restarts its epoch): the run
     says so in a tag, and the job still trains and finishes."""
@@ -270,23 +259,42 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
 
 
-def test_submit_starts_a_missing_local_server(tmp_path: Path) -> None:
-    """tracking.uri on a port of this machine where nothing answers: submit serves it (as `make mlflow` would)."""
-    import re
-
-    from trainctl.mlflow_server import answers
-
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path, str]]:
+    """(uri, run id, workdir, submit's stderr) of a 1-epoch job, system metrics off, whose module and data are written
+    against `lightning.pytorch` (the digits example's code), tracked at a port of this machine where nothing
+    answered: submit started a server there, stopped after the module."""
+    workdir = tmp_path_factory.mktemp("own-server")
     uri = f"http://127.0.0.1:{free_port()}"
-    res, run_id = submit(tmp_path, uri, [*SHORT, "trainer.max_epochs=1"])
+    res, run_id = submit(workdir, uri, [*SHORT, "trainer.max_epochs=1", "tracking.system_metrics=0",
+                                        "model.class_path=trainctl.examples.digits_lightning.DigitsClassifier",
+                                        "data.class_path=trainctl.examples.digits_lightning.DigitsDataModule"])
     started = re.search(r"started an MLflow server for \S+ \(pid (\d+)", res.stderr)
     try:
         assert res.returncode == 0 and run_id and started, res.stdout[-2000:] + res.stderr[-2000:]
-        assert answers(uri), "the server outlives the command"
-        assert run_info(uri, run_id).data.tags["trainctl.state"] == "FINISHED"
-        assert (tmp_path / "mlflow.db").is_file(), "it serves the workdir's store, like make mlflow"
+        yield uri, run_id, workdir, res.stderr
     finally:
         if started:
             os.killpg(int(started.group(1)), signal.SIGTERM)
+
+
+def test_submit_starts_a_missing_local_server(own_server: tuple[str, str, Path, str]) -> None:
+    """tracking.uri on a port of this machine where nothing answers: submit serves it (as `make mlflow` would)."""
+    from trainctl.mlflow_server import answers
+
+    uri, run_id, workdir, _ = own_server
+    assert answers(uri), "the server outlives the command"
+    assert run_info(uri, run_id).data.tags["trainctl.state"] == "FINISHED"
+    assert (workdir / "mlflow.db").is_file(), "it serves the workdir's store, like make mlflow"
+
+
+def test_lightning_namespace_module(own_server: tuple[str, str, Path, str]) -> None:
+    """A module written against `lightning.pytorch` (not `pytorch_lightning`) gets a Trainer of its namespace."""
+    uri, run_id, _, _ = own_server
+    run = run_info(uri, run_id)
+    assert run.data.tags["trainctl.state"] == "FINISHED"
+    assert "train/loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("system/")], \
+        "system metrics off: not one sample (on, every node logs at least its last one)"
 
 
 MARK_LINE = re.compile(r"mark pid=\d+ step=\d+ 💡 █{150} end")

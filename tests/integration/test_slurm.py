@@ -194,7 +194,7 @@ def test_time_limit_requeues_and_resumes_exactly(uri: str, time_limit_run: tuple
 
 
 def test_scontrol_requeue_resumes(uri: str, tmp_path: Path) -> None:
-    run_id, job = _submit(tmp_path, uri, [*SHORT, "trainer.max_epochs=3", callbacks(("SlowSteps", {"seconds": 0.5}))])
+    run_id, job = _submit(tmp_path, uri, [*SHORT, callbacks(("SlowSteps", {"seconds": 0.5}))])
     wait_steps(uri, run_id, 10)
     t_requeue = time.time()
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
@@ -208,7 +208,7 @@ def test_scontrol_requeue_resumes(uri: str, tmp_path: Path) -> None:
     tags = run_info(uri, run_id).data.tags
     assert tags["trainctl.attempt"] == "2" and tags["trainctl.attempt.2.cause"] == attempts[1]["cause"]
     history = steps(uri, run_id)
-    assert len(history) == len(set(history)) and history[-1] == 59, "no duplicate step"
+    assert len(history) == len(set(history)) and history[-1] == 39, "no duplicate step"
     assert _contiguous(history), "no gap"
     shown = run_cli("logs", run_id, "--tracking-uri", uri).stdout.splitlines()
     headers = [h.split(" (")[0] for h in shown if h.startswith("==> ")]
@@ -289,7 +289,7 @@ def test_node_crash_requeues_on_the_remaining_nodes(uri: str, tmp_path: Path) ->
     wanted = int((Path(os.environ.get("TRAINCTL_SLURM_RUN_DIR", "/tmp/trainctl-slurm")) / "nodes").read_text())
     require(wanted >= 3, "a 3-node SLURM cluster", "make cluster-up NODES=3")
     run_id, job = _submit(tmp_path, uri, [
-        *SHORT, "trainer.max_epochs=3", "fault_tolerance.collective_timeout_s=20",
+        *SHORT, "fault_tolerance.collective_timeout_s=20",
         "backend.slurm.sbatch={exclusive: true}", callbacks(("SlowSteps", {"seconds": 0.3}))])
     wait_steps(uri, run_id, 8)
     rdir = run_dir(uri, run_id)
@@ -305,6 +305,6 @@ def test_node_crash_requeues_on_the_remaining_nodes(uri: str, tmp_path: Path) ->
     tags = run_info(uri, run_id).data.tags
     assert victim not in _hosts(tags["trainctl.hosts"]) and len(_hosts(tags["trainctl.hosts"])) == 2
     history = steps(uri, run_id)
-    assert history == list(range(60)), "every step once, also across a crash"
+    assert history == list(range(40)), "every step once, also across a crash"
     print(f"\nnode {victim} killed → FINISHED in {time.time() - t_kill:.0f} s; attempt 2 started "
           f"{attempts[1]['started'] - t_kill:.0f} s after the kill\n{_sacct(job)}")
