@@ -17,13 +17,15 @@ from mlflow import MlflowClient
 pytestmark = pytest.mark.mlflow
 
 
-# Three jobs that fail, submitted side by side (each followed by its own `submit`): they share the machine's
+# Four jobs that fail, submitted side by side (each followed by its own `submit`): they share the machine's
 # cores, not the suite's wall time.
 FAILING = {
     "step5": [*SHORT, "trainer.max_epochs=1", "checkpoint.every_n_train_steps=2",
               callbacks(("RaiseAtStep", {"step": 5, "rank": 1}))],
     "train_end": [*SHORT, "trainer.max_epochs=1", callbacks(("RaiseAtTrainEnd", {"rank": 0}))],
     "before_rendezvous": [*SHORT, "trainer.max_epochs=1", callbacks(("RaiseOnInit", {"rank": 0}))],
+    "policy_fail": [*SHORT, "trainer.max_epochs=1", "fault_tolerance.on_failure=fail",
+                    callbacks(("RaiseAtStep", {"step": 5, "rank": 0, "error": "network"}))],
 }
 
 
@@ -102,6 +104,20 @@ def test_a_rank_failing_before_the_rendezvous_does_not_keep_its_peer_waiting(mlf
     print(f"rank 1 left {waited:.1f} s after rank 0 recorded its failure")
     assert waited < 90, "rank 1 did not wait out the 300 s rendezvous timeout"
     assert run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "FAILED"
+
+
+def test_on_failure_fail_ends_an_infrastructure_failure_without_a_requeue(mlflow_server: str,
+                                                                          failed: dict[str, Ended]) -> None:
+    """on_failure: fail: the reset connection that is otherwise retried ends the run FAILED after one attempt."""
+    res, run_id = failed["policy_fail"].res, failed["policy_fail"].run_id
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "attempt 1 ended" not in res.stdout, "no requeue"
+    (only,) = attempt_records(run_dir(mlflow_server, run_id))
+    assert only["outcome"] == "failed" and only["reason"].startswith("network: DistNetworkError: Connection reset "
+                                                                     "by peer (injected at step 5 on rank 0)"), only
+    run = run_info(mlflow_server, run_id)
+    assert run.info.status == "FAILED" and run.data.tags["trainctl.state"] == "FAILED"
+    assert run.data.tags["trainctl.reason"] == only["reason"]
 
 
 def _rank0_log(rdir: Path) -> str:

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,36 @@ def digits_run(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> 
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert run_id
     return run_id, workdir, wall
+
+
+@dataclass
+class Requeued:
+    run_id: str
+    submit: subprocess.CompletedProcess  # the following `submit`
+    follow: subprocess.CompletedProcess  # `logs -f`, started as soon as submit printed the run id
+
+
+@pytest.fixture(scope="module")
+def requeued(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Requeued:
+    """One job that a network error at step 25 requeues once, its user code printing a line every step: `submit`
+    follows it and `logs -f` follows it at the same time (two readers, one job)."""
+    workdir = tmp_path_factory.mktemp("requeued")
+    sets = [*SHORT, "checkpoint.every_n_train_steps=10", f"workdir={workdir}", f"tracking.uri={mlflow_server}",
+            callbacks(("RaiseAtStep", {"step": 25, "rank": 0, "error": "network"}), ("PrintEveryStep", {}))]
+    args = [*TRAINCTL, "submit", "jobs/digits.yaml", *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "TRAINCTL_PROGRESS_S": "1", "PYTHONUNBUFFERED": "1"}
+    out, err = workdir / "submit.out", workdir / "submit.err"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=fo, stderr=fe, text=True)
+    try:
+        found = wait_for("submit's run id", lambda: re.search(r"run id:\s+([0-9a-f]{32})", out.read_text()), 180)
+        follow = run_cli("logs", found.group(1), "-f", "--tracking-uri", mlflow_server, timeout=400)
+        code = proc.wait(300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    submitted = subprocess.CompletedProcess(args, code, out.read_text(), err.read_text())
+    return Requeued(found.group(1), submitted, follow)
 
 
 @pytest.mark.stock
@@ -155,22 +187,9 @@ def test_stop_wanted_by_one_rank_stops_all(mlflow_server: str, tmp_path: Path) -
     assert final_checkpoint(run_dir(mlflow_server, run_id))["global_step"] < 60
 
 
-def test_crash_ends_failed_without_hanging(mlflow_server: str, tmp_path: Path) -> None:
-    t0 = time.monotonic()
-    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "fault_tolerance.on_failure=fail",
-                                                   callbacks(("RaiseAtStep", {"step": 15, "rank": 1}))], timeout=240)
-    assert res.returncode == 1, res.stdout[-2000:]
-    assert time.monotonic() - t0 < 200
-    run = run_info(mlflow_server, run_id)
-    assert run.info.status == "FAILED" and run.data.tags["trainctl.state"] == "FAILED"
-    assert "injected failure" in run.data.tags["trainctl.reason"] or "crash" in run.data.tags["trainctl.reason"]
-
-
-def test_crash_requeues_and_finishes_in_the_same_run(mlflow_server: str, tmp_path: Path) -> None:
+def test_crash_requeues_and_finishes_in_the_same_run(mlflow_server: str, requeued: Requeued) -> None:
     """An infrastructure failure (the DistNetworkError of a reset connection) is retried; submit says so."""
-    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "checkpoint.every_n_train_steps=10",
-                                                   callbacks(("RaiseAtStep", {"step": 25, "rank": 0,
-                                                                              "error": "network"}))], timeout=300)
+    res, run_id = requeued.submit, requeued.run_id
     assert res.returncode == 0, res.stdout[-3000:]
     assert "attempt 1 ended: network (DistNetworkError: Connection reset by peer (injected at step 25 on rank 0)); " \
            "requeue 2/4\n" in res.stdout, res.stdout[-3000:]
@@ -221,18 +240,6 @@ def test_ctrl_c_cancels_and_marks_killed(mlflow_server: str, tmp_path: Path) -> 
     assert run_id and run_info(mlflow_server, run_id).data.tags["trainctl.state"] == "KILLED"
 
 
-def test_lightning_namespace_module(mlflow_server: str, tmp_path: Path) -> None:
-    """A module written against `lightning.pytorch` (not `pytorch_lightning`) gets a Trainer of its namespace."""
-    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=1", "tracking.system_metrics=0",
-                                                   "model.class_path=trainctl.examples.digits_lightning.DigitsClassifier",
-                                                   "data.class_path=trainctl.examples.digits_lightning.DigitsDataModule"])
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    run = run_info(mlflow_server, run_id)
-    assert run.data.tags["trainctl.state"] == "FINISHED"
-    assert "train/loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("system/")], \
-        "system metrics off: not one sample (on, every node logs at least its last one)"
-
-
 def test_loader_trainctl_cannot_rebuild_is_tagged(mlflow_server: str, tmp_path: Path) -> None:
     """A training loader with its own batch sampler is left to Lightning (a resume restarts its epoch): the run
     says so in a tag, and the job still trains and finishes."""
@@ -252,39 +259,51 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
 
 
-def test_submit_starts_a_missing_local_server(tmp_path: Path) -> None:
-    """tracking.uri on a port of this machine where nothing answers: submit serves it (as `make mlflow` would)."""
-    import re
-
-    from trainctl.mlflow_server import answers
-
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path, str]]:
+    """(uri, run id, workdir, submit's stderr) of a 1-epoch job, system metrics off, whose module and data are written
+    against `lightning.pytorch` (the digits example's code), tracked at a port of this machine where nothing
+    answered: submit started a server there, stopped after the module."""
+    workdir = tmp_path_factory.mktemp("own-server")
     uri = f"http://127.0.0.1:{free_port()}"
-    res, run_id = submit(tmp_path, uri, [*SHORT, "trainer.max_epochs=1"])
+    res, run_id = submit(workdir, uri, [*SHORT, "trainer.max_epochs=1", "tracking.system_metrics=0",
+                                        "model.class_path=trainctl.examples.digits_lightning.DigitsClassifier",
+                                        "data.class_path=trainctl.examples.digits_lightning.DigitsDataModule"])
     started = re.search(r"started an MLflow server for \S+ \(pid (\d+)", res.stderr)
     try:
         assert res.returncode == 0 and run_id and started, res.stdout[-2000:] + res.stderr[-2000:]
-        assert answers(uri), "the server outlives the command"
-        assert run_info(uri, run_id).data.tags["trainctl.state"] == "FINISHED"
-        assert (tmp_path / "mlflow.db").is_file(), "it serves the workdir's store, like make mlflow"
+        yield uri, run_id, workdir, res.stderr
     finally:
         if started:
             os.killpg(int(started.group(1)), signal.SIGTERM)
 
 
+def test_submit_starts_a_missing_local_server(own_server: tuple[str, str, Path, str]) -> None:
+    """tracking.uri on a port of this machine where nothing answers: submit serves it (as `make mlflow` would)."""
+    from trainctl.mlflow_server import answers
+
+    uri, run_id, workdir, _ = own_server
+    assert answers(uri), "the server outlives the command"
+    assert run_info(uri, run_id).data.tags["trainctl.state"] == "FINISHED"
+    assert (workdir / "mlflow.db").is_file(), "it serves the workdir's store, like make mlflow"
+
+
+def test_lightning_namespace_module(own_server: tuple[str, str, Path, str]) -> None:
+    """A module written against `lightning.pytorch` (not `pytorch_lightning`) gets a Trainer of its namespace."""
+    uri, run_id, _, _ = own_server
+    run = run_info(uri, run_id)
+    assert run.data.tags["trainctl.state"] == "FINISHED"
+    assert "train/loss" in run.data.metrics and not [k for k in run.data.metrics if k.startswith("system/")], \
+        "system metrics off: not one sample (on, every node logs at least its last one)"
+
+
 MARK_LINE = re.compile(r"mark pid=\d+ step=\d+ 💡 █{150} end")
 
 
-def test_logs_follow_across_a_requeue(mlflow_server: str, tmp_path: Path) -> None:
+def test_logs_follow_across_a_requeue(mlflow_server: str, requeued: Requeued) -> None:
     """`logs -f` on a job that requeues once: a banner per attempt, progress lines, every line of the user's
     (multibyte, unflushed) output exactly once and whole, the run's state as exit code; then `logs` in order."""
-    sets = [*SHORT, "checkpoint.every_n_train_steps=10", f"workdir={tmp_path}", f"tracking.uri={mlflow_server}",
-            callbacks(("RaiseAtStep", {"step": 25, "rank": 0, "error": "network"}), ("PrintEveryStep", {}))]
-    res = run_cli("submit", "jobs/digits.yaml", "--detach", *[a for s in sets for a in ("--set", s)],
-                  env={"TRAINCTL_PROGRESS_S": "1"})
-    run_id = re.search(r"run id:\s+([0-9a-f]{32})", res.stdout)
-    assert res.returncode == 0 and run_id, res.stdout + res.stderr
-    rid = run_id.group(1)
-    follow = run_cli("logs", rid, "-f", "--tracking-uri", mlflow_server, timeout=400)
+    rid, follow = requeued.run_id, requeued.follow
     assert follow.returncode == 0, follow.stdout[-3000:] + follow.stderr[-2000:]
     out = follow.stdout.splitlines()
     assert out.count("── attempt 1 · cause first ──") == 1, follow.stdout[:3000]

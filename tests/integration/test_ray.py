@@ -4,7 +4,8 @@ the Ray Jobs API and a real MLflow server.
 Two workers on two nodes; a worker process killed mid-run (and a warning signal before that) → Ray Train restarts
 the group, which resumes from the last checkpoint in the same MLflow run with every step logged once; cancel →
 KILLED with the workers gone; specs the cluster can never hold → a clear error at submit, no job left pending;
-a module written against `lightning.pytorch`. The cluster holds one 2-worker job at a time: tests run one by one.
+a module written against `lightning.pytorch` (the two-node job). The cluster holds one 2-worker job at a time: tests
+run one by one.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ JOB = "jobs/digits-ray.yaml"
 API = "http://127.0.0.1:8265"
 SHORT = ["trainer.max_epochs=3", "early_stopping=null", "checkpoint.every_n_train_steps=null"]
 SUBMITTED: list[str] = []  # Ray jobs of this module: stopped at its end if still running
+LIGHTNING = ["model.class_path=trainctl.examples.digits_lightning.DigitsClassifier",
+             "data.class_path=trainctl.examples.digits_lightning.DigitsDataModule"]
 RANK_LINE = re.compile(r"trainctl: rank (\d+)/(\d+) on node (\S+) \(ray job (\S+), node \w+, pid (\d+)\)")
 
 
@@ -93,9 +96,11 @@ def uri(ray_cluster: None, cluster_mlflow: str) -> Iterator[str]:
 
 
 def test_digits_job_on_two_nodes(uri: str, tmp_path: Path) -> None:
-    """jobs/digits-ray.yaml, followed with --wait: one worker on each node, the usual run in MLflow."""
+    """jobs/digits-ray.yaml, followed with --wait: one worker on each node, the usual run in MLflow. Its module and
+    data are written against `lightning.pytorch` (the same code as the digits example): the workers build that
+    namespace's Trainer and strategy; the other tests here run `pytorch_lightning` ones."""
     t0 = time.monotonic()
-    res, run_id = submit(tmp_path, uri, ["trainer.max_epochs=5"], "--wait", job=JOB, timeout=300)
+    res, run_id = submit(tmp_path, uri, ["trainer.max_epochs=5", *LIGHTNING], "--wait", job=JOB, timeout=300)
     wall = time.monotonic() - t0
     assert res.returncode == 0 and run_id, res.stdout[-3000:] + res.stderr[-3000:]
     sid = re.search(r"Ray job (\S+) on", res.stdout).group(1)  # type: ignore[union-attr]
@@ -193,13 +198,3 @@ def test_impossible_spec_is_refused_at_once(uri: str, tmp_path: Path, sets: list
     (run,) = client.search_runs(exps, filter_string=f"tags.`trainctl.run_dir` LIKE '{tmp_path}%'")
     assert run.data.tags["trainctl.state"] == "FAILED" and "can never run" in run.data.tags["trainctl.reason"]
     assert not [j for j in _client().list_jobs() if (j.metadata or {}).get("trainctl.run_id") == run.info.run_id]
-
-
-def test_lightning_namespace_module(uri: str, tmp_path: Path) -> None:
-    """A module written against `lightning.pytorch`: the Ray workers build that namespace's Trainer and strategy."""
-    run_id, sid = _submit(tmp_path, uri, [*SHORT, "trainer.max_epochs=1",
-                                        "model.class_path=trainctl.examples.digits_lightning.DigitsClassifier",
-                                        "data.class_path=trainctl.examples.digits_lightning.DigitsDataModule"])
-    assert wait_state(uri, run_id, {"FINISHED", "FAILED", "KILLED"}, 240) == "FINISHED"
-    assert steps(uri, run_id) == list(range(20))
-    assert _job_end(sid) == "SUCCEEDED"
