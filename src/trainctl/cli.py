@@ -64,7 +64,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if _sweep().is_sweep(args.job):
         sub = _sweep().submit(args.job, args.set, args.backend, args.dry_run, dirs)
         print(sub.text, flush=True)
-        return _sweep().wait(sub.sweep_id, sub.uri) if _follows(args, sub.backend) and sub.sweep_id else 0
+        return _watch_sweep(sub.sweep_id, sub.uri) if _follows(args, sub.backend) and sub.sweep_id else 0
     spec = load_spec(args.job, [*args.set, *([f"backend.kind={args.backend}"] if args.backend else [])])
     ref, detail = control.submit(spec, dry_run=args.dry_run, source=args.job, import_dirs=dirs)
     if ref is None:
@@ -174,10 +174,17 @@ def _sweep_logs(args: argparse.Namespace, ref: Any) -> int:
         print(render_sweep(ref.run_id, ref.run_dir / "logs", _sweep().rows(ref)[2], args.tail))
         return 0
     print(f"following sweep {ref.run_id} until it ends; `trainctl logs -f RUN_ID` follows one trial's output")
+    return _watch_sweep(ref.run_id, ref.uri)
+
+
+def _watch_sweep(sweep_id: str, uri: str) -> int:
+    """Follow a sweep to its end (submit, resume, logs -f). Ctrl-C stops the watching only: a sweep holds many
+    trials' work, so ending them takes the explicit `trainctl cancel SWEEP`."""
     try:
-        return int(_sweep().wait(ref.run_id, ref.uri))
-    except KeyboardInterrupt:  # watching stops; the sweep is not cancelled (`trainctl cancel` does that)
-        print(f"\nstopped following sweep {ref.run_id}; it goes on", file=sys.stderr)
+        return int(_sweep().wait(sweep_id, uri))
+    except KeyboardInterrupt:
+        print(f"\nstopped following sweep {sweep_id}; it goes on (`trainctl cancel {sweep_id}` ends it)",
+              file=sys.stderr)
         return 130
 
 
@@ -260,7 +267,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     found = control.find_run(args.run_id, _uri(args))
     if _is_sweep(found):
         print(_sweep().resume(found))
-        return _sweep().wait(found.run_id, found.uri) if _follows(args, found.backend) else 0
+        return _watch_sweep(found.run_id, found.uri) if _follows(args, found.backend) else 0
     ref, text = resume(args.run_id, _uri(args), args.from_, args.set, args.backend)
     print(text, flush=True)
     return _follow(ref) if ref is not None and _follows(args, ref.backend) else 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 from helpers import (
+    ROOT,
+    TRAINCTL,
     assert_same_training_state,
     final_checkpoint,
     run_cli,
@@ -117,6 +120,14 @@ def test_local_sweep_cancelled_then_resumed(mlflow_server: str, tmp_path: Path) 
         return kids if len(busy) == 2 else []
 
     first = _wait("two trials training", two_training, 240)
+    # Ctrl-C while following the sweep (as submit and resume follow it) stops the watching only
+    watcher = subprocess.Popen([*TRAINCTL, "logs", parent, "-f", "--tracking-uri", uri], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert watcher.stdout is not None and "following sweep" in watcher.stdout.readline()
+    watcher.send_signal(signal.SIGINT)
+    out, err = watcher.communicate(timeout=60)
+    assert watcher.returncode == 130 and "Traceback" not in err and f"trainctl cancel {parent}" in err, out + err
+    assert _state(uri, parent) == "RUNNING"
     res = run_cli("cancel", parent, "--tracking-uri", uri, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "no trial of it is left running" in res.stdout
