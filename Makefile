@@ -43,11 +43,16 @@ submit: venv ## Validate, submit and follow a job to its end (any backend; a Ray
 resume: venv ## Resume a run by id: make resume RUN=<run_id> [ARGS='--from best']
 	$(TRAINCTL) resume $(RUN) $(ARGS)
 
-test: venv-all ## Run the whole test suite (starts MLflow/SLURM/Ray when it can)
-	$(PY) -m pytest $(ARGS)
+# Two pytest-xdist workers: the jobs under test spend much of their time waiting (on a scheduler, a signal, a slowed
+# step), so two overlap well even on 2 cores. tests/conftest.py groups the tests that share a cluster.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
+test: venv-all ## Run the whole test suite (starts MLflow/SLURM/Ray when it can) [TEST_WORKERS=2]
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(ARGS)
 
 test-stock: venv-all ## The stock-Lightning lane: the `stock` tests with the speedups off (TRAINCTL_SPEEDUPS=0)
-	TRAINCTL_SPEEDUPS=0 $(PY) -m pytest -m stock $(ARGS)
+	TRAINCTL_SPEEDUPS=0 $(PY) -m pytest -m stock $(PYTEST_PARALLEL) $(ARGS)
 
 lint: venv-dev ## ruff check (the code is hand-formatted at 120 columns; `ruff format` is not enforced)
 	$(VENV)/bin/ruff check src tests bench

@@ -1,4 +1,5 @@
-"""Session services for the tests: a real MLflow server, SLURM cluster and Ray cluster.
+"""Session services for the tests: a real MLflow server, SLURM cluster and Ray cluster; and how `make test` shares
+the tests among its pytest-xdist workers.
 
 Each fixture reuses a running instance and stops only what it started. A test that needs a service that is
 missing skips on a developer machine, but fails when CI=true: skips are not passes.
@@ -14,6 +15,33 @@ from pathlib import Path
 
 import pytest
 from helpers import IN_CI, ROOT, require, serve_mlflow, serve_production_mlflow
+
+
+# Tests that share one cluster run in one worker, one after another: some take the cluster's nodes down, and
+# several need all of its nodes at once. Every other file is a group of its own, so that its module fixtures (a
+# reference run, a shared job) are made once.
+CLUSTER_GROUPS = {"slurm_cluster": "slurm", "ray_cluster": "ray"}
+
+
+def _tier(group: str) -> int:
+    """Groups are handed out in this order: the cluster groups first (they wait on a scheduler most and so overlap
+    best with the CPU-bound local jobs), then the faults and integration files, the unit files last (they fill the
+    gaps at the end)."""
+    if group in CLUSTER_GROUPS.values():
+        return 0
+    return 1 if group.startswith(("tests/faults/", "tests/integration/")) else 2
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each test its xdist group (`--dist loadgroup`, see the Makefile) and order the groups by tier."""
+    groups = {}
+    for item in items:
+        group = next((g for f, g in CLUSTER_GROUPS.items() if f in getattr(item, "fixturenames", ())),
+                     item.nodeid.split("::")[0])
+        item.add_marker(pytest.mark.xdist_group(group))
+        groups[item.nodeid] = group
+    items.sort(key=lambda item: _tier(groups[item.nodeid]))  # stable: collection order within a tier
 
 
 @pytest.fixture(scope="session", autouse=True)
