@@ -1,7 +1,8 @@
 """Lightning's noise, shown once or not at all, so that a rank's log is the user's output and trainctl's lines.
 
-Dropped: Lightning's tips (`💡 Tip: …`) and the `srun` warning a host with SLURM installed raises (trainctl
-starts the ranks itself). Shown once per process: the `weights_only` note Lightning logs for every checkpoint it
+Dropped: Lightning's tips (`💡 Tip: …`), the `srun` warning a host with SLURM installed raises (trainctl
+starts the ranks itself), and torch's deprecation of `LeafSpec`, which Lightning's own code triggers on every
+checkpoint (the user can do nothing about it; raised from the user's code, it still shows). Shown once per process: the `weights_only` note Lightning logs for every checkpoint it
 loads. A record that reaches two handlers (the root one the worker sets up, and Lightning's own on
 `lightning.pytorch` or submitit's) is written once. The user's prints, warnings and log records pass untouched.
 """
@@ -16,6 +17,8 @@ LIGHTNING_LOGGERS = ("lightning.pytorch", "pytorch_lightning", "lightning.fabric
 DROP = ("💡 Tip:",)
 ONCE = ("`weights_only` was not set",)
 SRUN_WARNING = r"The `srun` command is available on your system but is not used"
+LEAFSPEC_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+LIGHTNING_MODULES = r"(pytorch_lightning|lightning)\."
 
 
 class LightningNoise(logging.Filter):
@@ -39,9 +42,14 @@ class LightningNoise(logging.Filter):
         return True
 
 
+def drop_lightning_warnings() -> None:
+    warnings.filterwarnings("ignore", message=SRUN_WARNING)
+    warnings.filterwarnings("ignore", message=LEAFSPEC_DEPRECATION, category=FutureWarning, module=LIGHTNING_MODULES)
+
+
 def install() -> None:
     """After logging.basicConfig: filter the root handlers; Lightning's loggers write through root only."""
-    warnings.filterwarnings("ignore", message=SRUN_WARNING)
+    drop_lightning_warnings()
     noise = LightningNoise()
     root = logging.getLogger()
     for handler in root.handlers:
