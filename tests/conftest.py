@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from helpers import IN_CI, ROOT, require, serve_mlflow, serve_production_mlflow
 
-
 # Tests that share one cluster run in one worker, one after another: some take the cluster's nodes down, and
 # several need all of its nodes at once. Every other file is a group of its own, so that its module fixtures (a
 # reference run, a shared job) are made once.

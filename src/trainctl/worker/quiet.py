@@ -2,9 +2,10 @@
 
 Dropped: Lightning's tips (`💡 Tip: …`), the `srun` warning a host with SLURM installed raises (trainctl
 starts the ranks itself), and torch's deprecation of `LeafSpec`, which Lightning's own code triggers on every
-checkpoint (the user can do nothing about it; raised from the user's code, it still shows). Shown once per process: the `weights_only` note Lightning logs for every checkpoint it
-loads. A record that reaches two handlers (the root one the worker sets up, and Lightning's own on
-`lightning.pytorch` or submitit's) is written once. The user's prints, warnings and log records pass untouched.
+checkpoint (the user can do nothing about it; raised from the user's code, it still shows). Shown once per
+process: the `weights_only` note Lightning logs for every checkpoint it loads. A record that reaches two handlers
+(the root one the worker sets up, and Lightning's own on `lightning.pytorch` or submitit's) is written once. The
+user's prints, warnings and log records pass untouched.
 """
 
 from __future__ import annotations
