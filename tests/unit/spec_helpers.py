@@ -57,6 +57,13 @@ def mutate(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return out
 
 
-DELETE = object()
+class _Delete:
+    """A mutation's value that removes the key; its repr is stable, as test ids must be in every xdist worker."""
+
+    def __repr__(self) -> str:
+        return "<delete>"
+
+
+DELETE = _Delete()
 
 
