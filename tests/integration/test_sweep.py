@@ -120,10 +120,12 @@ def test_local_sweep_cancelled_then_resumed(mlflow_server: str, tmp_path: Path) 
     then `resume SWEEP` continues both in their own runs, runs the third, and the parent names the best trial."""
     uri = mlflow_server
     parent = _submit(LOCAL, tmp_path, uri, LOCAL_SETS, "--detach")
-    # Ctrl-C while following the sweep (as submit and resume follow it) stops the watching only; the follower
-    # starts now so that its start-up is not spent while the trials train
+    # Ctrl-C while following the sweep (as submit and resume follow it) stops the watching only. The follower
+    # starts before the trials train, so its start-up is not spent in the cancel's window and Ctrl-C reaches it
+    # while it follows.
     watcher = subprocess.Popen([*TRAINCTL, "logs", parent, "-f", "--tracking-uri", uri], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert watcher.stdout is not None and "following sweep" in watcher.stdout.readline()
 
     def two_training() -> list[Any]:
         kids = _children(uri, parent)
@@ -131,7 +133,6 @@ def test_local_sweep_cancelled_then_resumed(mlflow_server: str, tmp_path: Path) 
         return kids if len(busy) == 2 else []
 
     first = _wait("two trials training", two_training, 240, poll=0.5)
-    assert watcher.stdout is not None and "following sweep" in watcher.stdout.readline()
     watcher.send_signal(signal.SIGINT)
     out, err = watcher.communicate(timeout=60)
     assert watcher.returncode == 130 and "Traceback" not in err and f"trainctl cancel {parent}" in err, out + err
