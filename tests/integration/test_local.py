@@ -204,7 +204,7 @@ def test_two_jobs_at_once_and_cancel(mlflow_server: str, tmp_path: Path) -> None
     """Two jobs on this host at once (own rendezvous ports); cancelling one ends it KILLED, never requeued."""
     long_job = [*SHORT, callbacks(("SlowSteps", {"seconds": 1.0}))]
     res_a, a = submit(tmp_path / "a", mlflow_server, long_job, "--detach")
-    res_b, b = submit(tmp_path / "b", mlflow_server, SHORT, "--detach")
+    res_b, b = submit(tmp_path / "b", mlflow_server, [*SHORT, "trainer.max_epochs=1"], "--detach")
     assert res_a.returncode == 0 and res_b.returncode == 0 and a and b
     assert wait_state(mlflow_server, a, {"RUNNING", "FINISHED", "FAILED"}, 180) == "RUNNING"
     cancel = run_cli("cancel", a, "--tracking-uri", mlflow_server)
