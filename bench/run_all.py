@@ -280,10 +280,11 @@ def run(quick: bool, only: set[str] | None, log: Any) -> dict[str, Any]:
                     sample_cpu_ms=sm["sample_cpu_ms"], core_share_at_default_interval=sm[
                         "core_share_at_default_interval"])
 
-            # ---- the tracking server's ceiling, on servers of its own (quick: sqlite, 2 jobs)
+            # ---- the tracking server's ceiling, on servers of its own (quick: 2 jobs in one client process, to
+            # this run's own sqlite server)
             tl = section("tracking_load", lambda: tracking_load.run(
-                [2] if quick else [1, 4, 16, 64], 3.0 if quick else 8.0, 20, 5,
-                ["sqlite"] if quick else ["sqlite", "postgres"], 4, log=log))
+                [2], 3.0, 20, 5, ["sqlite"], 4, log=log, sqlite_at=tmp / "mlflow", uri_at=uri, max_procs=1)
+                if quick else tracking_load.run([1, 4, 16, 64], 8.0, 20, 5, ["sqlite", "postgres"], 4, log=log))
             for server in ("sqlite", "postgres") if tl else ():
                 key = f"tracking_load_points_per_s_{server}"
                 ratios[key] = _skipped(key, "quick") if server not in tl else _entry(

@@ -117,13 +117,14 @@ def _pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
 
 
-def measure(uri: str, server_pids: list[int], n: int, steps_per_s: int, keys: int, seconds: float) -> dict[str, Any]:
+def measure(uri: str, server_pids: list[int], n: int, steps_per_s: int, keys: int, seconds: float,
+            max_procs: int = MAX_PROCS) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from trainctl.metrics import upload_spool
 
     run_ids = [new_run(uri, f"load-{n}-{i}") for i in range(n)]
-    procs = min(n, MAX_PROCS)
+    procs = min(n, max_procs)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     spool = tempfile.mkdtemp(prefix="bench-load-spool-")
@@ -159,24 +160,34 @@ def measure(uri: str, server_pids: list[int], n: int, steps_per_s: int, keys: in
     }
 
 
+def lean_server_pids(workdir: Path) -> list[int]:
+    """The pid of the lean MLflow server started in `workdir` (its workers are its children)."""
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if str(workdir) in " ".join(
+        p.info["cmdline"] or []) and "mlflow" in " ".join(p.info["cmdline"] or [])][:1]
+
+
 def run(jobs: list[int], seconds: float, steps_per_s: int, keys: int, servers: list[str], pg_workers: int,
-        log: Any = print) -> dict[str, Any]:
+        log: Any = print, sqlite_at: Path | None = None, uri_at: str | None = None,
+        max_procs: int = MAX_PROCS) -> dict[str, Any]:
+    """sqlite_at / uri_at: a lean server already running there (run_all --quick shares its own) instead of a
+    fresh one; max_procs: the most client processes the jobs are spread over."""
     out: dict[str, Any] = {"seconds": seconds, "steps_per_s": steps_per_s, "keys": keys, "pg_workers": pg_workers,
                            "load_before": os.getloadavg()[0]}
     for server in servers:
         with contextlib.ExitStack() as stack:
-            if server == "sqlite":
+            if server == "sqlite" and sqlite_at is not None and uri_at:
+                uri, pids = uri_at, lean_server_pids(sqlite_at)
+            elif server == "sqlite":
                 tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-load-sqlite-")))
                 uri = stack.enter_context(mlflow_server(tmp))
-                import psutil
-
-                pids = [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp) in " ".join(
-                    p.info["cmdline"] or []) and "mlflow" in " ".join(p.info["cmdline"] or [])][:1]
+                pids = lean_server_pids(tmp)
             else:
                 uri, pids = stack.enter_context(postgres_server(pg_workers))
             rows = []
             for n in jobs:
-                rows.append(measure(uri, pids, n, steps_per_s, keys, seconds))
+                rows.append(measure(uri, pids, n, steps_per_s, keys, seconds, max_procs))
                 log(json.dumps({"server": server, **{k: (round(v, 3) if isinstance(v, float) else v)
                                                      for k, v in rows[-1].items()}}))
             knee = next((r["jobs"] for r in rows if r["backlog_grows"]), None)

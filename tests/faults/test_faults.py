@@ -35,7 +35,9 @@ BASE = ["trainer.max_epochs=2", "early_stopping=null", "checkpoint.every_n_train
         "data.init_args.num_workers=2"]
 LAST_STEP = 40
 ENDED = ("FINISHED", "FAILED")
-OUTAGE_STEPS = 15  # of 3 s each: the sink spools and retries through ≥ 45 s without a server
+OUTAGE_STEPS, OUTAGE_S = 15, 45.0  # of 3 s each: the sink spools and retries through ≥ 45 s without a server
+# Steps are slow (3 s) only up to here: the outage starts at step ≈ 2 and ends by ≈ 17; the rest runs at full speed.
+SLOW_UNTIL = 22
 # One interrupt point per distinct situation (an odd step sends SIGUSR2 to rank 0, an even one SIGTERM to rank 1):
 # 1: right after the first step, before any reduce has been read; 6: mid first epoch; 19: the first epoch's last
 # step (the stop waits for the epoch's end, the resume starts at an epoch boundary); 32: mid second epoch (the
@@ -175,7 +177,7 @@ def _rank0_step(rdir: Path) -> int:
 
 def test_tracking_outage_loses_no_metric(tmp_path: Path) -> None:
     """The MLflow server dies mid-run for OUTAGE_STEPS steps (≥ 45 s): training goes on, every point arrives once
-    it is back."""
+    it is back. The steps after the outage run at full speed (SlowSteps until SLOW_UNTIL)."""
     from trainctl.mlflow_server import answers, start
 
     port = free_port()
@@ -188,7 +190,8 @@ def test_tracking_outage_loses_no_metric(tmp_path: Path) -> None:
         return proc
 
     server = up()
-    sets = [f"workdir={tmp_path / 'w'}", f"tracking.uri={uri}", *BASE, callbacks(("SlowSteps", {"seconds": 3.0}))]
+    slow = callbacks(("SlowSteps", {"seconds": 3.0, "until_step": SLOW_UNTIL}))
+    sets = [f"workdir={tmp_path / 'w'}", f"tracking.uri={uri}", *BASE, slow]
     args = ["submit", "jobs/digits.yaml", "--detach"]
     for assignment in sets:
         args += ["--set", assignment]
@@ -199,12 +202,15 @@ def test_tracking_outage_loses_no_metric(tmp_path: Path) -> None:
     wait_steps(uri, run_id, 2)  # training is under way
     server.send_signal(signal.SIGTERM)
     server.wait(30)
-    down_at = _rank0_step(rdir)
-    wait_for(f"{OUTAGE_STEPS} steps trained while MLflow is down",
-             lambda: _rank0_step(rdir) >= down_at + OUTAGE_STEPS, 300)
+    down, down_at = time.monotonic(), _rank0_step(rdir)
+    assert down_at + OUTAGE_STEPS < SLOW_UNTIL, f"the outage must fall in the slow steps; it began at {down_at}"
+    wait_for(f"{OUTAGE_STEPS} steps and {OUTAGE_S:.0f} s trained while MLflow is down",
+             lambda: _rank0_step(rdir) >= down_at + OUTAGE_STEPS and time.monotonic() - down >= OUTAGE_S, 300)
+    print(f"MLflow down from step {down_at} to {_rank0_step(rdir)}, {time.monotonic() - down:.1f} s")
     server = up()
     try:
-        wait_for("the run's end", lambda: run_info(uri, run_id).data.tags.get("trainctl.state") in ENDED, 300, every=2)
+        wait_for("the run's end", lambda: run_info(uri, run_id).data.tags.get("trainctl.state") in ENDED, 300,
+                 every=0.5)
         assert run_info(uri, run_id).data.tags["trainctl.state"] == "FINISHED"
         _assert_history_once(uri, run_id)
         assert len(steps(uri, run_id, "grad/norm")) == LAST_STEP

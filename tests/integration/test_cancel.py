@@ -29,6 +29,7 @@ pytestmark = pytest.mark.mlflow
 SLOW = [*SHORT, "trainer.max_epochs=10", callbacks(("SlowSteps", {"seconds": 0.5}))]
 HUNG = [*SHORT, "trainer.max_epochs=10", callbacks(("HangAtStep", {"step": 4, "rank": 1}))]
 SIGINT_BIT = 1 << (signal.SIGINT - 1)
+HUNG_GRACE_S = 4  # the hung job never ends on its own: any grace runs out, a short one keeps the test short
 
 
 def _submit_line(workdir: Path, uri: str, *extra: str, sets: list[str] = SLOW) -> list[str]:
@@ -112,7 +113,7 @@ def _cancel_four(mlflow_server: str, tmp_path: Path, hows: tuple[str, ...]) -> N
         assert set(ranks) <= set(_group(controller)), f"{how}: the ranks are in the job's group"
     t0 = time.monotonic()
     cancels = {how: subprocess.Popen([*TRAINCTL, "cancel", runs[how], "--tracking-uri", mlflow_server, "--grace",
-                                      "10" if how == "hung" else "60"], cwd=ROOT,
+                                      str(HUNG_GRACE_S) if how == "hung" else "60"], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for how in hows}
     said = {how: proc.communicate(timeout=240)[0] for how, proc in cancels.items()}
     took = time.monotonic() - t0
@@ -129,7 +130,7 @@ def _cancel_four(mlflow_server: str, tmp_path: Path, hows: tuple[str, ...]) -> N
         (attempt,) = [json.loads(p.read_text()) for p in sorted((rdir / "attempts").glob("*.json"))]
         assert attempt["outcome"] == "killed" and attempt["ended"] is not None, (how, attempt)
         if how == "hung":  # the stop path cannot finish: the grace runs out, the group is killed, cancel closes
-            assert "after 10 s" in text and "SIGKILL to" in text, text
+            assert f"after {HUNG_GRACE_S} s" in text and "SIGKILL to" in text, text
             assert attempt["step"] is None and "ended before a verdict" in attempt["reason"], attempt
             continue
         assert attempt["step"] is not None and attempt["step"] >= 3, (how, attempt)  # the ranks' stop path ran

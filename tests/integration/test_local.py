@@ -144,7 +144,7 @@ def test_best_checkpoint_loads_and_resume_forks(mlflow_server: str, digits_run: 
 
 
 def test_resume_last_continues_the_same_run(mlflow_server: str, tmp_path: Path) -> None:
-    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=2", "data.init_args.num_workers=2"])
+    res, run_id = submit(tmp_path, mlflow_server, [*SHORT, "trainer.max_epochs=1", "data.init_args.num_workers=2"])
     assert res.returncode == 0 and run_id, res.stderr[-2000:]
     before = steps(mlflow_server, run_id)
     res = run_cli("resume", run_id, "--set", "trainer.max_epochs=3", "--tracking-uri", mlflow_server, timeout=300)
@@ -153,7 +153,8 @@ def test_resume_last_continues_the_same_run(mlflow_server: str, tmp_path: Path) 
     assert after == list(range(after[0], after[-1] + 1)) and len(after) > len(before)
     tags = run_info(mlflow_server, run_id).data.tags
     assert tags["trainctl.state"] == "FINISHED" and tags["trainctl.attempt.2.cause"] == "resume"
-    # keep_resume (2) counts across attempts: of the saves at steps 20, 40, 60 the two newest stay
+    # keep_resume (2) counts across attempts: of the saves at steps 20 (the first attempt's), 40, 60 the two newest
+    # stay
     assert [p.name for p in sorted((run_dir(mlflow_server, run_id) / "checkpoints" / "resume").glob("*.ckpt"))] \
         == ["step-000000040.ckpt", "step-000000060.ckpt"]
     # checkpoints/last holds the newest checkpoint only, under a fixed name
@@ -204,7 +205,7 @@ def test_two_jobs_at_once_and_cancel(mlflow_server: str, tmp_path: Path) -> None
     """Two jobs on this host at once (own rendezvous ports); cancelling one ends it KILLED, never requeued."""
     long_job = [*SHORT, callbacks(("SlowSteps", {"seconds": 1.0}))]
     res_a, a = submit(tmp_path / "a", mlflow_server, long_job, "--detach")
-    res_b, b = submit(tmp_path / "b", mlflow_server, SHORT, "--detach")
+    res_b, b = submit(tmp_path / "b", mlflow_server, [*SHORT, "trainer.max_epochs=1"], "--detach")
     assert res_a.returncode == 0 and res_b.returncode == 0 and a and b
     assert wait_state(mlflow_server, a, {"RUNNING", "FINISHED", "FAILED"}, 180) == "RUNNING"
     cancel = run_cli("cancel", a, "--tracking-uri", mlflow_server)

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,15 @@ pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 LOCAL = "jobs/digits-sweep.yaml"
 SLURM = "jobs/digits-sweep-slurm.yaml"
 STEPS = 40  # 2 epochs x 20 steps of digits on one rank
-# The local trials: one epoch (20 steps) of a second each, so that a cancel lands mid-run.
-LOCAL_SETS = ["sweep.trials=3", "trainer.max_epochs=1",
-              'callbacks=[{class_path: trainctl.testing.faults.SlowSteps, init_args: {seconds: 1.0}}]']
+
+
+def _slow(seconds: float) -> str:
+    """A SlowSteps callback: a trial that lasts long enough for a cancel or a requeue to land mid-run."""
+    return f'callbacks=[{{class_path: trainctl.testing.faults.SlowSteps, init_args: {{seconds: {seconds}}}}}]'
+
+
+# The local trials: one epoch (20 steps) of 0.5 s each (10 s); the cancel lands within ~3 s of both training.
+LOCAL_SETS = ["sweep.trials=3", "trainer.max_epochs=1", _slow(0.5)]
 
 
 def _submit(job: str, workdir: Path, uri: str, sets: list[str], *extra: str) -> str:
@@ -113,17 +120,19 @@ def test_local_sweep_cancelled_then_resumed(mlflow_server: str, tmp_path: Path) 
     then `resume SWEEP` continues both in their own runs, runs the third, and the parent names the best trial."""
     uri = mlflow_server
     parent = _submit(LOCAL, tmp_path, uri, LOCAL_SETS, "--detach")
+    # Ctrl-C while following the sweep (as submit and resume follow it) stops the watching only. The follower
+    # starts before the trials train, so its start-up is not spent in the cancel's window and Ctrl-C reaches it
+    # while it follows.
+    watcher = subprocess.Popen([*TRAINCTL, "logs", parent, "-f", "--tracking-uri", uri], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert watcher.stdout is not None and "following sweep" in watcher.stdout.readline()
 
     def two_training() -> list[Any]:
         kids = _children(uri, parent)
         busy = [k for k in kids if len(steps(uri, k.info.run_id)) >= 2]
         return kids if len(busy) == 2 else []
 
-    first = _wait("two trials training", two_training, 240)
-    # Ctrl-C while following the sweep (as submit and resume follow it) stops the watching only
-    watcher = subprocess.Popen([*TRAINCTL, "logs", parent, "-f", "--tracking-uri", uri], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    assert watcher.stdout is not None and "following sweep" in watcher.stdout.readline()
+    first = _wait("two trials training", two_training, 240, poll=0.5)
     watcher.send_signal(signal.SIGINT)
     out, err = watcher.communicate(timeout=60)
     assert watcher.returncode == 130 and "Traceback" not in err and f"trainctl cancel {parent}" in err, out + err
@@ -194,10 +203,13 @@ def test_slurm_sweep_is_one_array_and_a_requeued_task_resumes_its_trial(slurm_cl
     """A 2 x 2 grid as one array (%2): TARGET's trial is requeued mid-run, goes on in its own child run with every
     step once, and its final weights equal those of the same values run uninterrupted as a plain job."""
     uri = mlflow_server
-    slow = 'callbacks=[{class_path: trainctl.testing.faults.SlowSteps, init_args: {seconds: 0.5}}]'
-    plain = _plain_job(tmp_path, uri)  # on the third node while the array runs
-    parent = _submit(SLURM, tmp_path, uri, ["sweep.space.model.init_args.lr.grid=[0.001, 0.01]",
-                                            "sweep.space.model.init_args.hidden.grid=[32, 128]", *SLURM_SETS, slow])
+    slow = _slow(0.25)  # 40 steps in 10 s: the requeue window (steps 5..20) is ~4 s, a look below under 1 s
+    with ThreadPoolExecutor(1) as pool:  # the plain job's submit alongside the sweep's; it runs beside the array
+        submitting = pool.submit(_plain_job, tmp_path, uri)
+        parent = _submit(SLURM, tmp_path, uri, ["sweep.space.model.init_args.lr.grid=[0.001, 0.01]",
+                                                "sweep.space.model.init_args.hidden.grid=[32, 128]", *SLURM_SETS,
+                                                slow])
+        plain = submitting.result()
     array = MlflowClient(tracking_uri=uri).get_run(parent).data.tags["trainctl.scheduler_job_id"]
     sweep_dir = Path(MlflowClient(tracking_uri=uri).get_run(parent).data.tags["trainctl.run_dir"])
     most, requeued, deadline = 0, None, time.monotonic() + 600
@@ -252,23 +264,27 @@ RAY_API = f"http://127.0.0.1:{os.environ.get('TRAINCTL_RAY_DASHBOARD_PORT', '826
 
 @pytest.mark.ray
 def test_ray_sweep_two_at_once_cancelled_then_resumed(ray_cluster: None, cluster_mlflow: str, tmp_path: Path) -> None:
-    """4 trials, 2 at once, each its own Ray job: `status SWEEP` while two train, `cancel SWEEP` stops both jobs
-    (KILLED, no third starts), `resume SWEEP` continues them in their own runs and runs the rest; the parent names
-    the best trial and never more than 2 trials (Ray jobs) ran at once."""
+    """3 trials, 2 at once, each its own Ray job: `cancel SWEEP` while two train stops both jobs (KILLED, the
+    third does not start; `status SWEEP` shows it), `resume SWEEP` continues them in their own runs and runs the
+    third; the parent names the best trial and never more than 2 trials (Ray jobs) ran at once."""
     from ray.job_submission import JobSubmissionClient
 
     uri = cluster_mlflow
-    slow = 'callbacks=[{class_path: trainctl.testing.faults.SlowSteps, init_args: {seconds: 1.5}}]'
-    parent = _submit(RAY, tmp_path, uri, [f"backend.ray.address={RAY_API}", "trainer.max_epochs=1", slow])
+    # 20 steps in 30 s: the two jobs start up to ~8 s apart and a cancel takes ~9 s to land, so 1.5 s a step
+    # keeps both training until it lands; a checkpoint every 2 steps lets the resumed trials go on from it
+    parent = _submit(RAY, tmp_path, uri, [f"backend.ray.address={RAY_API}", "trainer.max_epochs=1", _slow(1.5),
+                                          "sweep.space.model.init_args.lr.grid=[0.001, 0.003, 0.01]",
+                                          "sweep.space.model.init_args.hidden.grid=[32]",
+                                          "checkpoint.every_n_train_steps=2"])
     cl = MlflowClient(tracking_uri=uri)
     sweep_dir = Path(cl.get_run(parent).data.tags["trainctl.run_dir"])
 
     def two_training() -> list[Any]:  # both at once: their jobs start some seconds apart
         kids = _children(uri, parent)
-        busy = [k for k in kids if _state(uri, k.info.run_id) == "RUNNING" and len(steps(uri, k.info.run_id)) >= 2]
+        busy = [k for k in kids if _state(uri, k.info.run_id) == "RUNNING" and steps(uri, k.info.run_id)]
         return kids if len(busy) == 2 else []
 
-    first = _wait("two trials training on Ray at once", two_training, 300)
+    first = _wait("two trials training on Ray at once", two_training, 300, poll=0.5)
     res = run_cli("cancel", parent, "--tracking-uri", uri, timeout=300)
     assert res.returncode == 0 and "no trial of it is left running" in res.stdout, res.stdout + res.stderr
     assert _state(uri, parent) == "KILLED"
@@ -288,12 +304,12 @@ def test_ray_sweep_two_at_once_cancelled_then_resumed(ray_cluster: None, cluster
 
     res = run_cli("resume", parent, "--tracking-uri", uri, "--wait", timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    _check_parent_and_children(uri, parent, 4, 20)
+    _check_parent_and_children(uri, parent, 3, 20)
     for k in first:  # continued in the same child run, from its checkpoint
         assert int(cl.get_run(k.info.run_id).data.tags["trainctl.attempt"]) >= 2
     assert _most_at_once(_attempt_windows(sweep_dir)) <= 2
     ended = ours()  # Ray's own record: 2 stopped jobs, then one per trial resumed or started
-    assert len(ended) == 6 and sum(j.status == "SUCCEEDED" for j in ended) == 4, ended
+    assert len(ended) == 5 and sum(j.status == "SUCCEEDED" for j in ended) == 3, ended
     assert _most_at_once([(j.start_time / 1e3, j.end_time / 1e3) for j in ended]) <= 2
     table = json.loads(run_cli("status", parent, "--tracking-uri", uri, "--json").stdout)
     assert table["trial_runs"][0]["run_id"] == cl.get_run(parent).data.tags["trainctl.best_trial"], table

@@ -355,14 +355,13 @@ def test_every_mutation_exits_2_through_main_in_process(tmp_path: Path, empty_cw
 
 # ---------------------------------------------------------------- a handful through the real CLI
 
+# What the real process adds to the in-process runs above (exit status, nothing on stderr but the error, no file
+# written) does not depend on the mutation, so four cases suffice: submit and validate twice each, the three
+# backends, shell metacharacters, a path traversal and a class check.
 CLI_CASES = [
-    Mutation("digits", ("resources", "nodes"), -1, "absurd-number"),
     Mutation("digits", ("name",), "x; touch pwned", "shell-or-traversal"),
-    Mutation("slurm", ("tracking", "uri"), "http://h:5000/$(touch pwned)", "shell-or-traversal"),
-    Mutation("slurm", ("backend", "slurm", "sbatch", "chdir"), "/tmp", "sbatch-option"),
-    Mutation("ray", ("backend", "ray", "env_vars", "HF_TOKEN"), 5, "env-vars"),
     Mutation("digits", ("model", "class_path"), "trainctl.examples.digits.Nope", "bad-class-path", classes=True),
-    Mutation("digits", ("trainer", "devices"), 4, "trainer-arg", classes=True),
+    Mutation("slurm", ("tracking", "uri"), "http://h:5000/$(touch pwned)", "shell-or-traversal"),
     Mutation("ray", ("experiment",), "../../etc", "shell-or-traversal"),
 ]
 

@@ -94,13 +94,17 @@ class HangAtStep(pl.Callback):
 
 
 class SlowSteps(pl.Callback):
-    """Sleep `seconds` after every step: stretches a short job so that a time limit or a signal lands mid-run."""
+    """Sleep `seconds` after every step: stretches a short job so that a time limit or a signal lands mid-run.
+    With `until_step`, only while trainer.global_step < until_step: the window a test needs is slow, the rest of
+    the job runs at full speed."""
 
-    def __init__(self, seconds: float = 0.1) -> None:
+    def __init__(self, seconds: float = 0.1, until_step: int | None = None) -> None:
         self.seconds = seconds
+        self.until_step = until_step
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        time.sleep(self.seconds)
+        if self.until_step is None or trainer.global_step < self.until_step:
+            time.sleep(self.seconds)
 
 
 class StopOnRank(pl.Callback):
