@@ -174,14 +174,17 @@ def _sweep_logs(args: argparse.Namespace, ref: Any) -> int:
     if not args.follow:
         print(render_sweep(ref.run_id, ref.run_dir / "logs", _sweep().rows(ref)[2], args.tail))
         return 0
-    print(f"following sweep {ref.run_id} until it ends; `trainctl logs -f RUN_ID` follows one trial's output")
-    return _watch_sweep(ref.run_id, ref.uri)
+    return _watch_sweep(ref.run_id, ref.uri, announce=f"following sweep {ref.run_id} until it ends; "
+                                                      "`trainctl logs -f RUN_ID` follows one trial's output")
 
 
-def _watch_sweep(sweep_id: str, uri: str) -> int:
+def _watch_sweep(sweep_id: str, uri: str, announce: str = "") -> int:
     """Follow a sweep to its end (submit, resume, logs -f). Ctrl-C stops the watching only: a sweep holds many
-    trials' work, so ending them takes the explicit `trainctl cancel SWEEP`."""
+    trials' work, so ending them takes the explicit `trainctl cancel SWEEP`. The announcement is printed inside
+    the guard: a reader may press Ctrl-C the moment it shows."""
     try:
+        if announce:
+            print(announce, flush=True)
         return int(_sweep().wait(sweep_id, uri))
     except KeyboardInterrupt:
         print(f"\nstopped following sweep {sweep_id}; it goes on (`trainctl cancel {sweep_id}` ends it)",
