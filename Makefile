@@ -44,9 +44,9 @@ resume: venv ## Resume a run by id: make resume RUN=<run_id> [ARGS='--from best'
 	$(TRAINCTL) resume $(RUN) $(ARGS)
 
 # Two pytest-xdist workers: the jobs under test spend much of their time waiting (on a scheduler, a signal, a slowed
-# step), so two overlap well even on 2 cores. tests/conftest.py groups the tests that share a cluster.
+# step), so two overlap well even on 2 cores. tests/conftest.py keeps the tests that share a cluster in one worker.
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: venv-all ## Run the whole test suite (starts MLflow/SLURM/Ray when it can) [TEST_WORKERS=2]
 	$(PY) -m pytest $(PYTEST_PARALLEL) $(ARGS)

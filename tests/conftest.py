@@ -12,35 +12,48 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import IN_CI, ROOT, require, serve_mlflow, serve_production_mlflow
 
-# Tests that share one cluster run in one worker, one after another: some take the cluster's nodes down, and
-# several need all of its nodes at once. Every other file is a group of its own, so that its module fixtures (a
-# reference run, a shared job) are made once.
-CLUSTER_GROUPS = {"slurm_cluster": "slurm", "ray_cluster": "ray"}
+# `make test` runs two pytest-xdist workers. A work unit (one worker runs its tests one after another) is a cluster's
+# folder for the tests that use a cluster, a file otherwise: the SLURM tests (tests/slurm) and the Ray tests
+# (tests/ray) share one cluster, some take its nodes down and several need all of them at once; every other file is
+# a unit of its own, so that its module fixtures (a reference run, a shared job) are made once.
+CLUSTER_DIRS = ("tests/slurm/", "tests/ray/")
 
 
-def _tier(group: str) -> int:
-    """Groups are handed out in this order: the cluster groups first (they wait on a scheduler most and so overlap
-    best with the CPU-bound local jobs), then the faults and integration files, the unit files last (they fill the
-    gaps at the end)."""
-    if group in CLUSTER_GROUPS.values():
+def work_unit(nodeid: str) -> str:
+    path = nodeid.split("::")[0]
+    return next((folder for folder in CLUSTER_DIRS if path.startswith(folder)), path)
+
+
+def _tier(unit: str) -> int:
+    """Units are handed out in this order: the clusters' first (they wait on a scheduler most and so overlap best
+    with the CPU-bound local jobs), then the faults and integration files, the unit tests last (they fill the gaps
+    at the end)."""
+    if unit in CLUSTER_DIRS:
         return 0
-    return 1 if group.startswith(("tests/faults/", "tests/integration/")) else 2
+    return 1 if unit.startswith(("tests/faults/", "tests/integration/")) else 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The work units in tier order; collection order within a tier (a stable sort)."""
+    items.sort(key=lambda item: _tier(work_unit(item.nodeid)))
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give each test its xdist group (`--dist loadgroup`, see the Makefile) and order the groups by tier."""
-    groups = {}
-    for item in items:
-        group = next((g for f, g in CLUSTER_GROUPS.items() if f in getattr(item, "fixturenames", ())),
-                     item.nodeid.split("::")[0])
-        item.add_marker(pytest.mark.xdist_group(group))
-        groups[item.nodeid] = group
-    items.sort(key=lambda item: _tier(groups[item.nodeid]))  # stable: collection order within a tier
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scope scheduling with `work_unit` as the scope (its `loadgroup` marks do not reach the scheduler
+    under pytest 9, which no longer lets a plugin rename a test's id)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -36,8 +36,9 @@ BASE = ["trainer.max_epochs=2", "early_stopping=null", "checkpoint.every_n_train
 LAST_STEP = 40
 ENDED = ("FINISHED", "FAILED")
 OUTAGE_STEPS, OUTAGE_S = 15, 45.0  # of 3 s each: the sink spools and retries through ≥ 45 s without a server
-# Steps are slow (3 s) only up to here: the outage starts at step ≈ 2 and ends by ≈ 17; the rest runs at full speed.
-SLOW_UNTIL = 22
+# Steps are slow (3 s) only up to here: the outage starts at step ≈ 2 and ends by ≈ 17 (a late start has 8 steps
+# of room); the rest runs at full speed.
+SLOW_UNTIL = 25
 # One interrupt point per distinct situation (an odd step sends SIGUSR2 to rank 0, an even one SIGTERM to rank 1):
 # 1: right after the first step, before any reduce has been read; 6: mid first epoch; 19: the first epoch's last
 # step (the stop waits for the epoch's end, the resume starts at an epoch boundary); 32: mid second epoch (the
