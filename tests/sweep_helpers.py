@@ -18,10 +18,6 @@ def slow_steps(seconds: float) -> str:
     return f'callbacks=[{{class_path: trainctl.testing.faults.SlowSteps, init_args: {{seconds: {seconds}}}}}]'
 
 
-# The local trials: one epoch (20 steps) of 0.5 s each (10 s); the cancel lands within ~3 s of both training.
-LOCAL_SETS = ["sweep.trials=3", "trainer.max_epochs=1", slow_steps(0.5)]
-
-
 def submit_sweep(job: str, workdir: Path, uri: str, sets: list[str], *extra: str) -> str:
     args = ["submit", job, "--set", f"workdir={workdir}", "--set", f"tracking.uri={uri}"]
     for s in sets:
