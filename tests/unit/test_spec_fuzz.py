@@ -28,16 +28,10 @@ from trainctl import cli
 from trainctl.errors import UserError
 from trainctl.spec import parse_spec, read_yaml
 
+from .spec_helpers import DELETE
+
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 20240611
-class _Delete:
-    """A mutation's value that removes the key; its repr is stable, as test ids must be in every xdist worker."""
-
-    def __repr__(self) -> str:
-        return "<delete>"
-
-
-DELETE = _Delete()
 
 
 def base_specs() -> dict[str, dict[str, Any]]:
